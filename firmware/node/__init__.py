@@ -1,0 +1,1 @@
+# edgefleet node firmware package. Runs on ESP32 MicroPython and, with the sim board, on the unix port.
