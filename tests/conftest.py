@@ -26,3 +26,17 @@ def flash_image(tmp_path: Path) -> str:
 @pytest.fixture
 def workdir(tmp_path: Path) -> str:
     return str(tmp_path)
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory):
+    """A real mosquitto on a free loopback port, with the fleet config; `.restart()` / `.stop()` for faults.
+
+    A MicroPython test that names this fixture receives {"host", "port", "url"}.
+    """
+    from edgefleet.broker import Mosquitto
+
+    broker = Mosquitto(data_dir=tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    yield broker
+    broker.stop()

@@ -16,6 +16,7 @@ from .errors import EdgefleetError
 # Modules with a `register(subparsers)` function, in the order --help lists them.
 COMMAND_MODULES = [
     "edgefleet.boards",
+    "edgefleet.broker",
 ]
 
 log = logging.getLogger("edgefleet")

@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_all_four_boards_validate() -> None:
     assert set(available_boards()) >= {"esp32-devkitc", "esp32-s3", "esp32-c3", "sim"}
     devkit = load_board("esp32-devkitc")
-    assert (devkit.chip, devkit.arch, devkit.flash_size, devkit.firmware_offset) == ("esp32", "xtensawin", 4 << 20, 0x1000)
+    assert (devkit.chip, devkit.arch, devkit.flash_size, devkit.firmware_offset) == (
+        "esp32",
+        "xtensawin",
+        4 << 20,
+        0x1000,
+    )
     assert 100_000 <= devkit.heap_bytes <= 120_000
     assert load_board("esp32-c3").arch == "rv32imc"
     assert load_board("esp32-s3").firmware_offset == 0
