@@ -36,15 +36,30 @@ def find_micropython() -> str:
     )
 
 
-def micropython_path(extra: Iterable[Path | str] = ()) -> str:
-    """MICROPYPATH for running firmware on the unix port: frozen modules, then firmware/, then extras."""
-    entries = [".frozen", str(firmware_dir()), str(firmware_dir() / "lib"), *map(str, extra)]
+def micropython_path(extra: Iterable[Path | str] = (), source: bool | None = None) -> str:
+    """MICROPYPATH for running firmware on the unix port.
+
+    By default the firmware runs as .mpy compiled for x64 (as a board runs it, see firmware_build), so the
+    heap holds no compiler state; EDGEFLEET_FIRMWARE_SOURCE=1 (or source=True) runs the .py files instead,
+    which gives line numbers in tracebacks at the cost of heap.
+    """
+    if source is None:
+        source = os.environ.get("EDGEFLEET_FIRMWARE_SOURCE") == "1"
+    if source:
+        fw = firmware_dir()
+    else:
+        from .firmware_build import compiled_firmware
+
+        fw = compiled_firmware("x64")
+    entries = [".frozen", str(fw), str(fw / "lib"), *map(str, extra)]
     return ":".join(entries)
 
 
-def micropython_env(extra_path: Iterable[Path | str] = (), **extra_env: str) -> dict[str, str]:
+def micropython_env(
+    extra_path: Iterable[Path | str] = (), source: bool | None = None, **extra_env: str
+) -> dict[str, str]:
     env = dict(os.environ)
-    env["MICROPYPATH"] = micropython_path(extra_path)
+    env["MICROPYPATH"] = micropython_path(extra_path, source)
     env.update(extra_env)
     return env
 
