@@ -54,6 +54,7 @@ class Sampler:
             if r and r > 0:
                 self.slots.append(_Slot(s, r, every.get(s.name, 1)))
         self._running = False
+        self._tasks = []
 
     def slot(self, name):
         for sl in self.slots:
@@ -125,14 +126,18 @@ class Sampler:
 
     async def run(self):
         self._running = True
-        tasks = [asyncio.create_task(self._run_slot(sl)) for sl in self.slots]
+        self._tasks = [asyncio.create_task(self._run_slot(sl)) for sl in self.slots]
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             self._running = False
+            self._tasks = []
 
     def stop(self):
+        # Ends run() now, not after the slowest sensor's next tick (a DHT22 sleeps 2 s between reads).
         self._running = False
+        for t in self._tasks:
+            t.cancel()
 
     def counters(self):
         t = {"sampled": 0, "rejected": 0, "missing": 0, "stuck": 0}
