@@ -9,6 +9,9 @@
 #   {"output": "relay", "on_class": "running"}   on while the decision is that class
 #   {"output": "led", "on_anomaly_over": 0.8}    on while the score is over 0.8
 # and the event that switches it says so in `action` ("relay:on" / "relay:off").
+#
+#   d, err = setup(cfg, hw, sink, sampler)   # (None, None): no model configured, stage off
+#   d = Decision(hw, cfg, sink, sampler)     # the same for the app: raises DecisionError(message)
 # No model in the config: the stage is off. node.model is imported only when a model is configured, so a
 # node without the runner (or without a model) does not pay for it.
 from array import array
@@ -18,7 +21,7 @@ class DecisionError(Exception):
     pass
 
 
-class Decision:
+class Stage:
     def __init__(self, runner, rule, outputs, sink, sensor_channels):
         r = runner
         self.r = r
@@ -129,7 +132,7 @@ def attach(runner, cfg, hw, sink, sampler):
     if sensor is None:
         return None, "model %s reads sensor %s, not on this board" % (runner.model_id, runner.sensor)
     try:
-        d = Decision(runner, cfg.get("rule"), hw.outputs, sink, sensor.channels)
+        d = Stage(runner, cfg.get("rule"), hw.outputs, sink, sensor.channels)
     except DecisionError as e:
         return None, str(e)
     if not sampler.listen(runner.sensor, d.feed):
@@ -153,3 +156,18 @@ def setup(cfg, hw, sink, sampler, model_dir=""):
     except Exception as e:  # noqa: BLE001 - ModelError, and OSError for a missing file: both a clear error
         return None, "model %s: %s" % (path, e)
     return attach(runner, cfg, hw, sink, sampler)
+
+
+class Decision:
+    # The app's handle on the stage: built from the config, raises DecisionError with a clear message when
+    # the model cannot be used. The stage runs inside the sampler's task (it is a listener), so run() only
+    # keeps the app's task list uniform.
+    def __init__(self, hw, cfg, sink, sampler, model_dir=""):
+        stage, err = setup(cfg, hw, sink, sampler, model_dir)
+        if err:
+            raise DecisionError(err)
+        self.stage = stage
+        self.model_id = stage.r.model_id if stage else None
+
+    async def run(self):
+        return None

@@ -29,8 +29,7 @@ class _Slot:
     def __init__(self, sensor, rate, log_every):
         self.sensor = sensor
         self.name = sensor.name
-        self.rate = rate
-        self.period_ms = max(1, int(1000 / rate + 0.5))
+        self.set_rate(rate)
         self.log_every = max(1, int(log_every))
         self.buf = array("f", [0.0] * len(sensor.channels))
         self.cleaner = Cleaner(sensor.kind, sensor.channels, rate, limits=getattr(sensor, "limits", None))
@@ -41,20 +40,41 @@ class _Slot:
         self.last_error = None
         self.logged = 0
 
+    def set_rate(self, rate):
+        self.rate = rate if rate and rate > 0 else 0
+        self.period_ms = max(1, int(1000 / rate + 0.5)) if self.rate else 0
+
 
 class Sampler:
     def __init__(self, hw, cfg, sink, clock=None):
         self.sink = sink
         self.clock = clock or clockmod
+        self.hw = hw
         self.slots = []
-        rates = cfg.get("rates", {})
-        every = cfg.get("log_every", {})
-        for s in hw.sensors:
-            r = rates.get(s.name, 0)
-            if r and r > 0:
-                self.slots.append(_Slot(s, r, every.get(s.name, 1)))
         self._running = False
         self._tasks = []
+        self._stop = None
+        self.apply(cfg)
+
+    def apply(self, cfg):
+        # New rates / log_every (set_config), without a restart: a sensor's task picks up its new period on
+        # its next tick; a sensor whose rate becomes 0 stops; one that was off starts (if running).
+        rates = cfg.get("rates", {})
+        every = cfg.get("log_every", {})
+        for s in self.hw.sensors:
+            r = rates.get(s.name, 0)
+            sl = self.slot(s.name)
+            if sl is None:
+                if r and r > 0:
+                    sl = _Slot(s, r, every.get(s.name, 1))
+                    self.slots.append(sl)
+                    if self._running:
+                        self._tasks.append(asyncio.create_task(self._run_slot(sl)))
+                continue
+            if s.name in rates:
+                sl.set_rate(r)
+            if s.name in every:
+                sl.log_every = max(1, int(every[s.name]))
 
     def slot(self, name):
         for sl in self.slots:
@@ -107,9 +127,13 @@ class Sampler:
         return True
 
     async def _run_slot(self, sl):
-        period = sl.period_ms
         nxt = time.ticks_ms()
         while self._running:
+            period = sl.period_ms
+            if not period:  # switched off by apply(); look again in a second
+                await asyncio.sleep_ms(1000)
+                nxt = time.ticks_ms()
+                continue
             self.cycle(sl)
             nxt = time.ticks_add(nxt, period)
             d = time.ticks_diff(nxt, time.ticks_ms())
@@ -119,25 +143,25 @@ class Sampler:
                 sl.cleaner.miss(missed)
                 nxt = time.ticks_add(nxt, missed * period)
                 d += missed * period
-            if d > 0:
-                await asyncio.sleep_ms(d)
-            else:
-                await asyncio.sleep_ms(0)
+            await asyncio.sleep_ms(d if d > 0 else 0)
 
     async def run(self):
+        # Runs until stop(). Each sensor has its own task, so a slow read delays only its own sensor.
         self._running = True
+        self._stop = asyncio.Event()
         self._tasks = [asyncio.create_task(self._run_slot(sl)) for sl in self.slots]
         try:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._stop.wait()
         finally:
             self._running = False
+            for t in self._tasks:
+                t.cancel()
             self._tasks = []
 
     def stop(self):
-        # Ends run() now, not after the slowest sensor's next tick (a DHT22 sleeps 2 s between reads).
         self._running = False
-        for t in self._tasks:
-            t.cancel()
+        if self._stop is not None:
+            self._stop.set()
 
     def counters(self):
         t = {"sampled": 0, "rejected": 0, "missing": 0, "stuck": 0}

@@ -105,6 +105,14 @@ def test_no_model_means_stage_off_and_errors_are_messages(sim_board):
     assert decision.setup({"model": None}, hw, sink, s) == (None, None)
     d, err = decision.setup({"model": "missing.efm", "rule": None}, hw, sink, s)
     assert d is None and "model" in err and ("missing.efm" in err or "node.model" in err), err
+    # the app's handle: same outcomes, as an object or a DecisionError
+    assert decision.Decision(hw, {"model": None}, sink, s).model_id is None
+    try:
+        decision.Decision(hw, {"model": "missing.efm"}, sink, s)
+    except decision.DecisionError as e:
+        assert str(e) == err, (str(e), err)
+    else:
+        raise AssertionError("a missing model must raise DecisionError")
 
     class Bad(MeanRunner):
         channels = ("ax", "temperature")

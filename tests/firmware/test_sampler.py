@@ -70,3 +70,27 @@ def test_late_ticks_count_as_missing(sim_board):
     c = s.sensor_counters()["imu"]
     assert 25 <= c["missing"] <= 35, c
     assert 30 <= c["sampled"] <= 50, c
+
+
+def test_apply_changes_rates_while_running(sim_board):
+    cfg = {"rates": {"imu": 20, "env": 0}, "log_every": {}}
+    _, hw = sim_hw(sim_board, config=cfg)
+    sink = CountSink()
+    s = Sampler(hw, cfg, sink)
+
+    async def main():
+        task = asyncio.create_task(s.run())
+        await asyncio.sleep_ms(1000)
+        n1 = s.sensor_counters()["imu"]["sampled"]
+        s.apply({"rates": {"imu": 0, "env": 5}, "log_every": {"env": 1}})
+        await asyncio.sleep_ms(1000)
+        s.stop()
+        await task
+        return n1
+
+    n1 = asyncio.run(main())
+    per = s.sensor_counters()
+    assert 18 <= n1 <= 22, n1
+    assert per["imu"]["sampled"] - n1 <= 1, "imu stopped"
+    assert 4 <= per["env"]["sampled"] <= 6, per["env"]
+    assert sink.counts["env"] == per["env"]["sampled"]
