@@ -264,6 +264,18 @@ def load(path, board):
     return cfg, None
 
 
+def release():
+    # This module costs ~10 KB of heap (mostly its messages) and is needed only at boot and for set_config.
+    # The app may call release() after using it and import it again when needed.
+    import sys
+
+    import node
+
+    sys.modules.pop("node.config", None)
+    if getattr(node, "config", None) is not None:
+        del node.config
+
+
 def save(path, cfg):
     # Atomic: a power cut leaves either the old file or the new one, never half of one.
     tmp = path + ".tmp"

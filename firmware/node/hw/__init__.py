@@ -58,8 +58,12 @@ def _rate(config, name):
 def build(board, config, scenario=None):
     sim = board["chip"] == "sim"
     if sim:
-        return _build_sim(board, config, scenario)
-    return _build_esp32(board, config)
+        from node.sim.pins import build_sim
+
+        return build_sim(board, config, scenario)
+    from node.hw.esp32 import build_esp32  # only the board's own builder is loaded: heap is scarce
+
+    return build_esp32(board, config)
 
 
 def _drivers(board, config, i2c_for, pin_for, adc_for, dht_readinto):
@@ -92,70 +96,5 @@ def _outputs(board, pin_for_out):
     return outs
 
 
-def _build_sim(board, config, scenario):
-    from node.sim import devices, pins
-    from node.sim import scenario as scmod
-    from node.sim.i2c import SimI2C
-
-    if scenario is None or isinstance(scenario, str):
-        scenario = scmod.load(scenario, board)
-    world = pins.World(board, scenario)
-    for name, bus in board.get("buses", {}).items():
-        world.buses[name] = SimI2C(bus.get("freq", 400000))
-    for s in board["sensors"]:
-        t = s["type"]
-        if t == "bme280":
-            d = devices.BME280Model(world, s["name"], s["address"])
-            world.buses[s["bus"]].attach(d)
-        elif t == "mpu6050":
-            d = devices.MPU6050Model(world, s["name"], s["address"])
-            world.buses[s["bus"]].attach(d)
-        elif t == "dht22":
-            d = devices.DHT22Model(world, s["name"])
-            world.pin(s["pin"]).model = d
-        elif t == "adc":
-            d = devices.ADCModel(world, s["name"], s["calibration"])
-        world.devices[s["name"]] = d
-
-    def adc_for(s):
-        a = pins.SimADC(world.pin(s["pin"]), world.devices[s["name"]])
-        a.atten(_ATTN_INDEX[s["atten"]])
-        return a
-
-    sensors = _drivers(board, config, world.buses.__getitem__, world.pin, adc_for, pins.dht_readinto)
-    return Hw(sensors, _outputs(board, world.pin), world)
-
-
 # attenuation names in the board file -> index of ADC.ATTN_0DB .. ATTN_11DB
 _ATTN_INDEX = {"0db": 0, "2.5db": 1, "6db": 2, "11db": 3}
-_ATTN_NAMES = ("ATTN_0DB", "ATTN_2_5DB", "ATTN_6DB", "ATTN_11DB")
-
-
-def _build_esp32(board, config):
-    import machine
-
-    try:
-        from esp import dht_readinto
-    except ImportError:
-        from machine import dht_readinto
-
-    buses = {}
-
-    def i2c_for(name):
-        if name not in buses:
-            b = board["buses"][name]
-            buses[name] = machine.I2C(
-                b.get("id", 0), scl=machine.Pin(b["scl"]), sda=machine.Pin(b["sda"]), freq=b.get("freq", 400000)
-            )
-        return buses[name]
-
-    def pin_for(n):
-        return machine.Pin(n, machine.Pin.OPEN_DRAIN, machine.Pin.PULL_UP)
-
-    def adc_for(s):
-        a = machine.ADC(machine.Pin(s["pin"]))
-        a.atten(getattr(machine.ADC, _ATTN_NAMES[_ATTN_INDEX[s["atten"]]]))
-        return a
-
-    sensors = _drivers(board, config, i2c_for, pin_for, adc_for, dht_readinto)
-    return Hw(sensors, _outputs(board, lambda n: machine.Pin(n, machine.Pin.OUT)), None)

@@ -95,3 +95,39 @@ class World:
         from node.sim import scenario as sc
 
         self.scenario.force(sensor, sc.OK)
+
+
+# node.hw.build on the sim board: the same drivers as on an ESP32, wired to the device models.
+def build_sim(board, config, scenario):
+    from node.hw import _ATTN_INDEX, Hw, _drivers, _outputs
+    from node.sim import devices
+    from node.sim import scenario as scmod
+    from node.sim.i2c import SimI2C
+
+    if scenario is None or isinstance(scenario, str):
+        scenario = scmod.load(scenario, board)
+    world = World(board, scenario)
+    for name, bus in board.get("buses", {}).items():
+        world.buses[name] = SimI2C(bus.get("freq", 400000))
+    for s in board["sensors"]:
+        t = s["type"]
+        if t == "bme280":
+            d = devices.BME280Model(world, s["name"], s["address"])
+            world.buses[s["bus"]].attach(d)
+        elif t == "mpu6050":
+            d = devices.MPU6050Model(world, s["name"], s["address"])
+            world.buses[s["bus"]].attach(d)
+        elif t == "dht22":
+            d = devices.DHT22Model(world, s["name"])
+            world.pin(s["pin"]).model = d
+        elif t == "adc":
+            d = devices.ADCModel(world, s["name"], s["calibration"])
+        world.devices[s["name"]] = d
+
+    def adc_for(s):
+        a = SimADC(world.pin(s["pin"]), world.devices[s["name"]])
+        a.atten(_ATTN_INDEX[s["atten"]])
+        return a
+
+    sensors = _drivers(board, config, world.buses.__getitem__, world.pin, adc_for, dht_readinto)
+    return Hw(sensors, _outputs(board, world.pin), world)
