@@ -29,6 +29,7 @@ def test_bme280_reads_back_scenario_within_tolerance(sim_board):
     _read(hw.sensor("env"))
     assert dev.measurements == n + 1
     assert dev.regs[0xF4] & 3 == 0, "forced mode returns to sleep after the conversion"
+    assert dev._busy == 0, "the driver waited for `measuring` to clear before reading the data"
     assert dev.regs[0xF2] == 1 and dev.regs[0xF4] >> 5 == 1, "oversampling x1 set"
 
 

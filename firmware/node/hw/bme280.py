@@ -76,11 +76,16 @@ class BME280:
                 self._init()
             if self.forced:
                 self._w(_REG_CTRL_MEAS, self._meas)
-                for _ in range(20):  # a conversion at x1 oversampling takes < 10 ms
+                # wait for the conversion (< 10 ms at x1): `measuring` (status bit 3) goes up, then down.
+                # Polling the status register costs ~50 us per read at 400 kHz; 25 ms at most.
+                seen = False
+                t0 = time.ticks_ms()
+                while time.ticks_diff(time.ticks_ms(), t0) < 25:
                     self.i2c.readfrom_mem_into(self.address, _REG_STATUS, self._one)
-                    if not self._one[0] & 0x08:
+                    if self._one[0] & 0x08:
+                        seen = True
+                    elif seen:
                         break
-                    time.sleep_ms(1)
             b = self._buf
             self.i2c.readfrom_mem_into(self.address, _REG_DATA, b)
         except OSError as e:

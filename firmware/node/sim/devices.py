@@ -89,6 +89,7 @@ class BME280Model(_Device):
         # data registers after reset hold the "no measurement" values
         self._set_raw(0x80000, 0x80000, 0x8000)
         self.measurements = 0
+        self._busy = 0
 
     def mode(self):
         return self.regs[0xF4] & 3
@@ -103,8 +104,12 @@ class BME280Model(_Device):
             if reg == 0xF4 and v & 3 in (1, 2):
                 self._measure()  # forced mode: one conversion, then back to sleep
                 self.regs[0xF4] = v & 0xFC
+                self._busy = 1  # the next status read still shows `measuring`, as a real chip would
 
     def before_read(self, reg, n):
+        if reg == 0xF3:
+            self.regs[0xF3] = 0x08 if self._busy else 0
+            self._busy = 0
         if self.mode() == 3 and reg <= 0xFE and reg + n > 0xF7:
             self._measure()  # normal mode: the registers always hold a fresh conversion
 
