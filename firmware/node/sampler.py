@@ -39,6 +39,7 @@ class _Slot:
         self.listeners = []
         self.last_error = None
         self.logged = 0
+        self.errors = 0  # exceptions from the sink or a listener, caught so the task keeps sampling
 
     def set_rate(self, rate):
         self.rate = rate if rate and rate > 0 else 0
@@ -123,7 +124,11 @@ class Sampler:
             sl.logged += 1
         sl.good += 1
         for fn in sl.listeners:
-            fn(ts, flags, sl.buf)
+            try:
+                fn(ts, flags, sl.buf)
+            except Exception as e:  # noqa: BLE001 - a failing model must not stop sampling
+                sl.errors += 1
+                sl.last_error = "listener: %r" % (e,)
         return True
 
     async def _run_slot(self, sl):
@@ -134,7 +139,11 @@ class Sampler:
                 await asyncio.sleep_ms(1000)
                 nxt = time.ticks_ms()
                 continue
-            self.cycle(sl)
+            try:
+                self.cycle(sl)
+            except Exception as e:  # noqa: BLE001 - e.g. the sink failed: count it, keep the schedule
+                sl.errors += 1
+                sl.last_error = "cycle: %r" % (e,)
             nxt = time.ticks_add(nxt, period)
             d = time.ticks_diff(nxt, time.ticks_ms())
             if d < -period:
@@ -186,6 +195,7 @@ class Sampler:
                 "logged": sl.logged,
                 "r_noise": c.r_noise(),
                 "down": sl.down,
+                "errors": sl.errors,
                 "error": sl.last_error,
             }
         return out

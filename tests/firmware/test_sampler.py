@@ -94,3 +94,29 @@ def test_apply_changes_rates_while_running(sim_board):
     assert per["imu"]["sampled"] - n1 <= 1, "imu stopped"
     assert 4 <= per["env"]["sampled"] <= 6, per["env"]
     assert sink.counts["env"] == per["env"]["sampled"]
+
+
+def test_failing_listener_or_sink_does_not_stop_sampling(sim_board):
+    cfg = {"rates": {"imu": 50}, "log_every": {}}
+    _, hw = sim_hw(sim_board, config=cfg)
+
+    class FlakySink(CountSink):
+        def reading(self, sensor, ts_ms, flags, channels, values):
+            if self.seq % 7 == 3:
+                self.seq += 1
+                raise OSError(28)  # ENOSPC, say
+            return super().reading(sensor, ts_ms, flags, channels, values)
+
+    sink = FlakySink()
+    s = Sampler(hw, cfg, sink)
+
+    def bad_listener(ts, flags, values):
+        raise ValueError("model blew up")
+
+    s.listen("imu", bad_listener)
+    asyncio.run(_run_for(s, 0.5))
+    c = s.sensor_counters()["imu"]
+    assert c["sampled"] >= 20, c
+    assert c["errors"] >= c["sampled"] - 5, c  # the listener fails on every good reading
+    assert "cycle: OSError" in c["error"] or "listener: ValueError" in c["error"], c["error"]
+    assert sink.counts["imu"] >= 15
