@@ -16,6 +16,7 @@
 import json
 import math
 import time
+from array import array
 
 from micropython import const
 
@@ -54,45 +55,22 @@ class ScenarioError(Exception):
     pass
 
 
-class _Rng:
-    # xorshift32, our own so the scenario is reproducible whatever else uses `random`.
-    def __init__(self, seed):
-        self.s = (seed * 2654435761 + 1) & 0xFFFFFFFF or 1
-
-    def uniform(self):
-        s = self.s
-        s ^= (s << 13) & 0xFFFFFFFF
-        s ^= s >> 17
-        s ^= (s << 5) & 0xFFFFFFFF
-        self.s = s
-        return s / 4294967296.0
-
-    def normal(self):
-        # Irwin-Hall: sum of 12 uniforms - 6 has mean 0, variance 1; cheap and close enough for sensor noise.
-        a = 0.0
-        for _ in range(12):
-            a += self.uniform()
-        return a - 6.0
+def _uniform(st, i):
+    # xorshift32 on state st[i]: our own, so the scenario is reproducible whatever else uses `random`
+    x = st[i]
+    x ^= (x << 13) & 0xFFFFFFFF
+    x ^= x >> 17
+    x ^= (x << 5) & 0xFFFFFFFF
+    st[i] = x
+    return x / 4294967296.0
 
 
-class _Gen:
-    def __init__(self, spec, default, seed):
-        self.level = float(spec.get("level", default[0]))
-        self.amp = float(spec.get("amp", 0.0))
-        self.period = float(spec.get("period_s", 60.0))
-        self.noise = float(spec.get("noise", default[1]))
-        self.drift = float(spec.get("drift_per_h", 0.0))
-        if self.period <= 0:
-            raise ScenarioError("period_s must be > 0")
-        self.rng = _Rng(seed)
-
-    def value(self, t):
-        v = self.level + self.drift * t / 3600.0
-        if self.amp:
-            v += self.amp * math.sin(_TWO_PI * t / self.period)
-        if self.noise:
-            v += self.noise * self.rng.normal()
-        return v
+def _normal(st, i):
+    # Irwin-Hall: the sum of 12 uniforms - 6 has mean 0 and variance 1; cheap, close enough for sensor noise
+    a = 0.0
+    for _ in range(12):
+        a += _uniform(st, i)
+    return a - 6.0
 
 
 class _Sensor:
@@ -106,9 +84,23 @@ class _Sensor:
         for c in chans:
             if c not in self.channels:
                 raise ScenarioError("sensor %s: unknown channel %s (has %s)" % (name, c, ", ".join(self.channels)))
-        self.gens = []
+        # generator parameters per channel, 5 floats each: level, amp, period_s, noise, drift_per_h; and one
+        # xorshift state per channel (arrays: a few hundred bytes instead of an object per channel)
+        n = len(self.channels)
+        self.gen = array("f", [0.0] * (5 * n))
+        self.rng = array("I", [0] * n)
         for i, c in enumerate(self.channels):
-            self.gens.append(_Gen(chans.get(c, {}), DEFAULTS[kind][c], seed * 131 + i * 7 + len(name)))
+            g = chans.get(c, {})
+            d = DEFAULTS[kind][c]
+            p = float(g.get("period_s", 60.0))
+            if p <= 0:
+                raise ScenarioError("sensor %s channel %s: period_s must be > 0" % (name, c))
+            self.gen[5 * i] = float(g.get("level", d[0]))
+            self.gen[5 * i + 1] = float(g.get("amp", 0.0))
+            self.gen[5 * i + 2] = p
+            self.gen[5 * i + 3] = float(g.get("noise", d[1]))
+            self.gen[5 * i + 4] = float(g.get("drift_per_h", 0.0))
+            self.rng[i] = ((seed * 131 + i * 7 + len(name)) * 2654435761 + 1) & 0xFFFFFFFF or 1
         self.replay = None
         if "replay" in spec:
             from node.sim.replay import Replay  # only scenarios that replay pay for it
@@ -135,8 +127,15 @@ class _Sensor:
         self.manual = OK  # set by tests: force a state (unplug/plug by hand)
 
     def values(self, out, t):
+        g = self.gen
         for i in range(len(self.channels)):
-            out[i] = self.gens[i].value(t)
+            b = 5 * i
+            v = g[b] + g[b + 4] * t / 3600.0
+            if g[b + 1]:
+                v += g[b + 1] * math.sin(_TWO_PI * t / g[b + 2])
+            if g[b + 3]:
+                v += g[b + 3] * _normal(self.rng, i)
+            out[i] = v
         if self.replay is not None:
             self.replay.values(out, t)
         for f in self.faults:
