@@ -39,9 +39,10 @@ EV_RANGE_BEGIN = ("range", "begin")
 EV_RANGE_END = ("range", "end")
 
 
-def default_stuck_n(rate_hz):
-    # about 20 s of identical readings, and never fewer than 8
-    return max(8, int(rate_hz * 20))
+def default_stuck_n(rate_hz, kind=None):
+    # about 20 s of identical readings (60 s for a DHT22, whose 0.1-unit resolution repeats readily in a
+    # calm room), and never fewer than 8
+    return max(8, int(rate_hz * (60 if kind == "dht22" else 20)))
 
 
 class Cleaner:
@@ -50,7 +51,7 @@ class Cleaner:
         self.n = n
         self.w = window
         self.k = k * 1.4826
-        self.stuck_n = stuck_n or default_stuck_n(rate_hz)
+        self.stuck_n = stuck_n or default_stuck_n(rate_hz, kind)
         self.lo = array("f", [0.0] * n)
         self.hi = array("f", [0.0] * n)
         self.floor = array("f", [0.0] * n)

@@ -1,7 +1,7 @@
 # Sample cleaning: Hampel spike rejection, stuck detection, range checks, counters and R_noise.
 from array import array
 
-from node.clean import FLAG_STUCK, REJECT, Cleaner
+from node.clean import FLAG_STUCK, REJECT, Cleaner, default_stuck_n
 
 CH = ("temperature", "humidity", "pressure")
 
@@ -90,3 +90,9 @@ def test_adc_limits_come_from_calibration():
         assert "value" in str(e)
     else:
         raise AssertionError("an ADC without limits must be refused")
+
+
+def test_default_stuck_window_is_time_based():
+    assert default_stuck_n(1) == 20 and default_stuck_n(10) == 200 and default_stuck_n(0.1) == 8
+    assert default_stuck_n(0.5, "dht22") == 30
+    assert Cleaner("dht22", ("temperature", "humidity"), rate_hz=0.5).stuck_n == 30
