@@ -92,3 +92,15 @@ def test_mpu6050_replugged_comes_back_asleep_and_is_woken_again(sim_board):
     v = _read(imu)
     assert abs(v[2] - 1.0) < 0.05, "re-initialised after re-plug (woken from sleep)"
     assert imu.inits == 2 and hw.sim.devices["imu"].resets == 2
+
+
+def test_bme280_integer_compensation_matches_the_datasheet_example():
+    # Bosch's worked example (BMP280/BME280 compensation, same formulas): adc_T 519888 -> t_fine 128422,
+    # 25.08 degC; adc_P 415148 -> 100653.27 Pa. Independent of our simulated chip.
+    d = BME280("x", None)
+    d.T1, d.T2, d.T3 = 27504, 26435, -1000
+    d.P1, d.P2, d.P3, d.P4, d.P5, d.P6, d.P7, d.P8, d.P9 = 36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000
+    tf = d._t_fine(519888)
+    assert tf == 128422 and (tf * 5 + 128) >> 8 == 2508, tf
+    p = d._pressure(415148, tf) / 256
+    assert abs(p - 100653.27) < 0.05, p
