@@ -20,7 +20,7 @@ from array import array
 
 from micropython import const
 
-_TWO_PI = const(6.283185307179586)
+_TWO_PI = 6.283185307179586
 
 # Plausible defaults per sensor kind: (level, noise) per channel; used when a scenario names no generator.
 DEFAULTS = {
