@@ -28,31 +28,44 @@ class Null:
     def reading(self, *a): return 0
     def event(self, *a): return 0
 
-N = 2000
+N = 1000
 b = bm.load(sys.argv[1])
 cfg = {"rates": {"env": 1, "imu": 100, "soil": 1, "air": 0.5}, "log_every": {"env": 1, "imu": 10, "soil": 10, "air": 2}}
 h = hwm.build(b, cfg)
 h.sim.scenario.set_time(0.0)
 s = Sampler(h, cfg, Null())
+def best(fn):
+    # the machine is shared: the fastest of 5 rounds is the cost, the rest is other people's load
+    m = None
+    for _ in range(5):
+        t0 = time.ticks_us()
+        fn()
+        d = time.ticks_diff(time.ticks_us(), t0) / N
+        m = d if m is None or d < m else m
+    return m
+
 for sl in s.slots:
     sen = sl.sensor
     out = array("f", [0.0] * len(sen.channels))
     c = Cleaner(sen.kind, sen.channels, 1, limits=getattr(sen, "limits", None))
     sen.read(out)
-    t0 = time.ticks_us()
-    for i in range(N):
-        sen.read(out)
-    t1 = time.ticks_us()
-    for i in range(N):
-        sen.read(out)
-        c.process(out)
-    t2 = time.ticks_us()
-    for i in range(N):
-        s.cycle(sl)
-    t3 = time.ticks_us()
-    r = time.ticks_diff(t1, t0) / N
-    rc = time.ticks_diff(t2, t1) / N
-    cy = time.ticks_diff(t3, t2) / N
+
+    def read():
+        for i in range(N):
+            sen.read(out)
+
+    def read_clean():
+        for i in range(N):
+            sen.read(out)
+            c.process(out)
+
+    def cycle():
+        for i in range(N):
+            s.cycle(sl)
+
+    r = best(read)
+    rc = best(read_clean)
+    cy = best(cycle)
     print("%-5s %-8s read %7.1f us  read+clean %7.1f us (x%.2f)  cycle %7.1f us (x%.2f)  clean alone %6.1f us"
           % (sl.name, sen.kind, r, rc, rc / r, cy, cy / r, rc - r))
 """
