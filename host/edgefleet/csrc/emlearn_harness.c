@@ -1,0 +1,42 @@
+/* Host C harness for a generated model.h (emlearn C code): reads rows of features from a binary file and
+ * prints one prediction per line. Built by edgefleet.parity with gcc -Wall -Werror.
+ *   -DEFM_INPUT_INT16   rows are int16 (tree models); else float32
+ *   -DEFM_OUTPUT_FLOAT  the model returns a float (regression value, elliptic distance); else a class
+ * usage: harness FEATURES.bin N_FEATURES
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+
+#include "model.h"
+
+#ifdef EFM_INPUT_INT16
+typedef int16_t efm_in_t;
+#else
+typedef float efm_in_t;
+#endif
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s FEATURES.bin N_FEATURES\n", argv[0]);
+        return 2;
+    }
+    (void)eml_error_str; /* eml_common.h's static helper: referenced so -Wunused-function stays quiet */
+    const int n = atoi(argv[2]);
+    FILE *f = fopen(argv[1], "rb");
+    if (!f || n <= 0 || n > 4096) {
+        fprintf(stderr, "cannot read %s\n", argv[1]);
+        return 2;
+    }
+    efm_in_t *row = calloc((size_t)n, sizeof(efm_in_t));
+    while (fread(row, sizeof(efm_in_t), (size_t)n, f) == (size_t)n) {
+#ifdef EFM_OUTPUT_FLOAT
+        printf("%.9g\n", (double)efm_model_predict(row, n));
+#else
+        printf("%d\n", (int)efm_model_predict(row, n));
+#endif
+    }
+    free(row);
+    fclose(f);
+    return 0;
+}

@@ -1,0 +1,36 @@
+# Runs ON MicroPython (unix port): the node's runner over a file of windows, for parity checks and benchmarks.
+# argv: MODEL.efm WINDOWS.bin N_WINDOWS OUT.bin [KEY_HEX] [REPEAT]
+# WINDOWS.bin holds float32 windows laid out [window][channel][sample]; OUT.bin receives per window
+# int32 index, float32 score, int16 q[n_features]. Prints the backend, us_per_infer (runner only, features excluded) and
+# model_ram, the heap bytes the loaded model holds.
+import gc
+import struct
+import sys
+import time
+from array import array
+
+from node import model
+
+path, wpath, n_win, opath = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+key = bytes.fromhex(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] != "-" else None
+repeat = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+gc.collect()
+mem0 = gc.mem_alloc()
+r = model.load(path, key)
+gc.collect()
+ram = gc.mem_alloc() - mem0
+nch = len(r.channels)
+window = [array("f", bytes(4 * r.window)) for _ in range(nch)]
+total_us = 0
+with open(wpath, "rb") as fin, open(opath, "wb") as fout:
+    for _ in range(n_win):
+        for ch in window:
+            fin.readinto(ch)
+        q = r.quantized(window)
+        t0 = time.ticks_us()
+        for _ in range(repeat):
+            idx, score = r.infer_q(q)
+        total_us += time.ticks_diff(time.ticks_us(), t0)
+        fout.write(struct.pack("<if", idx, score))
+        fout.write(q)
+print("backend=%s us_per_infer=%.2f model_ram=%d" % (r.backend, total_us / max(1, n_win * repeat), ram))
