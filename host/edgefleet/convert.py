@@ -75,7 +75,7 @@ def write_model_h(t, conv_est, path: Path) -> None:
     if t.kind in ("rf", "dt", "et", "forecast"):
         c = emlearn.convert(conv_est, method="loadable", dtype="int16_t")
     elif t.kind == "anomaly":
-        c = emlearn.convert(conv_est)
+        c = emlearn.convert(conv_est, method="inline")
     else:
         c = emlearn.convert(conv_est, method="loadable")
     c.save(name=EMLEARN_NAME, file=str(path))
@@ -104,7 +104,8 @@ def measure(out: Path, t, est, conv_est, efm: Path, key: bytes | None) -> dict:
         work = Path(tmp)
         trees = t.kind in ("rf", "dt", "et", "forecast")
         float_out = t.task != "classify"
-        exe = parity.build_emlearn_harness(out, work, int16_input=trees, float_output=float_out)
+        exe = parity.build_emlearn_harness(out, work, int16_input=trees, float_output=float_out, net=t.kind.startswith("mlp"),
+                                           elliptic=t.kind == "anomaly")  # fmt: skip
 
         def emlearn_rows(q):
             return q.astype("<i2") if trees else (q / 32768.0).astype("<f4")

@@ -45,10 +45,13 @@ def _compile(sources: list[Path], out: Path, includes: list[Path], defines: list
         raise EdgefleetError(f"gcc failed on {sources[0].name}:\n{proc.stderr.strip()[-3000:]}")
 
 
-def build_emlearn_harness(model_dir: Path, work: Path, int16_input: bool, float_output: bool) -> Path:
+def build_emlearn_harness(
+    model_dir: Path, work: Path, int16_input: bool, float_output: bool, net: bool = False, elliptic: bool = False
+) -> Path:
     """gcc -Wall -Werror: the generated model.h inside a small harness (CI's check of every model.h)."""
     exe = work / "emlearn_harness"
     defines = (["EFM_INPUT_INT16"] if int16_input else []) + (["EFM_OUTPUT_FLOAT"] if float_output else [])
+    defines += (["EFM_NET"] if net else []) + (["EFM_ELLIPTIC"] if elliptic else [])
     _compile([CSRC / "emlearn_harness.c"], exe, [model_dir, emlearn_include()], defines)
     return exe
 

@@ -134,7 +134,6 @@ def fit_keras(xs: np.ndarray, y: np.ndarray, n_classes: int, seed: int, epochs: 
 def fit(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse.Namespace):
     """Fit one model kind on int16-quantized features; nets and the envelope see them as q / 32768."""
     from sklearn import ensemble, tree
-    from sklearn.covariance import EllipticEnvelope
     from sklearn.neural_network import MLPClassifier
 
     seed = args.seed
@@ -148,7 +147,7 @@ def fit(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse
     if kind == "dt":
         return tree.DecisionTreeClassifier(max_leaf_nodes=args.max_leaf_nodes, max_depth=args.max_depth, random_state=seed).fit(xq, y)
     if kind == "mlp-sk":
-        est = MLPClassifier((32, 16), max_iter=1, warm_start=True, random_state=seed, learning_rate_init=0.01)
+        est = MLPClassifier((32, 16), max_iter=1, warm_start=True, random_state=seed, learning_rate_init=0.01, batch_size=32)
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
@@ -161,11 +160,33 @@ def fit(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse
     if kind == "mlp-keras":
         return fit_keras(xq / 32768.0, y, n_classes, seed, args.epochs)
     if kind == "anomaly":
-        return EllipticEnvelope(support_fraction=1.0, random_state=seed).fit(xq / 32768.0)
+        return fit_envelope(xq / 32768.0, seed)
     if kind == "forecast":
         est = ensemble.RandomForestRegressor(n_estimators=args.trees, max_depth=args.max_depth or 10, random_state=seed)
         return est.fit(xq, y)
     raise EdgefleetError(f"unknown model {kind}", hint="one of " + ", ".join(MODELS))
+
+
+def fit_envelope(xs: np.ndarray, seed: int):
+    """EllipticEnvelope with a Ledoit-Wolf shrunk covariance.
+
+    72 features over ~100 windows make the empirical covariance rank-deficient: distances then reach 1e4 and
+    float32 (node) and float64 (host) disagree near the threshold. Shrinkage makes the precision matrix well
+    conditioned. emlearn and the node read location_/precision_, so all three sides use the shrunk matrix.
+    """
+    import warnings
+
+    from sklearn.covariance import EllipticEnvelope, LedoitWolf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the rank warning this function exists to fix
+        warnings.simplefilter("ignore", RuntimeWarning)  # MCD iterations on a singular matrix
+        est = EllipticEnvelope(support_fraction=1.0, random_state=seed).fit(xs)
+    lw = LedoitWolf(assume_centered=False).fit(xs - est.location_)
+    est.covariance_ = lw.covariance_
+    est.precision_ = lw.precision_
+    est.offset_ = -float(np.quantile(est.mahalanobis(xs), 0.99))
+    return est
 
 
 def predict(t: Trained, est, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
