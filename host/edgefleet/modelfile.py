@@ -228,9 +228,11 @@ def mlp_body(layers: list[tuple[np.ndarray, np.ndarray, str]]) -> bytes:
             raise EdgefleetError(f"activation {act!r} is not supported on the node", hint="use relu/softmax/linear")
         n_in, n_out = w.shape
         out += struct.pack("<HHB3x", n_in, n_out, ACTIVATIONS[act])
-        out += np.ascontiguousarray(w.T, dtype="<f4").tobytes() + np.asarray(b, dtype="<f4").tobytes()
+        with np.errstate(under="ignore"):  # weights below float32's range become 0, as on the node
+            out += np.ascontiguousarray(w.T, dtype="<f4").tobytes() + np.asarray(b, dtype="<f4").tobytes()
     return bytes(out)
 
 
 def gauss_body(mean: np.ndarray, precision: np.ndarray) -> bytes:
-    return np.asarray(mean, "<f4").tobytes() + np.ascontiguousarray(precision, "<f4").tobytes()
+    with np.errstate(under="ignore"):
+        return np.asarray(mean, "<f4").tobytes() + np.ascontiguousarray(precision, "<f4").tobytes()
