@@ -27,14 +27,15 @@ static uint32_t u32(const uint8_t *p) {
 }
 static size_t pad4(size_t n) { return (n + 3u) & ~(size_t)3u; }
 
-static int load_trees(efm_model_t *m, const uint8_t *b, size_t blen) {
+static int load_trees(efm_model_t *m, const uint8_t *b, size_t blen, void *work, size_t work_len) {
     if (blen < 8) return EFM_ERR_CORRUPT;
     const uint16_t n_trees = u16(b), n_nodes = u16(b + 2), n_leaves = u16(b + 4);
-    const uint8_t leaf_bits = b[6];
+    const uint8_t leaf_bits = b[6], node_format = b[7];
     if (n_trees == 0 || n_trees > EFM_MAX_TREES) return EFM_ERR_LIMIT;
-    if (leaf_bits != 0 && leaf_bits != 32) return EFM_ERR_CORRUPT;
+    if ((leaf_bits != 0 && leaf_bits != 32) || node_format > 1) return EFM_ERR_CORRUPT;
+    const size_t node_size = node_format ? 6u : 8u;
     const size_t nodes_at = pad4(8 + 2u * n_trees);
-    const size_t leaves_at = nodes_at + pad4(8u * n_nodes);
+    const size_t leaves_at = nodes_at + pad4(node_size * n_nodes);
     const size_t leaves_len = (size_t)n_leaves * (leaf_bits ? 4u : 1u);
     if (leaves_at + leaves_len > blen) return EFM_ERR_CORRUPT;
     for (int t = 0; t < n_trees; t++) {
@@ -42,11 +43,24 @@ static int load_trees(efm_model_t *m, const uint8_t *b, size_t blen) {
         if (m->roots[t] >= n_nodes) return EFM_ERR_CORRUPT;
     }
     const EmlTreesNode *nodes = (const EmlTreesNode *)(b + nodes_at);
+    if (node_format == 1) {
+        /* compact preorder nodes: u8 feature, u8 left leaf (0xFF = next node), i16 threshold, i16 right */
+        if (work == NULL || work_len < 8u * n_nodes || ((uintptr_t)work & 3u)) return EFM_ERR_LIMIT;
+        EmlTreesNode *x = (EmlTreesNode *)work;
+        for (int i = 0; i < n_nodes; i++) {
+            const uint8_t *p = b + nodes_at + 6u * i;
+            x[i].feature = (int8_t)p[0];
+            x[i].value = (int16_t)u16(p + 2);
+            x[i].left = p[1] == 0xFF ? 1 : (int16_t)(-(int)p[1] - 1);
+            x[i].right = (int16_t)u16(p + 4);
+        }
+        nodes = x;
+    }
     for (int i = 0; i < n_nodes; i++) {
         if (nodes[i].feature < 0 || nodes[i].feature >= m->n_features) return EFM_ERR_CORRUPT;
         const int16_t kids[2] = {nodes[i].left, nodes[i].right};
         for (int k = 0; k < 2; k++) {
-            if (kids[k] >= 0 && i + kids[k] >= n_nodes) return EFM_ERR_CORRUPT;
+            if (kids[k] >= 0 && (kids[k] == 0 || i + kids[k] >= n_nodes)) return EFM_ERR_CORRUPT; /* forward only */
             if (kids[k] < 0 && -kids[k] - 1 >= n_leaves) return EFM_ERR_CORRUPT;
         }
     }
@@ -88,7 +102,14 @@ static int load_mlp(efm_model_t *m, const uint8_t *b, size_t blen) {
     return EFM_OK;
 }
 
-int efm_load(efm_model_t *m, const uint8_t *buf, size_t len) {
+size_t efm_work_size(const uint8_t *buf, size_t len) {
+    if (len < HEADER_SIZE + TRAILER_SIZE || memcmp(buf, "EFML", 4) != 0 || buf[6] != EFM_KIND_TREES) return 0;
+    const size_t body_at = HEADER_SIZE + (size_t)u32(buf + 20) + 8u * u16(buf + 8);
+    if (body_at + 8 > len || buf[body_at + 7] != 1) return 0;
+    return 8u * u16(buf + body_at + 2);
+}
+
+int efm_load(efm_model_t *m, const uint8_t *buf, size_t len, void *work, size_t work_len) {
     memset(m, 0, sizeof(*m));
     if (((uintptr_t)buf & 3u) != 0) return EFM_ERR_ALIGN;
     if (len < HEADER_SIZE + TRAILER_SIZE || memcmp(buf, "EFML", 4) != 0) return EFM_ERR_MAGIC;
@@ -109,7 +130,7 @@ int efm_load(efm_model_t *m, const uint8_t *buf, size_t len) {
     m->offset = (const float *)(buf + scaling_at);
     m->scale = m->offset + m->n_features;
     const uint8_t *body = buf + body_at;
-    if (m->kind == EFM_KIND_TREES) return load_trees(m, body, blen);
+    if (m->kind == EFM_KIND_TREES) return load_trees(m, body, blen, work, work_len);
     if (m->kind == EFM_KIND_MLP) return load_mlp(m, body, blen);
     const size_t nf = m->n_features;
     if (4u * (nf + nf * nf) > blen) return EFM_ERR_CORRUPT;

@@ -1,5 +1,6 @@
 /* edgefleet model file (EFML v1, docs/model-file.md) evaluated in plain C: no MicroPython headers.
- * Trees run on emlearn's eml_trees.h, pointing straight into the file's bytes (no copy); MLP and elliptic
+ * Trees run on emlearn's eml_trees.h, on the file's bytes (node format 0) or on nodes expanded into a
+ * caller's work buffer (compact node format 1); MLP and elliptic
  * envelope bodies run on small loops that mirror firmware/node/model.py. The bytes must stay alive and be
  * 4-byte aligned while the model is used. Integrity (sha256, HMAC) is checked by the caller before loading.
  */
@@ -59,8 +60,12 @@ typedef struct {
 } efm_model_t;
 
 const char *efm_error_str(int err);
-/* Parse the model file's bytes (the whole file, trailer included). */
-int efm_load(efm_model_t *m, const uint8_t *buf, size_t len);
+/* Bytes of RAM efm_load needs in `work` for this file: 8 per tree node when the file uses the compact
+ * 6-byte node format (expanded to emlearn's EmlTreesNode), else 0. */
+size_t efm_work_size(const uint8_t *buf, size_t len);
+/* Parse the model file's bytes (the whole file, trailer included). `work` (4-byte aligned, efm_work_size
+ * bytes, may be NULL when that is 0) must stay alive with the model. */
+int efm_load(efm_model_t *m, const uint8_t *buf, size_t len, void *work, size_t work_len);
 /* Quantize float features to the int16 the model consumes, with the file's scaling. */
 void efm_quantize(const efm_model_t *m, const float *x, int16_t *q);
 /* Evaluate: returns the class index (classify), 0/1 (anomaly) or 0 (regress), or -efm_error_t.

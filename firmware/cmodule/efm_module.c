@@ -2,9 +2,10 @@
  * as a native .mpy (Makefile, py/dynruntime.mk, MICROPY_ENABLE_DYNRUNTIME) or linked into the firmware as a
  * user C module (micropython.mk / micropython.cmake). Python API, used by firmware/node/model.py:
  *   efm.state_size() -> int            bytes of the state buffer the caller allocates (bytearray)
- *   efm.load(state, blob)              parse the verified model file bytes; ValueError with the reason
+ *   efm.work_size(blob) -> int         bytes of the work buffer (expanded tree nodes) the caller allocates
+ *   efm.load(state, blob, work)        parse the verified model file bytes; ValueError if invalid
  *   efm.predict(state, q, out) -> int  q: array('h') int16 features, out: array('f') scores
- * The caller keeps `blob` alive: the state points into it (no copy of the model). */
+ * The caller keeps `blob` and `work` alive: the state points into them. */
 #if MICROPY_ENABLE_DYNRUNTIME
 #include "py/dynruntime.h"
 #else
@@ -28,17 +29,25 @@ static efm_model_t *state_of(mp_obj_t state) {
     return (efm_model_t *)st.buf;
 }
 
-static mp_obj_t efm_load_(mp_obj_t state, mp_obj_t blob) {
-    efm_model_t *m = state_of(state);
+static mp_obj_t efm_work_size_(mp_obj_t blob) {
     mp_buffer_info_t b;
     mp_get_buffer_raise(blob, &b, MP_BUFFER_READ);
-    const int err = efm_load(m, (const uint8_t *)b.buf, b.len);
+    return mp_obj_new_int(efm_work_size((const uint8_t *)b.buf, b.len));
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(efm_work_size_obj, efm_work_size_);
+
+static mp_obj_t efm_load_(mp_obj_t state, mp_obj_t blob, mp_obj_t work) {
+    efm_model_t *m = state_of(state);
+    mp_buffer_info_t b, w;
+    mp_get_buffer_raise(blob, &b, MP_BUFFER_READ);
+    mp_get_buffer_raise(work, &w, MP_BUFFER_RW);
+    const int err = efm_load(m, (const uint8_t *)b.buf, b.len, w.buf, w.len);
     if (err != EFM_OK) {
         mp_raise_ValueError(MP_ERROR_TEXT("efm: invalid model file"));
     }
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_2(efm_load_obj, efm_load_);
+static MP_DEFINE_CONST_FUN_OBJ_3(efm_load_obj, efm_load_);
 
 static mp_obj_t efm_predict_(mp_obj_t state, mp_obj_t q_obj, mp_obj_t out_obj) {
     efm_model_t *m = state_of(state);
@@ -60,6 +69,7 @@ static MP_DEFINE_CONST_FUN_OBJ_3(efm_predict_obj, efm_predict_);
 mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
     MP_DYNRUNTIME_INIT_ENTRY
     mp_store_global(MP_QSTR_state_size, MP_OBJ_FROM_PTR(&efm_state_size_obj));
+    mp_store_global(MP_QSTR_work_size, MP_OBJ_FROM_PTR(&efm_work_size_obj));
     mp_store_global(MP_QSTR_load, MP_OBJ_FROM_PTR(&efm_load_obj));
     mp_store_global(MP_QSTR_predict, MP_OBJ_FROM_PTR(&efm_predict_obj));
     MP_DYNRUNTIME_INIT_EXIT
@@ -68,6 +78,7 @@ mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *a
 static const mp_rom_map_elem_t efm_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_efm) },
     { MP_ROM_QSTR(MP_QSTR_state_size), MP_ROM_PTR(&efm_state_size_obj) },
+    { MP_ROM_QSTR(MP_QSTR_work_size), MP_ROM_PTR(&efm_work_size_obj) },
     { MP_ROM_QSTR(MP_QSTR_load), MP_ROM_PTR(&efm_load_obj) },
     { MP_ROM_QSTR(MP_QSTR_predict), MP_ROM_PTR(&efm_predict_obj) },
 };

@@ -25,7 +25,8 @@ class _CModel:
     def __init__(self, blob):
         self.blob = blob
         self.state = bytearray(_cmod.state_size())
-        _cmod.load(self.state, blob)
+        self.work = bytearray(_cmod.work_size(blob))
+        _cmod.load(self.state, blob, self.work)
 
     def predict(self, q, out):
         return _cmod.predict(self.state, q, out)
@@ -64,6 +65,27 @@ def _tree_leaves(nodes: ptr16, roots: ptr16, n_trees: int, q: ptr16, out: ptr16)
                 out[t] = 0xFFFF - c  # leaf = -child - 1
                 break
             i += c
+
+
+def _expand_compact(f, nodes, n_nodes):
+    # 6-byte preorder nodes (u8 feature, u8 left leaf or 0xFF = next node, i16 threshold, i16 right) into
+    # emlearn's layout, 48 nodes (288 bytes) at a time.
+    buf = bytearray(288)
+    i = 0
+    while i < n_nodes:
+        k = min(48, n_nodes - i)
+        n = f.readinto(memoryview(buf)[: 6 * k])
+        if n != 6 * k:
+            raise ModelError("model file truncated in tree nodes")
+        for j in range(k):
+            b = 6 * j
+            o = 4 * (i + j)
+            nodes[o] = buf[b]
+            nodes[o + 1] = buf[b + 2] | (buf[b + 3] << 8)
+            ll = buf[b + 1]
+            nodes[o + 2] = 1 if ll == 0xFF else 0xFFFF - ll  # next node, or leaf ll encoded as -ll-1
+            nodes[o + 3] = buf[b + 4] | (buf[b + 5] << 8)
+        i += k
 
 
 def _hmac_pads(key):
@@ -315,7 +337,7 @@ def _load(f, key, use_c):
     r.hop = hop
     r.threshold = None if thr != thr else thr
     r.n_features = nf
-    if features.count(len(r.channels)) != nf:
+    if r.channels and features.count(len(r.channels)) != nf:
         raise ModelError("model has %d features, %d channels give %d" % (nf, len(r.channels), features.count(len(r.channels))))
     r._off = array("f", bytes(4 * nf))
     r._scale = array("f", bytes(4 * nf))
@@ -338,28 +360,44 @@ def _load(f, key, use_c):
         return r
     body_start = f.tell()
     if kind == _KIND_TREES:
-        n_trees, n_nodes, n_leaves, leaf_bits, _ = struct.unpack("<HHHBB", f.read(8))
+        n_trees, n_nodes, n_leaves, leaf_bits, fmt = struct.unpack("<HHHBB", f.read(8))
+        if fmt > 1 or leaf_bits not in (0, 32):
+            raise ModelError("unknown tree node format %d / leaf bits %d" % (fmt, leaf_bits))
+        node_size = 6 if fmt else 8
+        nodes_at = (8 + 2 * n_trees + 3) & ~3
+        leaves_at = nodes_at + ((node_size * n_nodes + 3) & ~3)
+        if leaves_at + n_leaves * (4 if leaf_bits else 1) > blen:
+            raise ModelError("tree arrays exceed the model body")
         r._n_trees = n_trees
         r._roots = array("H", bytes(2 * n_trees))
         f.readinto(r._roots)
-        f.seek(body_start + ((8 + 2 * n_trees + 3) & ~3))
-        r._nodes = array("H", bytes(8 * n_nodes))
-        f.readinto(r._nodes)
-        f.seek(body_start + ((8 + 2 * n_trees + 3) & ~3) + ((8 * n_nodes + 3) & ~3))
+        f.seek(body_start + nodes_at)
+        r._nodes = array("H", bytes(8 * n_nodes))  # emlearn's EmlTreesNode layout, 4 halfwords a node
+        if fmt:
+            _expand_compact(f, r._nodes, n_nodes)
+        else:
+            f.readinto(r._nodes)
+        f.seek(body_start + leaves_at)
         if leaf_bits == 32:
             r._leaves = array("f", bytes(4 * n_leaves))
         else:
             r._leaves = bytearray(n_leaves)
         f.readinto(r._leaves)
-        if ((8 + 2 * n_trees + 3) & ~3) + ((8 * n_nodes + 3) & ~3) + len(r._leaves) * (4 if leaf_bits else 1) > blen:
-            raise ModelError("tree arrays exceed the model body")
-        r._leafidx = array("H", bytes(2 * n_trees))
         for t in range(n_trees):
             if r._roots[t] >= n_nodes:
                 raise ModelError("corrupt tree root")
+        nodes = r._nodes
         for i in range(n_nodes):
-            if r._nodes[4 * i] & 0xFF >= nf:
-                raise ModelError("tree node %d uses feature %d of %d" % (i, r._nodes[4 * i] & 0xFF, nf))
+            if nodes[4 * i] & 0xFF >= nf:
+                raise ModelError("tree node %d uses feature %d of %d" % (i, nodes[4 * i] & 0xFF, nf))
+            for k in (2, 3):
+                c = nodes[4 * i + k]
+                if c & 0x8000:
+                    if 0xFFFF - c >= n_leaves:
+                        raise ModelError("tree node %d points to leaf %d of %d" % (i, 0xFFFF - c, n_leaves))
+                elif c == 0 or i + c >= n_nodes:  # jumps only forward: evaluation always ends
+                    raise ModelError("tree node %d jumps to %d: not a later node" % (i, i + c))
+        r._leafidx = array("H", bytes(2 * n_trees))
         if not r._regress:
             for i in range(n_leaves):
                 if r._leaves[i] >= nc:

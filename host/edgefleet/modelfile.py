@@ -12,10 +12,12 @@ Layout, all little-endian (docs/model-file.md is the reader's guide):
     sha256   32 bytes  over everything above
     hmac     32 bytes  HMAC-SHA256(key, everything above the sha256); zeros and flags bit 0 clear if unsigned
 
-Kinds: 1 trees (emlearn's EmlTrees layout so the C core points into the bytes): u16 n_trees, u16 n_nodes,
-u16 n_leaves, u8 leaf_bits (0 = class per leaf, 32 = float value), u8 0; u16 roots[n_trees] (pad to 4);
-nodes[n_nodes] of 8 bytes (i8 feature, u8 0, i16 threshold, i16 left, i16 right; child >= 0 is a relative
-jump, < 0 is leaf -child-1); leaves: u8[n_leaves] or f32[n_leaves]; pad to 4.
+Kinds: 1 trees: u16 n_trees, u16 n_nodes, u16 n_leaves, u8 leaf_bits (0 = class per leaf, 32 = float value),
+u8 node_format; u16 roots[n_trees] (pad to 4); nodes; (pad to 4); leaves: u8[n_leaves] or f32[n_leaves]; pad
+to 4. node_format 0: emlearn's EmlTreesNode, 8 bytes (i8 feature, u8 0, i16 threshold, i16 left, i16 right;
+child >= 0 is a relative jump, < 0 is leaf -child-1). node_format 1 (compact, preferred): 6 bytes in preorder
+(u8 feature, u8 left leaf index or 0xFF = the left child is the next node, i16 threshold, i16 right as above);
+readers expand it to format 0 in RAM.
 2 mlp: u8 n_layers, 3 x 0; per layer u16 n_in, u16 n_out, u8 activation (0 linear, 1 relu, 2 softmax,
 3 sigmoid, 4 tanh), 3 x 0, f32 weights[n_out][n_in], f32 bias[n_out]; input is q / 32768.
 3 gauss (elliptic envelope): f32 mean[n], f32 precision[n][n]; score = squared Mahalanobis distance of q / 32768.
@@ -197,8 +199,53 @@ def integer_thresholds(estimator):
     return est
 
 
-def trees_body(est_int, regress: bool = False) -> bytes:
-    """EmlTrees arrays from emlearn's own flattening (so node, C core and model.h hold identical trees)."""
+def _preorder(nodes: list, root: int) -> list[int]:
+    """Decision nodes of one tree in preorder (node, left subtree, right subtree): left child = next node."""
+    order, stack = [], [root]
+    while stack:
+        i = stack.pop()
+        order.append(i)
+        left, right = nodes[i][2], nodes[i][3]
+        if right >= 0:
+            stack.append(right)
+        if left >= 0:
+            stack.append(left)
+    return order
+
+
+def _compact_nodes(nodes: list, roots: list[int]) -> tuple[bytes, list[int]] | None:
+    """6-byte preorder nodes (u8 feature, u8 left leaf or 0xFF = next node, i16 threshold, i16 right), or None
+    when a left leaf index does not fit a byte. Returns (node bytes, new roots)."""
+    out = bytearray()
+    new_roots = []
+    for root in roots:
+        order = _preorder(nodes, root)
+        base = len(out) // 6
+        where = {old: base + k for k, old in enumerate(order)}
+        new_roots.append(base)
+        for k, old in enumerate(order):
+            feat, value, left, right = nodes[old]
+            i = base + k
+            if left >= 0:
+                if where[left] != i + 1:
+                    return None
+                left_leaf = 0xFF
+            else:
+                left_leaf = -left - 1
+                if left_leaf >= 0xFF:
+                    return None
+            r = where[right] - i if right >= 0 else right
+            out += struct.pack("<BBhh", int(feat), left_leaf, int(value), r)
+    return bytes(out), new_roots
+
+
+def trees_body(est_int, regress: bool = False, compact: bool = True) -> bytes:
+    """Trees from emlearn's own flattening (so node, C core and model.h hold identical trees).
+
+    Node format 1 (compact, 6 bytes a node in preorder) is used when every left leaf index fits a byte; the
+    node and the C core expand it to emlearn's 8-byte EmlTreesNode in RAM at load. Node format 0 is emlearn's
+    layout as is (8 bytes, the C core points into the file's bytes).
+    """
     from emlearn import trees as emt
 
     leaf_bits = 32 if regress else 0
@@ -207,11 +254,17 @@ def trees_body(est_int, regress: bool = False) -> bytes:
     nodes, roots, leaves = emt.remove_duplicate_leaves(forest)
     if len(nodes) > 32767 or len(leaves) > 32767:
         raise EdgefleetError(f"forest too large for int16 node indices ({len(nodes)} nodes)", hint="fewer/smaller trees")
-    out = bytearray(struct.pack("<HHHBB", len(roots), len(nodes), len(leaves), leaf_bits, 0))
-    out += struct.pack(f"<{len(roots)}H", *roots)
+    packed = _compact_nodes(nodes, roots) if compact else None
+    node_format = 1 if packed else 0
+    out_roots = packed[1] if packed else roots
+    out = bytearray(struct.pack("<HHHBB", len(roots), len(nodes), len(leaves), leaf_bits, node_format))
+    out += struct.pack(f"<{len(roots)}H", *out_roots)
     out = bytearray(_pad4(bytes(out)))
-    for i, (feat, value, left, right) in enumerate(nodes):
-        out += struct.pack("<bBhhh", int(feat), 0, int(value), emt.encode_child(i, left), emt.encode_child(i, right))
+    if packed:
+        out += packed[0]
+    else:
+        for i, (feat, value, left, right) in enumerate(nodes):
+            out += struct.pack("<bBhhh", int(feat), 0, int(value), emt.encode_child(i, left), emt.encode_child(i, right))
     out = bytearray(_pad4(bytes(out)))
     if regress:
         out += struct.pack(f"<{len(leaves)}f", *[float(v) for v in leaves])

@@ -36,7 +36,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     efm_model_t model;
-    const int err = efm_load(&model, blob, len);
+    const size_t work_len = efm_work_size(blob, len);
+    void *work = work_len ? malloc(work_len) : NULL;
+    const int err = efm_load(&model, blob, len, work, work_len);
     if (err != EFM_OK) {
         fprintf(stderr, "efm_load: %s\n", efm_error_str(err));
         return 3;
@@ -54,6 +56,7 @@ int main(int argc, char **argv) {
         printf("%d %.9g\n", (int)idx, (double)out[model.task == EFM_TASK_CLASSIFY ? idx : 0]);
     }
     fclose(f);
+    free(work);
     free(blob);
     return 0;
 }
