@@ -88,6 +88,35 @@ def _expand_compact(f, nodes, n_nodes):
         i += k
 
 
+@micropython.viper
+def _tree_vote(nodes: ptr16, roots: ptr16, n_trees: int, q: ptr16, leaves: ptr8, votes: ptr16, n_classes: int) -> int:
+    # Hard majority vote of the trees (emlearn's leaf_bits=0): returns the first class with the most votes,
+    # as eml_trees_predict does; votes[] holds the counts.
+    for c in range(n_classes):
+        votes[c] = 0
+    for t in range(n_trees):
+        i = int(roots[t])
+        while True:
+            b = i << 2
+            f = int(nodes[b]) & 0xFF
+            if (int(q[f]) ^ 0x8000) < (int(nodes[b + 1]) ^ 0x8000):
+                c = int(nodes[b + 2])
+            else:
+                c = int(nodes[b + 3])
+            if c & 0x8000:
+                cls = int(leaves[0xFFFF - c])
+                votes[cls] = int(votes[cls]) + 1
+                break
+            i += c
+    best = -1
+    most = 0
+    for c in range(n_classes):
+        if int(votes[c]) > most:
+            most = int(votes[c])
+            best = c
+    return best
+
+
 def _hmac_pads(key):
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
@@ -148,11 +177,15 @@ class Runner:
         if len(window) != len(self.channels):
             raise ValueError("window has %d channels, model wants %d" % (len(window), len(self.channels)))
         features.compute(window, self._feat)
+        return self.quantize(self._feat)
+
+    def quantize(self, x):
+        # int16 features from float features x (array('f')), with the file's scaling; same rule as the host.
         off = self._off
         sc = self._scale
         q = self._q
         for i in range(self.n_features):
-            v = (self._feat[i] - off[i]) * sc[i] + 0.5
+            v = (x[i] - off[i]) * sc[i] + 0.5
             iv = int(v)
             if iv > v:  # floor for negatives
                 iv -= 1
@@ -175,27 +208,16 @@ class Runner:
             idx = self._c.predict(q, self._out)
             return self._result(idx)
         k = self._kind
-        if k == _KIND_TREES:
+        if k == _KIND_TREES and not self._regress:
+            best = _tree_vote(self._nodes, self._roots, self._n_trees, q, self._leaves, self._votes, len(self._out))
+            return best, self._votes[best] / self._n_trees
+        if k == _KIND_TREES:  # regression: mean of the trees' leaf values
             _tree_leaves(self._nodes, self._roots, self._n_trees, q, self._leafidx)
-            if self._regress:
-                s = 0.0
-                for t in range(self._n_trees):
-                    s += self._leaves[self._leafidx[t]]
-                self._out[0] = s / self._n_trees
-                return self._result(0)
-            out = self._out
-            for c in range(len(out)):
-                out[c] = 0.0
+            s = 0.0
             for t in range(self._n_trees):
-                out[self._leaves[self._leafidx[t]]] += 1.0
-            best = -1
-            bv = 0.0
-            for c in range(len(out)):
-                out[c] = out[c] / self._n_trees
-                if out[c] > bv:
-                    best = c
-                    bv = out[c]
-            return self._result(best)
+                s += self._leaves[self._leafidx[t]]
+            self._out[0] = s / self._n_trees
+            return 0, self._out[0]
         if k == _KIND_MLP:
             return self._result(self._mlp(q))
         return self._result(self._gauss(q))
@@ -398,6 +420,7 @@ def _load(f, key, use_c):
                 elif c == 0 or i + c >= n_nodes:  # jumps only forward: evaluation always ends
                     raise ModelError("tree node %d jumps to %d: not a later node" % (i, i + c))
         r._leafidx = array("H", bytes(2 * n_trees))
+        r._votes = array("H", bytes(2 * max(1, nc)))
         if not r._regress:
             for i in range(n_leaves):
                 if r._leaves[i] >= nc:

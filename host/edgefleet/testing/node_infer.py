@@ -1,6 +1,7 @@
 # Runs ON MicroPython (unix port): the node's runner over a file of windows, for parity checks and benchmarks.
 # argv: MODEL.efm WINDOWS.bin N_WINDOWS OUT.bin [KEY_HEX] [REPEAT]
-# WINDOWS.bin holds float32 windows laid out [window][channel][sample]; OUT.bin receives per window
+# WINDOWS.bin holds float32 windows laid out [window][channel][sample] (or float32 feature rows for a model
+# without channels, such as the benchmark's digits forest); OUT.bin receives per window
 # int32 index, float32 score, int16 q[n_features]. Prints the backend, us_per_infer (runner only, features excluded) and
 # model_ram, the heap bytes the loaded model holds.
 import gc
@@ -21,12 +22,17 @@ gc.collect()
 ram = gc.mem_alloc() - mem0
 nch = len(r.channels)
 window = [array("f", bytes(4 * r.window)) for _ in range(nch)]
+raw = array("f", bytes(4 * r.n_features))  # models without channels take ready-made features
 total_us = 0
 with open(wpath, "rb") as fin, open(opath, "wb") as fout:
     for _ in range(n_win):
-        for ch in window:
-            fin.readinto(ch)
-        q = r.quantized(window)
+        if nch:
+            for ch in window:
+                fin.readinto(ch)
+            q = r.quantized(window)
+        else:
+            fin.readinto(raw)
+            q = r.quantize(raw)
         t0 = time.ticks_us()
         for _ in range(repeat):
             idx, score = r.infer_q(q)
