@@ -1,7 +1,6 @@
 /* See efm_core.h. Layout constants mirror host/edgefleet/modelfile.py, the one definition of the format. */
 #include "efm_core.h"
 
-#include <math.h>
 #include <string.h>
 
 #include <eml_trees.h>
@@ -26,6 +25,27 @@ static uint32_t u32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 static size_t pad4(size_t n) { return (n + 3u) & ~(size_t)3u; }
+
+/* No libc/libm beyond memset/memcpy: a native .mpy links without them (mpy_ld has no libm on every arch). */
+static float efm_floorf(float v) {
+    const float t = (float)(int32_t)v;
+    return t > v ? t - 1.0f : t;
+}
+
+static float efm_expf(float x) {
+    /* exp(x) = 2^k * exp(r), |r| <= ln2/2; degree-6 Taylor on r: relative error < 1e-7 */
+    if (x > 88.0f) x = 88.0f;
+    if (x < -87.0f) return 0.0f;
+    const float ln2 = 0.69314718f;
+    const int32_t k = (int32_t)efm_floorf(x / ln2 + 0.5f);
+    const float r = x - (float)k * ln2;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    union { float f; int32_t i; } u = { .f = p };
+    u.i += k << 23;
+    return u.f;
+}
+
+static int magic_ok(const uint8_t *b) { return b[0] == 'E' && b[1] == 'F' && b[2] == 'M' && b[3] == 'L'; }
 
 static int load_trees(efm_model_t *m, const uint8_t *b, size_t blen, void *work, size_t work_len) {
     if (blen < 8) return EFM_ERR_CORRUPT;
@@ -103,7 +123,7 @@ static int load_mlp(efm_model_t *m, const uint8_t *b, size_t blen) {
 }
 
 size_t efm_work_size(const uint8_t *buf, size_t len) {
-    if (len < HEADER_SIZE + TRAILER_SIZE || memcmp(buf, "EFML", 4) != 0 || buf[6] != EFM_KIND_TREES) return 0;
+    if (len < HEADER_SIZE + TRAILER_SIZE || !magic_ok(buf) || buf[6] != EFM_KIND_TREES) return 0;
     const size_t body_at = HEADER_SIZE + (size_t)u32(buf + 20) + 8u * u16(buf + 8);
     if (body_at + 8 > len || buf[body_at + 7] != 1) return 0;
     return 8u * u16(buf + body_at + 2);
@@ -112,7 +132,7 @@ size_t efm_work_size(const uint8_t *buf, size_t len) {
 int efm_load(efm_model_t *m, const uint8_t *buf, size_t len, void *work, size_t work_len) {
     memset(m, 0, sizeof(*m));
     if (((uintptr_t)buf & 3u) != 0) return EFM_ERR_ALIGN;
-    if (len < HEADER_SIZE + TRAILER_SIZE || memcmp(buf, "EFML", 4) != 0) return EFM_ERR_MAGIC;
+    if (len < HEADER_SIZE + TRAILER_SIZE || !magic_ok(buf)) return EFM_ERR_MAGIC;
     if (u16(buf + 4) != 1) return EFM_ERR_VERSION;
     m->kind = buf[6];
     m->task = buf[7];
@@ -141,7 +161,7 @@ int efm_load(efm_model_t *m, const uint8_t *buf, size_t len, void *work, size_t 
 
 void efm_quantize(const efm_model_t *m, const float *x, int16_t *q) {
     for (int i = 0; i < m->n_features; i++) {
-        float v = floorf((x[i] - m->offset[i]) * m->scale[i] + 0.5f);
+        float v = efm_floorf((x[i] - m->offset[i]) * m->scale[i] + 0.5f);
         if (v > 32767.0f) v = 32767.0f;
         if (v < -32767.0f) v = -32767.0f;
         q[i] = (int16_t)v;
@@ -159,14 +179,14 @@ static int32_t predict_mlp(const efm_model_t *m, const int16_t *q, float *out, i
             const float *w = L->weights + (size_t)o * L->n_in;
             for (int i = 0; i < L->n_in; i++) s += w[i] * a[i];
             if (L->activation == 1 && s < 0.0f) s = 0.0f;
-            else if (L->activation == 3) s = 1.0f / (1.0f + expf(-s));
-            else if (L->activation == 4) s = tanhf(s);
+            else if (L->activation == 3) s = 1.0f / (1.0f + efm_expf(-s));
+            else if (L->activation == 4) s = 1.0f - 2.0f / (efm_expf(2.0f * s) + 1.0f);
             b[o] = s;
         }
         if (L->activation == 2) {
             float mx = b[0], t = 0.0f;
             for (int o = 0; o < L->n_out; o++) mx = b[o] > mx ? b[o] : mx;
-            for (int o = 0; o < L->n_out; o++) t += (b[o] = expf(b[o] - mx));
+            for (int o = 0; o < L->n_out; o++) t += (b[o] = efm_expf(b[o] - mx));
             for (int o = 0; o < L->n_out; o++) b[o] /= t;
         }
         width = L->n_out;

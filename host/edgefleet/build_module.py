@@ -67,12 +67,23 @@ def emlearn_headers() -> Path:
     return inc
 
 
+def check_linker_deps() -> None:
+    """MicroPython's tools/mpy_ld.py reads ELF with pyelftools and libgcc.a with the `ar` package."""
+    import importlib.util
+
+    missing = [pkg for mod, pkg in (("elftools", "pyelftools"), ("ar", "ar")) if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise EdgefleetError(f"MicroPython's mpy_ld.py needs {' and '.join(missing)}",
+                             hint="pip install " + " ".join(missing) + " (in edgefleet's dev extras)")  # fmt: skip
+
+
 def build(board: str, mpy_dir: str | None, out: Path | None = None) -> Path:
     b = load_board(board)
     arch = b.arch
     root = check_mpy_dir(mpy_dir)
     cross = find_cross(arch)
     inc = emlearn_headers()
+    check_linker_deps()
     src = firmware_dir() / "cmodule"
     build_dir = Path(out or (src / f"build-{arch}")).resolve()
     argv = ["make", "-C", str(src), f"ARCH={arch}", f"MPY_DIR={root}", f"EMLEARN_INCLUDE={inc}", f"BUILD={build_dir}",

@@ -91,15 +91,17 @@ class NodeRun:
 
 
 def run_node(efm: Path, windows: np.ndarray, n_features: int, heap: int = ESP32_HEAP, key: bytes | None = None,
-             repeat: int = 1, timeout: float = 600) -> NodeRun:  # fmt: skip
-    """(c): the firmware's runner on the MicroPython unix port, within the board's heap."""
+             repeat: int = 1, timeout: float = 600, extra_path: list[Path] | None = None) -> NodeRun:  # fmt: skip
+    """(c): the firmware's runner on the MicroPython unix port, within the board's heap.
+
+    extra_path: more MICROPYPATH entries, e.g. a directory holding the built efm.mpy C module."""
     with tempfile.TemporaryDirectory() as tmp:
         win = Path(tmp) / "windows.bin"
         out = Path(tmp) / "out.bin"
         np.ascontiguousarray(windows, dtype="<f4").tofile(win)
         argv = [find_micropython(), "-X", f"heapsize={heap}", str(NODE_SCRIPT), str(efm), str(win),
                 str(len(windows)), str(out), key.hex() if key else "-", str(repeat)]  # fmt: skip
-        proc = subprocess.run(argv, env=micropython_env(), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, env=micropython_env(extra_path or []), capture_output=True, text=True, timeout=timeout)
         if proc.returncode:
             raise EdgefleetError(f"node runner failed on MicroPython:\n{(proc.stdout + proc.stderr)[-3000:]}")
         m = re.search(r"backend=(\S+) us_per_infer=([\d.]+) model_ram=(\d+)", proc.stdout)
