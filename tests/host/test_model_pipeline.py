@@ -146,10 +146,11 @@ def test_scaling_quantizes_like_the_node():
     np.testing.assert_array_equal(q[3], [32767, -32767])  # clamped, never wraps
 
 
-def test_integer_thresholds_match_sklearn_exactly():
+def test_integer_thresholds_match_sklearn_exactly(tmp_path, monkeypatch):
     """emlearn compares x < int(t); our rewrite makes that equal scikit-learn's x <= t on int16 features."""
     from sklearn.ensemble import RandomForestClassifier
 
+    monkeypatch.chdir(tmp_path)  # emlearn compiles its Python extension under ./tmp
     rng = np.random.default_rng(0)
     x = rng.integers(-300, 300, size=(400, 6)).astype(float)
     y = (x[:, 0] + x[:, 1] > 7).astype(int)
