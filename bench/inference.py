@@ -52,7 +52,9 @@ def time_c(tmp: Path, qte: np.ndarray, repeat: int) -> tuple[np.ndarray, float]:
     exe = parity.build_emlearn_harness(tmp, tmp, int16_input=True, float_output=False)
     inp = tmp / "q.bin"
     qte.astype("<i2").tofile(inp)
-    proc = subprocess.run([str(exe), str(inp), str(qte.shape[1]), str(repeat)], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [str(exe), str(inp), str(qte.shape[1]), str(repeat)], capture_output=True, text=True, check=True
+    )
     us = float(proc.stderr.split("us_per_predict=")[1].split()[0])
     return np.array([int(v) for v in proc.stdout.split()]), us
 
@@ -71,7 +73,7 @@ def main() -> int:
         node = parity.run_node(efm, xte, 64, repeat=args.repeat_mpy)
         sk = rf.predict(qte.astype(float))
     n_nodes = sum(e.tree_.node_count for e in rf.estimators_)
-    print("== RandomForest, 10 trees, max_leaf_nodes=100, sklearn digits (64 features), %d test rows" % len(yte))
+    print(f"== RandomForest, 10 trees, max_leaf_nodes=100, sklearn digits (64 features), {len(yte)} test rows")
     print(f"trees: {n_nodes} sklearn nodes; accuracy {np.mean(sk == yte):.3f}")
     print(f"model file: {size:,} bytes = {size / PUBLISHED_FILE_BYTES:.1%} of the published {PUBLISHED_FILE_BYTES:,} "
           f"(goal <= 50%: {'met' if size <= PUBLISHED_FILE_BYTES / 2 else 'NOT met'})")  # fmt: skip
@@ -81,7 +83,9 @@ def main() -> int:
     ratio = node.us_per_infer / c_us
     print(f"ratio MicroPython / C: {ratio:.1f}x (goal <= 20x: {'met' if ratio <= 20 else 'NOT met'})")
     print(f"published ESP32 C module: {PUBLISHED_ESP32_US} us/prediction (a different machine: for scale only)")
-    print(f"agreement: C = runner {np.mean(c_pred == node.index):.2%}, sklearn = runner {np.mean(sk == node.index):.2%}")
+    print(
+        f"agreement: C = runner {np.mean(c_pred == node.index):.2%}, sklearn = runner {np.mean(sk == node.index):.2%}"
+    )
     if not args.skip_basicmotions:
         from edgefleet.train import train
 

@@ -41,7 +41,9 @@ def check_mpy_dir(mpy_dir: str | None) -> Path:
     root = Path(mpy_dir).expanduser()
     for need in ("py/dynruntime.mk", "tools/mpy_ld.py"):
         if not (root / need).is_file():
-            raise EdgefleetError(f"MicroPython source tree {root} lacks {need}", hint="point --mpy-dir at a full checkout")
+            raise EdgefleetError(
+                f"MicroPython source tree {root} lacks {need}", hint="point --mpy-dir at a full checkout"
+            )
     return root
 
 
@@ -60,7 +62,9 @@ def emlearn_headers() -> Path:
     try:
         import emlearn
     except ImportError as e:
-        raise EdgefleetError("emlearn headers missing: the emlearn package is not installed", hint="pip install emlearn") from e
+        raise EdgefleetError(
+            "emlearn headers missing: the emlearn package is not installed", hint="pip install emlearn"
+        ) from e
     inc = Path(emlearn.includedir)
     if not (inc / "eml_trees.h").is_file():
         raise EdgefleetError(f"emlearn headers missing: no eml_trees.h in {inc}", hint="pip install -U emlearn")

@@ -85,7 +85,10 @@ def _disagreements(label: str, a, c, y, classes, regress: bool) -> list[dict]:
     rows = []
     diff = ~np.isclose(a, c, rtol=1e-4, atol=1e-6) if regress else np.asarray(a) != np.asarray(c)
     for i in np.flatnonzero(diff):
-        name = (lambda v: classes[int(v)] if classes and 0 <= int(v) < len(classes) else f"{v:.6g}")
+
+        def name(v):
+            return classes[int(v)] if classes and 0 <= int(v) < len(classes) else f"{v:.6g}"
+
         rows.append({"pair": label, "window": int(i), "truth": name(y[i]) if len(y) else "",
                      "left": name(a[i]), "right": name(c[i])})  # fmt: skip
     return rows
@@ -141,7 +144,9 @@ def measure(out: Path, t, est, conv_est, efm: Path, key: bytes | None) -> dict:
         metrics["accuracy"] = float(np.mean(a_idx == y))
         metrics["accuracy_node"] = float(np.mean(node.index == y))
         p, r, f, _ = precision_recall_fscore_support(y, a_idx, labels=range(len(classes)), zero_division=0)
-        metrics["per_class"] = {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i])} for i, c in enumerate(classes)}
+        metrics["per_class"] = {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i])} for i, c in enumerate(classes)
+        }
     elif t.task == "regress":
         nz = np.abs(y) > 1e-9
         metrics["A_forecast"] = float(1 - np.mean(np.abs(y[nz] - a_score[nz]) / np.abs(y[nz]))) if nz.any() else None

@@ -68,7 +68,9 @@ def basicmotions_dir() -> Path:
     try:
         import aeon
     except ImportError as e:
-        raise EdgefleetError("the aeon package is not installed", hint="pip install aeon (it ships BasicMotions)") from e
+        raise EdgefleetError(
+            "the aeon package is not installed", hint="pip install aeon (it ships BasicMotions)"
+        ) from e
     d = Path(aeon.__file__).parent / "datasets" / "data" / "BasicMotions"
     if not (d / "BasicMotions_TRAIN.ts").is_file():
         raise EdgefleetError(f"BasicMotions files not found in {d}", hint="reinstall aeon: pip install -U aeon")

@@ -140,7 +140,7 @@ def decode(data: bytes, key: bytes | None = None) -> ModelFile:
     """Parse and verify (the host's reader, for tests and `convert`; the node has its own in node/model.py)."""
     if len(data) < HEADER.size + 64 or data[:4] != MAGIC:
         raise EdgefleetError("not an edgefleet model file (bad magic or too short)")
-    magic, ver, kind, task, nf, nc, window, hop, thr, slen, blen, flags = HEADER.unpack_from(data)
+    _magic, ver, kind, task, nf, nc, window, hop, thr, slen, blen, flags = HEADER.unpack_from(data)
     if ver != VERSION:
         raise EdgefleetError(f"model file version {ver}, this edgefleet reads {VERSION}")
     end = HEADER.size + slen + 8 * nf + blen
@@ -250,10 +250,14 @@ def trees_body(est_int, regress: bool = False, compact: bool = True) -> bytes:
 
     leaf_bits = 32 if regress else 0
     leaf = "value" if regress else "argmax"
-    forest = emt.flatten_forest([e.tree_ for e in getattr(est_int, "estimators_", [est_int])], leaf=leaf, leaf_bits=leaf_bits)
+    forest = emt.flatten_forest(
+        [e.tree_ for e in getattr(est_int, "estimators_", [est_int])], leaf=leaf, leaf_bits=leaf_bits
+    )
     nodes, roots, leaves = emt.remove_duplicate_leaves(forest)
     if len(nodes) > 32767 or len(leaves) > 32767:
-        raise EdgefleetError(f"forest too large for int16 node indices ({len(nodes)} nodes)", hint="fewer/smaller trees")
+        raise EdgefleetError(
+            f"forest too large for int16 node indices ({len(nodes)} nodes)", hint="fewer/smaller trees"
+        )
     packed = _compact_nodes(nodes, roots) if compact else None
     node_format = 1 if packed else 0
     out_roots = packed[1] if packed else roots
@@ -264,7 +268,9 @@ def trees_body(est_int, regress: bool = False, compact: bool = True) -> bytes:
         out += packed[0]
     else:
         for i, (feat, value, left, right) in enumerate(nodes):
-            out += struct.pack("<bBhhh", int(feat), 0, int(value), emt.encode_child(i, left), emt.encode_child(i, right))
+            out += struct.pack(
+                "<bBhhh", int(feat), 0, int(value), emt.encode_child(i, left), emt.encode_child(i, right)
+            )
     out = bytearray(_pad4(bytes(out)))
     if regress:
         out += struct.pack(f"<{len(leaves)}f", *[float(v) for v in leaves])

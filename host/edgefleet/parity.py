@@ -101,7 +101,9 @@ def run_node(efm: Path, windows: np.ndarray, n_features: int, heap: int = ESP32_
         np.ascontiguousarray(windows, dtype="<f4").tofile(win)
         argv = [find_micropython(), "-X", f"heapsize={heap}", str(NODE_SCRIPT), str(efm), str(win),
                 str(len(windows)), str(out), key.hex() if key else "-", str(repeat)]  # fmt: skip
-        proc = subprocess.run(argv, env=micropython_env(extra_path or []), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            argv, env=micropython_env(extra_path or []), capture_output=True, text=True, timeout=timeout
+        )
         if proc.returncode:
             raise EdgefleetError(f"node runner failed on MicroPython:\n{(proc.stdout + proc.stderr)[-3000:]}")
         m = re.search(r"backend=(\S+) us_per_infer=([\d.]+) model_ram=(\d+)", proc.stdout)

@@ -10,8 +10,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _png(fig) -> str:
@@ -99,7 +99,9 @@ def write(path: Path, m: dict, res: dict) -> None:
     dis = m["disagreements"]
     parts.append(f"<h3>Disagreements ({len(dis)})</h3>")
     if dis:
-        parts.append("<table border=1 cellpadding=3><tr><th>pair</th><th>window</th><th>truth</th><th>left</th><th>right</th></tr>")
+        parts.append(
+            "<table border=1 cellpadding=3><tr><th>pair</th><th>window</th><th>truth</th><th>left</th><th>right</th></tr>"
+        )
         parts += [f"<tr><td>{d['pair']}</td><td>{d['window']}</td><td>{e(str(d['truth']))}</td><td>{e(str(d['left']))}</td>"
                   f"<td>{e(str(d['right']))}</td></tr>" for d in dis]  # fmt: skip
         parts.append("</table>")

@@ -8,7 +8,6 @@ and report.html, after measuring parity between the trained model, emlearn's C c
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import pickle
@@ -139,15 +138,21 @@ def fit(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse
     seed = args.seed
     if kind in ("rf", "et"):
         cls = ensemble.RandomForestClassifier if kind == "rf" else ensemble.ExtraTreesClassifier
-        est = cls(n_estimators=args.trees, max_leaf_nodes=args.max_leaf_nodes, max_depth=args.max_depth, random_state=seed)
+        est = cls(
+            n_estimators=args.trees, max_leaf_nodes=args.max_leaf_nodes, max_depth=args.max_depth, random_state=seed
+        )
         for n in tqdm(range(1, args.trees + 1), desc=kind, unit="tree", disable=None):
             est.set_params(n_estimators=n, warm_start=True)
             est.fit(xq, y)
         return est
     if kind == "dt":
-        return tree.DecisionTreeClassifier(max_leaf_nodes=args.max_leaf_nodes, max_depth=args.max_depth, random_state=seed).fit(xq, y)
+        return tree.DecisionTreeClassifier(
+            max_leaf_nodes=args.max_leaf_nodes, max_depth=args.max_depth, random_state=seed
+        ).fit(xq, y)
     if kind == "mlp-sk":
-        est = MLPClassifier((32, 16), max_iter=1, warm_start=True, random_state=seed, learning_rate_init=0.01, batch_size=32)
+        est = MLPClassifier(
+            (32, 16), max_iter=1, warm_start=True, random_state=seed, learning_rate_init=0.01, batch_size=32
+        )
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
@@ -261,7 +266,9 @@ def train(args: argparse.Namespace) -> Path:
         y = np.array([classes.index(c) if c in classes else -1 for c in w.y])
         te = te[y[te] >= 0]
     if len(tr) < 4 or len(te) < 1:
-        raise EdgefleetError(f"too few windows: {len(tr)} train, {len(te)} test", hint="more data or a smaller window/hop")
+        raise EdgefleetError(
+            f"too few windows: {len(tr)} train, {len(te)} test", hint="more data or a smaller window/hop"
+        )
     log.info("%s: %d windows (%d train, %d test), %d features", args.data, len(w.y), len(tr), len(te), len(names))
     if kind == "anomaly":
         rng = np.random.default_rng(args.seed)

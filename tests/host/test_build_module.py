@@ -28,7 +28,7 @@ def _fake_mpy_dir(tmp_path: Path) -> Path:
 def test_missing_micropython_source_is_named(tmp_path, capsys):
     with pytest.raises(EdgefleetError, match="MicroPython source tree not given"):
         build_module.build("sim", None)
-    with pytest.raises(EdgefleetError, match="lacks py/dynruntime.mk"):
+    with pytest.raises(EdgefleetError, match=r"lacks py/dynruntime\.mk"):
         build_module.build("sim", str(tmp_path))
     assert cli.main(["build-module", "--board", "sim", "--mpy-dir", str(tmp_path / "nope")]) == 2
     assert "lacks py/dynruntime.mk" in capsys.readouterr().err

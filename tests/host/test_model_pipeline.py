@@ -191,7 +191,9 @@ def test_train_convert_parity(tmp_path, model):
     assert p["b_vs_c"] == 1.0, m["disagreements"]
     assert p["core_vs_b"] == 1.0
     assert p["a_vs_c"] >= 0.995, m["disagreements"]
-    assert len(m["disagreements"]) == sum(round((1 - p[k]) * m["metrics"]["n_test"]) for k in ("a_vs_c", "b_vs_c", "a_vs_b"))
+    assert len(m["disagreements"]) == sum(
+        round((1 - p[k]) * m["metrics"]["n_test"]) for k in ("a_vs_c", "b_vs_c", "a_vs_b")
+    )
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64") >= (4 if m["task"] == "classify" else 1)
     assert m["flash_bytes"] == (out / "model.efm").stat().st_size and m["ram_bytes"] > 0

@@ -39,4 +39,5 @@ with open(wpath, "rb") as fin, open(opath, "wb") as fout:
         total_us += time.ticks_diff(time.ticks_us(), t0)
         fout.write(struct.pack("<if", idx, score))
         fout.write(q)
-print("backend=%s us_per_infer=%.2f model_ram=%d" % (r.backend, total_us / max(1, n_win * repeat), ram))
+# MicroPython's %-formatting, not f-strings with format specs: this runs on the node's interpreter
+print("backend=%s us_per_infer=%.2f model_ram=%d" % (r.backend, total_us / max(1, n_win * repeat), ram))  # noqa: UP031
