@@ -29,7 +29,7 @@ TOOLCHAINS = {
 }
 TOOLCHAIN_HINTS = {
     "xtensawin": "install the ESP-IDF (it provides xtensa-esp32-elf-gcc) and source its export.sh",
-    "rv32imc": "sudo apt-get install gcc-riscv64-unknown-elf (or the ESP-IDF's riscv32-esp-elf toolchain)",
+    "rv32imc": "sudo apt-get install gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf (dynruntime.mk uses both)",
     "x64": "sudo apt-get install gcc",
 }
 

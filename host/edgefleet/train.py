@@ -230,6 +230,7 @@ def train(args: argparse.Namespace) -> Path:
         raise EdgefleetError(f"unknown model {args.model!r}", hint="one of " + ", ".join(MODELS))
     if args.model == "mlp-keras":
         require_tensorflow()
+    key = _key(args)  # a bad key file fails before any training
     w = datasets.load(args.data, args.window, args.hop, args.sensor)
     names = features.names(w.channels)
     x = feature_matrix(w)
@@ -297,7 +298,7 @@ def train(args: argparse.Namespace) -> Path:
                         label=np.asarray(w.y)[te])  # fmt: skip
     from .convert import convert
 
-    convert(out, key=_key(args))
+    convert(out, key=key)
     return out
 
 

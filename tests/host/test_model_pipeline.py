@@ -234,3 +234,57 @@ def test_shipped_model_file_is_what_convert_writes():
 def test_all_model_kinds_are_offered():
     assert set(MODELS) == {"rf", "dt", "et", "mlp-keras", "mlp-sk", "anomaly", "forecast"}
     assert os.path.isfile(ROOT / "firmware" / "cmodule" / "efm_core.c")
+
+
+def _with_node(data: bytes, node: int, right: int) -> bytes:
+    """The model file with one compact tree node's right child replaced, sha256 recomputed (a crafted file)."""
+    import struct
+
+    mf = modelfile.decode(data)
+    body = bytearray(mf.body)
+    n_trees = struct.unpack_from("<H", body)[0]
+    at = ((8 + 2 * n_trees + 3) & ~3) + 6 * node + 4
+    struct.pack_into("<h", body, at, right)
+    mf.body = bytes(body)
+    return modelfile.encode(mf)
+
+
+def test_crafted_tree_cannot_loop_or_escape(tmp_path):
+    """A file with a valid sha256 but a node jumping to itself or past the end: the C core and the node
+    runner both refuse it at load instead of looping or reading out of bounds."""
+    data = (ROOT / "models" / "basicmotions-rf" / "model.efm").read_bytes()
+    assert modelfile.decode(data).body[7] == 1  # the shipped forest uses compact nodes
+    core = parity.build_core_harness(tmp_path)
+    q = tmp_path / "q.bin"
+    np.zeros((1, 72), dtype="<i2").tofile(q)
+    ts = np.load(ROOT / "models" / "basicmotions-rf" / "testset.npz")
+    for right in (0, 30000):
+        bad = tmp_path / f"bad{right}.efm"
+        bad.write_bytes(_with_node(data, 0, right))
+        proc = __import__("subprocess").run([str(core), str(bad), str(q)], capture_output=True, text=True)
+        assert proc.returncode == 3 and "corrupt model body" in proc.stderr, proc.stderr
+        with pytest.raises(EdgefleetError, match=r"jumps to"):
+            parity.run_node(bad, ts["x"][:1], 72)
+
+
+def test_signed_training_end_to_end(tmp_path, monkeypatch):
+    """--key-file signs the model file; the node verifies it with the key during the parity run."""
+    import json
+
+    key = tmp_path / "model.key"
+    key.write_bytes(os.urandom(32))
+    out = tmp_path / "m"
+    code = cli.main(["-q", "train", "--data", "basicmotions", "--model", "dt", "--name", "s", "--out", str(out),
+                     "--key-file", str(key)])  # fmt: skip
+    assert code == 0
+    m = json.loads((out / "s" / "manifest.json").read_text())
+    assert m["model_file"]["signed"] and m["parity"]["b_vs_c"] == 1.0
+    data = (out / "s" / "model.efm").read_bytes()
+    assert modelfile.decode(data, key.read_bytes()).signed
+    with pytest.raises(EdgefleetError, match="signature does not verify"):
+        parity.run_node(out / "s" / "model.efm", np.load(out / "s" / "testset.npz")["x"][:1], 72, key=b"w" * 32)
+    short = tmp_path / "short.key"
+    short.write_bytes(b"abc")
+    assert (
+        cli.main(["train", "--data", "basicmotions", "--name", "t", "--out", str(out), "--key-file", str(short)]) == 2
+    )
