@@ -288,3 +288,40 @@ def test_signed_training_end_to_end(tmp_path, monkeypatch):
     assert (
         cli.main(["train", "--data", "basicmotions", "--name", "t", "--out", str(out), "--key-file", str(short)]) == 2
     )
+
+
+def _basicmotions_csv(path: Path, labelled: bool = True) -> Path:
+    """BasicMotions as a collector export: one device per case, 10 Hz readings, labels in the label column."""
+    d = datasets.basicmotions_dir()
+    lines = ["device,seq,ts_ms,sensor,flags,label,ax,ay,az,gx,gy,gz,temperature"]
+    for part in ("TRAIN", "TEST"):
+        cases, labels = datasets.parse_ts(d / f"BasicMotions_{part}.ts")
+        for i, (case, label) in enumerate(zip(cases, labels, strict=True)):
+            dev = f"{part.lower()}-{i:02d}"
+            for s in range(case.shape[1]):
+                vals = ",".join(f"{v:.6f}" for v in case[:, s])
+                lines.append(f"{dev},{s},{1_700_000_000_000 + 100 * s},imu,0,{label if labelled else ''},{vals},")
+            lines.append(f"{dev},{1000},{1_700_000_000_000},env,0,,,,,,,,21.5")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_train_from_export_csv(tmp_path):
+    """`--data PATH.csv`: the export format, split by device series, classifier and unlabelled anomaly model."""
+    import json
+
+    from edgefleet.train import train
+
+    csv_path = _basicmotions_csv(tmp_path / "export.csv")
+    out = train(_args(tmp_path, "rf", data=str(csv_path), sensor="imu"))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["channels"] == ["ax", "ay", "az", "gx", "gy", "gz"] and m["sensor"] == "imu"
+    assert m["metrics"]["n_test"] == 60  # 20 of 80 device series, 3 windows each
+    assert m["metrics"]["accuracy"] >= 0.9 and m["parity"]["b_vs_c"] == 1.0
+    unlabelled = _basicmotions_csv(tmp_path / "unlabelled.csv", labelled=False)
+    out = train(_args(tmp_path, "anomaly", data=str(unlabelled), sensor="imu", name="anom"))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["task"] == "anomaly" and m["threshold"] > 0 and m["parity"]["b_vs_c"] == 1.0
+    assert m["feature_relevance"] == []  # no labels, no mutual information
+    with pytest.raises(EdgefleetError, match="several sensors"):
+        train(_args(tmp_path, "rf", data=str(csv_path)))
