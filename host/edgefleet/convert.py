@@ -157,7 +157,7 @@ def measure(out: Path, t, est, conv_est, efm: Path, key: bytes | None) -> dict:
             metrics["detection_rate"] = float(np.mean(a_idx[y == 1]))
             metrics["false_alarm_rate"] = float(np.mean(a_idx[y == 0]))
     return {"metrics": metrics, "parity": pairs, "disagreements": dis, "node": node, "pred": a_idx, "y": y,
-            "node_us": node.us_per_infer, "node_ram": node.model_ram}  # fmt: skip
+            "node_us": node.us_per_infer, "node_ram": node.model_ram, "node_us_features": node.us_per_features}  # fmt: skip
 
 
 def convert(out: Path, key: bytes | None = None) -> dict:
@@ -181,6 +181,7 @@ def convert(out: Path, key: bytes | None = None) -> dict:
         "model_file": {"path": "model.efm", "format_version": modelfile.VERSION, "bytes": len(data),
                        "sha256": mf.sha256, "signed": mf.signed},
         "flash_bytes": len(data), "ram_bytes": res["node_ram"], "node_us_per_inference_unix": res["node_us"],
+        "node_us_per_features_unix": res["node_us_features"],
         "metrics": res["metrics"], "parity": res["parity"], "disagreements": res["disagreements"],
         "feature_relevance": t.relevance[:20],
     }  # fmt: skip

@@ -88,6 +88,7 @@ class NodeRun:
     us_per_infer: float
     backend: str
     model_ram: int
+    us_per_features: float
 
 
 def run_node(efm: Path, windows: np.ndarray, n_features: int, heap: int = ESP32_HEAP, key: bytes | None = None,
@@ -106,11 +107,11 @@ def run_node(efm: Path, windows: np.ndarray, n_features: int, heap: int = ESP32_
         )
         if proc.returncode:
             raise EdgefleetError(f"node runner failed on MicroPython:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        m = re.search(r"backend=(\S+) us_per_infer=([\d.]+) model_ram=(\d+)", proc.stdout)
+        m = re.search(r"backend=(\S+) us_per_infer=([\d.]+) model_ram=(\d+) us_per_features=([\d.]+)", proc.stdout)
         rec = np.dtype([("idx", "<i4"), ("score", "<f4"), ("q", "<i2", (n_features,))])
         data = np.fromfile(out, dtype=rec)
     return NodeRun(data["idx"], data["score"], data["q"], float(m.group(2)) if m else float("nan"),
-                   m.group(1) if m else "?", int(m.group(3)) if m else -1)  # fmt: skip
+                   m.group(1) if m else "?", int(m.group(3)) if m else -1, float(m.group(4)) if m else float("nan"))  # fmt: skip
 
 
 def agreement(a: np.ndarray, b: np.ndarray, regress: bool = False, rtol: float = 1e-4) -> float:

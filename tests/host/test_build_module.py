@@ -60,3 +60,15 @@ def test_x64_module_builds_and_loads_into_unix_port(tmp_path):
     assert c.backend == "cmodule" and py.backend == "micropython"
     np.testing.assert_array_equal(c.index, py.index)
     np.testing.assert_allclose(c.score, py.score, rtol=1e-6)
+
+
+@pytest.mark.needs_mpy_dir
+@pytest.mark.skipif(not os.environ.get("MPY_DIR"), reason="MPY_DIR not set: no MicroPython source tree to link "
+                    "a native .mpy; set MPY_DIR to a micropython checkout")  # fmt: skip
+@pytest.mark.skipif(not shutil.which("riscv64-unknown-elf-gcc"), reason="riscv64-unknown-elf-gcc not installed "
+                    "(apt-get install gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf)")  # fmt: skip
+def test_rv32imc_module_builds_for_esp32_c3(tmp_path):
+    """Cross build for the ESP32-C3 (cannot run here: there is no rv32 MicroPython on this machine)."""
+    mpy = build_module.build("esp32-c3", os.environ["MPY_DIR"], tmp_path / "build")
+    head = mpy.read_bytes()[:4]
+    assert head[0] == ord("M") and head[1] == 6, head  # .mpy v6 header
