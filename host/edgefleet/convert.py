@@ -70,15 +70,20 @@ def body_of(t, est) -> tuple[int, bytes, Any]:
 
 
 def write_model_h(t, conv_est, path: Path) -> None:
+    import contextlib
+
     import emlearn
 
-    if t.kind in ("rf", "dt", "et", "forecast"):
-        c = emlearn.convert(conv_est, method="loadable", dtype="int16_t")
-    elif t.kind == "anomaly":
-        c = emlearn.convert(conv_est, method="inline")
-    else:
-        c = emlearn.convert(conv_est, method="loadable")
-    c.save(name=EMLEARN_NAME, file=str(path))
+    path = path.resolve()
+    # emlearn compiles nets and envelopes for CPython under ./tmp while converting: keep that out of the cwd
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        if t.kind in ("rf", "dt", "et", "forecast"):
+            c = emlearn.convert(conv_est, method="loadable", dtype="int16_t")
+        elif t.kind == "anomaly":
+            c = emlearn.convert(conv_est, method="inline")
+        else:
+            c = emlearn.convert(conv_est, method="loadable")
+        c.save(name=EMLEARN_NAME, file=str(path))
 
 
 def _disagreements(label: str, a, c, y, classes, regress: bool) -> list[dict]:
