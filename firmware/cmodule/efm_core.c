@@ -161,10 +161,11 @@ int efm_load(efm_model_t *m, const uint8_t *buf, size_t len, void *work, size_t 
 
 void efm_quantize(const efm_model_t *m, const float *x, int16_t *q) {
     for (int i = 0; i < m->n_features; i++) {
-        float v = efm_floorf((x[i] - m->offset[i]) * m->scale[i] + 0.5f);
+        float v = (x[i] - m->offset[i]) * m->scale[i] + 0.5f;
+        if (!(v == v)) v = 0.0f; /* NaN (a sensor gap): the centre of the training range, as host and node */
         if (v > 32767.0f) v = 32767.0f;
         if (v < -32767.0f) v = -32767.0f;
-        q[i] = (int16_t)v;
+        q[i] = (int16_t)efm_floorf(v);
     }
 }
 

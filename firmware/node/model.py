@@ -5,8 +5,9 @@
 # RAM is bounded: the file is verified in 256-byte chunks (sha256, optional HMAC), then each section is read
 # with readinto into one preallocated array; the model body may not exceed MAX_BODY bytes, so a loaded model
 # costs at most ~MAX_BODY + 8 bytes per feature of heap whatever file it is given.
-import struct
+import binascii
 import hashlib
+import struct
 from array import array
 
 import micropython
@@ -130,7 +131,9 @@ def _hmac_pads(key):
     return ipad, opad
 
 
-def _verify(f, size, content_len, signed, key):
+def _verify(f, content_len, signed, key):
+    # Hash the file in 256-byte chunks (sha256, and the HMAC's inner hash when a key is given); returns the
+    # sha256 digest.
     h = hashlib.sha256()
     inner = None
     if key is not None:
@@ -158,6 +161,7 @@ def _verify(f, size, content_len, signed, key):
         outer.update(inner.digest())
         if outer.digest() != trailer[32:]:
             raise ModelError("model file signature does not verify with the configured key")
+    return trailer[:32]
 
 
 class Runner:
@@ -170,12 +174,14 @@ class Runner:
         self.window = 0
         self.hop = 0
         self.threshold = None
-        self.sha256 = b""
+        self.sha256 = ""  # hex sha256 of the file's content, for status reports
         self.backend = "micropython"
 
     def _features(self, window):
-        if len(window) != len(self.channels):
-            raise ValueError("window has %d channels, model wants %d" % (len(window), len(self.channels)))
+        if len(window) != len(self.channels) or len(window[0]) != self.window:
+            raise ValueError(
+                "window is %d x %d, model wants %d channels x %d" % (len(window), len(window[0]), len(self.channels), self.window)
+            )
         features.compute(window, self._feat)
         return self.quantize(self._feat)
 
@@ -186,14 +192,17 @@ class Runner:
         q = self._q
         for i in range(self.n_features):
             v = (x[i] - off[i]) * sc[i] + 0.5
-            iv = int(v)
-            if iv > v:  # floor for negatives
-                iv -= 1
-            if iv > _QMAX:
-                iv = _QMAX
-            elif iv < -_QMAX:
-                iv = -_QMAX
-            q[i] = iv
+            if v >= _QMAX:
+                q[i] = _QMAX
+            elif v <= -_QMAX:
+                q[i] = -_QMAX
+            elif v == v:
+                iv = int(v)
+                if iv > v:  # floor for negatives
+                    iv -= 1
+                q[i] = iv
+            else:  # NaN (a sensor gap): the centre of the training range, as on the host
+                q[i] = 0
         return q
 
     def quantized(self, window):
@@ -348,8 +357,9 @@ def _load(f, key, use_c):
     size = f.tell()
     if size != content + 64:
         raise ModelError("model file length %d, header says %d" % (size, content + 64))
-    _verify(f, size, content, flags & _FLAG_SIGNED, key)
+    digest = _verify(f, content, flags & _FLAG_SIGNED, key)
     r = Runner()
+    r.sha256 = binascii.hexlify(digest).decode()
     f.seek(_HDR_SIZE)
     sbuf = f.read(slen)
     r.model_id, r.sensor, r.channels, r.classes = _strings(sbuf, nc)

@@ -64,8 +64,9 @@ class Scaling:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Quantize in float32, exactly as the node does (same rounding, same clamp)."""
-        v = (np.asarray(x, dtype=np.float32) - self.offset) * self.scale
-        return np.clip(np.floor(v + np.float32(0.5)), -Q_MAX, Q_MAX).astype(np.int16)
+        v = (np.asarray(x, dtype=np.float32) - self.offset) * self.scale + np.float32(0.5)
+        v = np.nan_to_num(v, nan=0.0, posinf=Q_MAX, neginf=-Q_MAX)  # NaN (a sensor gap) -> 0, as on the node
+        return np.clip(np.floor(v), -Q_MAX, Q_MAX).astype(np.int16)
 
 
 @dataclass

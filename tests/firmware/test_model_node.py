@@ -74,6 +74,28 @@ def test_runner_predicts_like_trained_model(shipped_model_case):
     print("model + 24 inferences held %d bytes of heap" % (before - gc.mem_free()))
 
 
+def test_quantize_edges(shipped_model_case):
+    # a sensor gap (NaN) maps to the centre of the training range, infinities clamp: never an exception
+    r = model.load(shipped_model_case["path"], use_c=False)
+    assert len(r.sha256) == 64, r.sha256
+    x = array("f", bytes(4 * r.n_features))
+    for i in range(r.n_features):
+        x[i] = r._off[i]
+    x[0] = float("nan")
+    x[1] = float("inf")
+    x[2] = -float("inf")
+    x[3] = 1e30
+    q = r.quantize(x)
+    assert q[0] == 0 and q[1] == 32767 and q[2] == -32767 and q[3] == 32767, q
+    assert q[4] == 0 and q[5] == 0, q  # at the offset: the middle of the training range
+    try:
+        r.infer([array("f", bytes(4 * 10)) for _ in range(6)])
+    except ValueError as e:
+        assert "model wants 6 channels x 50" in str(e), e
+    else:
+        raise AssertionError("a window of the wrong length must raise")
+
+
 def _expect_model_error(path, key=None, words=()):
     try:
         model.load(path, key)

@@ -144,6 +144,8 @@ def test_scaling_quantizes_like_the_node():
     assert q.dtype == np.int16
     np.testing.assert_array_equal(q[:3], [[-30000, -30000], [30000, 30000], [0, 0]])
     np.testing.assert_array_equal(q[3], [32767, -32767])  # clamped, never wraps
+    gaps = s.apply(np.array([[np.nan, np.inf], [-np.inf, 1e30]]))
+    np.testing.assert_array_equal(gaps, [[0, 32767], [-32767, 32767]])  # as node/model.py quantize
 
 
 def test_integer_thresholds_match_sklearn_exactly(tmp_path, monkeypatch):
