@@ -3,8 +3,9 @@
 # else the MicroPython implementation below, which evaluates the same bytes the same way.
 #
 # RAM is bounded: the file is verified in 256-byte chunks (sha256, optional HMAC), then each section is read
-# with readinto into one preallocated array; the model body may not exceed MAX_BODY bytes, so a loaded model
-# costs at most ~MAX_BODY + 8 bytes per feature of heap whatever file it is given.
+# with readinto into one preallocated array (compact tree nodes are evaluated in place, 6 bytes each); the
+# model body may not exceed MAX_BODY bytes, so a loaded model costs at most ~MAX_BODY + 16 bytes per feature
+# of heap whatever file it is given.
 import binascii
 import hashlib
 import struct
@@ -41,7 +42,7 @@ _KIND_MLP = const(2)
 _KIND_GAUSS = const(3)
 _FLAG_SIGNED = const(1)
 TASKS = ("classify", "anomaly", "regress")
-MAX_BODY = const(49152)  # 48 KB: fits the ESP32-DevKitC's ~110 KB heap beside the app's own ~40 KB
+MAX_BODY = const(32768)  # 32 KB: the model's arrays fit the ESP32-DevKitC's ~110 KB heap beside the app
 _QMAX = const(32767)
 
 
@@ -68,47 +69,32 @@ def _tree_leaves(nodes: ptr16, roots: ptr16, n_trees: int, q: ptr16, out: ptr16)
             i += c
 
 
-def _expand_compact(f, nodes, n_nodes):
-    # 6-byte preorder nodes (u8 feature, u8 left leaf or 0xFF = next node, i16 threshold, i16 right) into
-    # emlearn's layout, 48 nodes (288 bytes) at a time.
-    buf = bytearray(288)
-    i = 0
-    while i < n_nodes:
-        k = min(48, n_nodes - i)
-        n = f.readinto(memoryview(buf)[: 6 * k])
-        if n != 6 * k:
-            raise ModelError("model file truncated in tree nodes")
-        for j in range(k):
-            b = 6 * j
-            o = 4 * (i + j)
-            nodes[o] = buf[b]
-            nodes[o + 1] = buf[b + 2] | (buf[b + 3] << 8)
-            ll = buf[b + 1]
-            nodes[o + 2] = 1 if ll == 0xFF else 0xFFFF - ll  # next node, or leaf ll encoded as -ll-1
-            nodes[o + 3] = buf[b + 4] | (buf[b + 5] << 8)
-        i += k
-
-
 @micropython.viper
-def _tree_vote(nodes: ptr16, roots: ptr16, n_trees: int, q: ptr16, leaves: ptr8, votes: ptr16, n_classes: int) -> int:
-    # Hard majority vote of the trees (emlearn's leaf_bits=0): returns the first class with the most votes,
-    # as eml_trees_predict does; votes[] holds the counts.
+def _tree_vote6(nodes: ptr8, roots: ptr16, n_trees: int, q: ptr16, leaves: ptr8, votes: ptr16, n_classes: int) -> int:
+    # _tree_vote on compact nodes, in place: 6 bytes each (u8 feature, u8 left leaf or 0xFF = next node,
+    # i16 threshold, i16 right); same decisions as emlearn's expanded nodes.
     for c in range(n_classes):
         votes[c] = 0
     for t in range(n_trees):
         i = int(roots[t])
         while True:
-            b = i << 2
-            f = int(nodes[b]) & 0xFF
-            if (int(q[f]) ^ 0x8000) < (int(nodes[b + 1]) ^ 0x8000):
-                c = int(nodes[b + 2])
-            else:
-                c = int(nodes[b + 3])
+            b = i * 6
+            f = int(nodes[b])
+            thr = int(nodes[b + 2]) | (int(nodes[b + 3]) << 8)
+            if (int(q[f]) ^ 0x8000) < (thr ^ 0x8000):
+                ll = int(nodes[b + 1])
+                if ll == 0xFF:
+                    i += 1
+                    continue
+                leaf = ll
+                break
+            c = int(nodes[b + 4]) | (int(nodes[b + 5]) << 8)
             if c & 0x8000:
-                cls = int(leaves[0xFFFF - c])
-                votes[cls] = int(votes[cls]) + 1
+                leaf = 0xFFFF - c
                 break
             i += c
+        cls = int(leaves[leaf])
+        votes[cls] = int(votes[cls]) + 1
     best = -1
     most = 0
     for c in range(n_classes):
@@ -116,6 +102,56 @@ def _tree_vote(nodes: ptr16, roots: ptr16, n_trees: int, q: ptr16, leaves: ptr8,
             most = int(votes[c])
             best = c
     return best
+
+
+@micropython.viper
+def _tree_leaves6(nodes: ptr8, roots: ptr16, n_trees: int, q: ptr16, out: ptr16):
+    # _tree_leaves on compact nodes: the leaf index each tree reaches.
+    for t in range(n_trees):
+        i = int(roots[t])
+        while True:
+            b = i * 6
+            f = int(nodes[b])
+            thr = int(nodes[b + 2]) | (int(nodes[b + 3]) << 8)
+            if (int(q[f]) ^ 0x8000) < (thr ^ 0x8000):
+                ll = int(nodes[b + 1])
+                if ll == 0xFF:
+                    i += 1
+                    continue
+                out[t] = ll
+                break
+            c = int(nodes[b + 4]) | (int(nodes[b + 5]) << 8)
+            if c & 0x8000:
+                out[t] = 0xFFFF - c
+                break
+            i += c
+
+
+def _check_nodes(nodes, fmt, n_nodes, n_leaves, nf):
+    # Every index validated once at load, so evaluation can neither loop (jumps go forward only) nor read
+    # outside the arrays, whatever file it was given.
+    for i in range(n_nodes):
+        if fmt:
+            b = 6 * i
+            feat = nodes[b]
+            ll = nodes[b + 1]
+            if ll == 0xFF:
+                if i + 1 >= n_nodes:
+                    raise ModelError("tree node %d: left child past the last node" % i)
+            elif ll >= n_leaves:
+                raise ModelError("tree node %d points to leaf %d of %d" % (i, ll, n_leaves))
+            kids = (nodes[b + 4] | (nodes[b + 5] << 8),)
+        else:
+            feat = nodes[4 * i] & 0xFF
+            kids = (nodes[4 * i + 2], nodes[4 * i + 3])
+        if feat >= nf:
+            raise ModelError("tree node %d uses feature %d of %d" % (i, feat, nf))
+        for c in kids:
+            if c & 0x8000:
+                if 0xFFFF - c >= n_leaves:
+                    raise ModelError("tree node %d points to leaf %d of %d" % (i, 0xFFFF - c, n_leaves))
+            elif c == 0 or i + c >= n_nodes:
+                raise ModelError("tree node %d jumps to %d: not a later node" % (i, i + c))
 
 
 def _hmac_pads(key):
@@ -218,10 +254,11 @@ class Runner:
             return self._result(idx)
         k = self._kind
         if k == _KIND_TREES and not self._regress:
-            best = _tree_vote(self._nodes, self._roots, self._n_trees, q, self._leaves, self._votes, len(self._out))
+            vote = _tree_vote6 if self._fmt else _tree_vote
+            best = vote(self._nodes, self._roots, self._n_trees, q, self._leaves, self._votes, len(self._out))
             return best, self._votes[best] / self._n_trees
         if k == _KIND_TREES:  # regression: mean of the trees' leaf values
-            _tree_leaves(self._nodes, self._roots, self._n_trees, q, self._leafidx)
+            (_tree_leaves6 if self._fmt else _tree_leaves)(self._nodes, self._roots, self._n_trees, q, self._leafidx)
             s = 0.0
             for t in range(self._n_trees):
                 s += self._leaves[self._leafidx[t]]
@@ -381,16 +418,24 @@ def _load(f, key, use_c):
     r._regress = task == 2
     r._c = None
     r._out = array("f", bytes(4 * max(1, nc)))
-    if _cmod is not None and use_c:
-        f.seek(0)
-        blob = f.read()
-        try:
-            r._c = _CModel(blob)
-        except ValueError as e:
-            raise ModelError("model file rejected by the C module: %s" % e)
-        r.backend = "cmodule"
-        return r
     body_start = f.tell()
+    if _cmod is not None and use_c:
+        # The C module holds the file's bytes plus, for compact trees, emlearn's 8-byte nodes: use it when that
+        # fits the same budget, else the MicroPython runner below (which evaluates compact nodes in place).
+        need = size
+        if kind == _KIND_TREES:
+            n_nodes, fmt = struct.unpack("<2xH3xB", f.read(8))
+            need += 8 * n_nodes if fmt == 1 else 0
+        if need <= MAX_BODY:
+            f.seek(0)
+            blob = f.read()
+            try:
+                r._c = _CModel(blob)
+            except ValueError as e:
+                raise ModelError("model file rejected by the C module: %s" % e)
+            r.backend = "cmodule"
+            return r
+        f.seek(body_start)
     if kind == _KIND_TREES:
         n_trees, n_nodes, n_leaves, leaf_bits, fmt = struct.unpack("<HHHBB", f.read(8))
         if fmt > 1 or leaf_bits not in (0, 32):
@@ -404,11 +449,12 @@ def _load(f, key, use_c):
         r._roots = array("H", bytes(2 * n_trees))
         f.readinto(r._roots)
         f.seek(body_start + nodes_at)
-        r._nodes = array("H", bytes(8 * n_nodes))  # emlearn's EmlTreesNode layout, 4 halfwords a node
-        if fmt:
-            _expand_compact(f, r._nodes, n_nodes)
-        else:
-            f.readinto(r._nodes)
+        r._fmt = fmt
+        if fmt:  # compact 6-byte nodes, evaluated in place
+            r._nodes = bytearray(6 * n_nodes)
+        else:  # emlearn's EmlTreesNode layout, 4 halfwords a node
+            r._nodes = array("H", bytes(8 * n_nodes))
+        f.readinto(r._nodes)
         f.seek(body_start + leaves_at)
         if leaf_bits == 32:
             r._leaves = array("f", bytes(4 * n_leaves))
@@ -418,17 +464,7 @@ def _load(f, key, use_c):
         for t in range(n_trees):
             if r._roots[t] >= n_nodes:
                 raise ModelError("corrupt tree root")
-        nodes = r._nodes
-        for i in range(n_nodes):
-            if nodes[4 * i] & 0xFF >= nf:
-                raise ModelError("tree node %d uses feature %d of %d" % (i, nodes[4 * i] & 0xFF, nf))
-            for k in (2, 3):
-                c = nodes[4 * i + k]
-                if c & 0x8000:
-                    if 0xFFFF - c >= n_leaves:
-                        raise ModelError("tree node %d points to leaf %d of %d" % (i, 0xFFFF - c, n_leaves))
-                elif c == 0 or i + c >= n_nodes:  # jumps only forward: evaluation always ends
-                    raise ModelError("tree node %d jumps to %d: not a later node" % (i, i + c))
+        _check_nodes(r._nodes, fmt, n_nodes, n_leaves, nf)
         r._leafidx = array("H", bytes(2 * n_trees))
         r._votes = array("H", bytes(2 * max(1, nc)))
         if not r._regress:

@@ -327,3 +327,38 @@ def test_train_from_export_csv(tmp_path):
     assert m["feature_relevance"] == []  # no labels, no mutual information
     with pytest.raises(EdgefleetError, match="several sensors"):
         train(_args(tmp_path, "rf", data=str(csv_path)))
+
+
+def _digits_forest(tmp_path: Path, trees: int):
+    import emlearn
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = load_digits(return_X_y=True)
+    scaling = modelfile.Scaling.fit(x)
+    rf = RandomForestClassifier(n_estimators=trees, max_leaf_nodes=100, random_state=2)
+    rf.fit(scaling.apply(x).astype(float), y)
+    conv = modelfile.integer_thresholds(rf)
+    body = modelfile.trees_body(conv)
+    mf = modelfile.ModelFile("big", "classify", "bench", (), 0, 0, 64, scaling, modelfile.KIND_TREES, body,
+                             tuple(map(str, rf.classes_)))  # fmt: skip
+    efm = tmp_path / f"forest{trees}.efm"
+    modelfile.write(efm, mf)
+    emlearn.convert(conv, method="loadable", dtype="int16_t").save(name="efm_model", file=str(tmp_path / "model.h"))
+    return x.astype(np.float32), scaling, efm, len(body)
+
+
+def test_large_forest_runs_within_devkitc_heap(tmp_path):
+    """A forest just under the node's MAX_BODY (32 KB) loads and runs on MicroPython with the ESP32-DevKitC's
+    110 KB heap and agrees with emlearn's C code on every row; a bigger one is refused with a clear error."""
+    x, scaling, efm, size = _digits_forest(tmp_path, 50)
+    assert 25_000 < size <= 32768, size
+    exe = parity.build_emlearn_harness(tmp_path, tmp_path, int16_input=True, float_output=False)
+    b = parity.run_emlearn(exe, scaling.apply(x[:300]).astype("<i2"), tmp_path, False)
+    node = parity.run_node(efm, x[:300], 64, heap=parity.ESP32_HEAP)
+    assert node.model_ram >= size
+    np.testing.assert_array_equal(node.index, b)
+    _, _, big, big_size = _digits_forest(tmp_path, 70)
+    assert big_size > 32768
+    with pytest.raises(EdgefleetError, match="model too large for this node"):
+        parity.run_node(big, x[:1], 64)
