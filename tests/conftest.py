@@ -40,3 +40,80 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory):
     broker.start()
     yield broker
     broker.stop()
+
+
+# ---------------------------------------------------------------- model (issue 5)
+# Feature tolerance between the node and the host, relative to each channel's scale (max |x| for statistics
+# and slope, max |x|^2 for band energies, 1 for the zero-crossing rate). Why 1e-5: the node stores windows and
+# features in float32 (and computes in float32 on an ESP32); emulating float32 arithmetic on BasicMotions
+# gives at most 3.6e-7 of scale, so 1e-5 leaves ~30x margin and still catches any formula difference.
+FEATURE_TOL = 1e-5
+SHIPPED_MODEL = ROOT / "models" / "basicmotions-rf"
+
+
+def feature_scales(window, n_per_channel: int) -> list[float]:
+    import numpy as np
+
+    out = []
+    for ch in window:
+        s = float(np.abs(np.asarray(ch, dtype=np.float32)).max()) or 1.0
+        out += [s] * 6 + [1.0, s] + [s * s] * (n_per_channel - 8)
+    return out
+
+
+@pytest.fixture(scope="session")
+def feature_cases(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """BasicMotions windows and synthetic edge cases with their features by the shared file under CPython.
+
+    Written to a binary file (a JSON of floats would not fit a 110 KB heap): per case float32 window
+    [channel][sample], then float64 expected features, then float64 scales; {"path", "n", "channels", ...}.
+    """
+    import numpy as np
+
+    from edgefleet import datasets
+    from edgefleet import features as F
+
+    w = datasets.load_basicmotions(50, 25)
+    wins = [w.x[i].astype(np.float32).astype(np.float64) for i in range(0, len(w.x), 24)]
+    t = np.arange(50)
+    wins.append(np.stack([np.full(50, 1.5), np.sin(t), (t >= 25) * 2.0 - 1, t * 0.1, np.zeros(50), np.cos(t * 2.9)]))
+    wins = [x.astype(np.float32).astype(np.float64) for x in wins]
+    n_per = F.shared().N_PER_CHANNEL
+    path = tmp_path_factory.mktemp("features") / "cases.bin"
+    with path.open("wb") as f:
+        for x in wins:
+            f.write(x.astype("<f4").tobytes())
+            f.write(F.compute_shared(x).astype("<f8").tobytes())
+            f.write(np.asarray(feature_scales(x, n_per), dtype="<f8").tobytes())
+    return {"path": str(path), "n": len(wins), "channels": 6, "samples": 50, "tol": FEATURE_TOL}
+
+
+@pytest.fixture(scope="session")
+def shipped_model_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """models/basicmotions-rf: its model file, 24 test windows (float32 file) and the trained model's classes."""
+    import numpy as np
+
+    from edgefleet.convert import load_trained
+    from edgefleet.train import predict
+
+    t, est = load_trained(SHIPPED_MODEL)
+    ts = np.load(SHIPPED_MODEL / "testset.npz")
+    idx, _ = predict(t, est, ts["xq"][:24].astype(np.float64))
+    wpath = tmp_path_factory.mktemp("shipped") / "windows.bin"
+    ts["x"][:24].astype("<f4").tofile(wpath)
+    return {"path": str(SHIPPED_MODEL / "model.efm"), "windows": str(wpath), "expected": idx.tolist(),
+            "classes": list(t.classes)}  # fmt: skip
+
+
+@pytest.fixture
+def signed_model(tmp_path: Path) -> dict:
+    """The shipped model re-encoded signed with a fresh key, plus the unsigned original."""
+    import secrets
+
+    from edgefleet import modelfile
+
+    mf = modelfile.decode((SHIPPED_MODEL / "model.efm").read_bytes())
+    key = secrets.token_bytes(32)
+    path = tmp_path / "signed.efm"
+    modelfile.write(path, mf, key)
+    return {"path": str(path), "key": key.hex(), "unsigned": str(SHIPPED_MODEL / "model.efm"), "dir": str(tmp_path)}

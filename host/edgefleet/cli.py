@@ -17,6 +17,10 @@ from .errors import EdgefleetError
 COMMAND_MODULES = [
     "edgefleet.boards",
     "edgefleet.broker",
+    # model (issue 5)
+    "edgefleet.train",
+    "edgefleet.convert",
+    "edgefleet.build_module",
 ]
 
 log = logging.getLogger("edgefleet")

@@ -1,0 +1,181 @@
+"""Training data: the collector's export CSV, or BasicMotions shipped inside the aeon package (offline).
+
+Both end as labelled windows: an array (n_windows, channels, window) plus one label per window (majority of
+the samples' labels), so training never knows where the data came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgefleetError
+
+log = logging.getLogger(__name__)
+
+IMU_CHANNELS = ("ax", "ay", "az", "gx", "gy", "gz")
+FIXED = ("device", "seq", "ts_ms", "sensor", "flags", "label")
+
+
+@dataclass
+class Windows:
+    """Windows of one sensor: x is (n, channels, window) float64, y a label per window ('' = unlabelled)."""
+
+    sensor: str
+    channels: tuple[str, ...]
+    window: int
+    hop: int
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # source series of each window
+    split: np.ndarray | None = None  # "train"/"test" per window when the dataset defines it
+    nxt: np.ndarray | None = None  # (n, channels): the sample after each window (NaN at a series' end)
+
+
+def windows_of(
+    series: np.ndarray, labels: list[str], window: int, hop: int, nxt: list | None = None
+) -> tuple[list[np.ndarray], list[str]]:
+    """Cut one series (channels x samples) into windows; each window's label is its samples' majority label.
+
+    `nxt`, when given, receives the sample following each window (NaN after the last), the forecast target.
+    """
+    xs, ys = [], []
+    n = series.shape[1]
+    for start in range(0, n - window + 1, hop):
+        xs.append(series[:, start : start + window])
+        votes = Counter(labels[start : start + window]).most_common(1)
+        ys.append(votes[0][0] if votes else "")
+        if nxt is not None:
+            end = start + window
+            nxt.append(series[:, end] if end < n else np.full(series.shape[0], np.nan))
+    return xs, ys
+
+
+def _check_window(window: int, hop: int) -> None:
+    if window < 4 or hop < 1:
+        raise EdgefleetError(f"bad window/hop {window}/{hop}", hint="window >= 4 samples and hop >= 1")
+
+
+# ---------------------------------------------------------------- BasicMotions (aeon)
+
+
+def basicmotions_dir() -> Path:
+    try:
+        import aeon
+    except ImportError as e:
+        raise EdgefleetError(
+            "the aeon package is not installed", hint="pip install aeon (it ships BasicMotions)"
+        ) from e
+    d = Path(aeon.__file__).parent / "datasets" / "data" / "BasicMotions"
+    if not (d / "BasicMotions_TRAIN.ts").is_file():
+        raise EdgefleetError(f"BasicMotions files not found in {d}", hint="reinstall aeon: pip install -U aeon")
+    return d
+
+
+def parse_ts(path: Path) -> tuple[np.ndarray, list[str]]:
+    """A .ts file (sktime/aeon format, equal length, labelled) -> (cases, dims, length), labels."""
+    cases, labels = [], []
+    in_data = False
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not in_data:
+            in_data = line.lower() == "@data"
+            continue
+        *dims, label = line.split(":")
+        cases.append([[float(v) for v in d.split(",")] for d in dims])
+        labels.append(label.strip().lower())
+    if not cases:
+        raise EdgefleetError(f"{path}: no @data cases")
+    return np.asarray(cases, dtype=np.float64), labels
+
+
+def load_basicmotions(window: int, hop: int) -> Windows:
+    """Both splits of BasicMotions, windowed; `split` keeps the dataset's own train/test division."""
+    _check_window(window, hop)
+    d = basicmotions_dir()
+    xs, ys, groups, split, nxt = [], [], [], [], []
+    for part in ("train", "test"):
+        cases, labels = parse_ts(d / f"BasicMotions_{part.upper()}.ts")
+        if window > cases.shape[2]:
+            raise EdgefleetError(f"window {window} longer than BasicMotions' {cases.shape[2]} samples per case")
+        for i, (case, label) in enumerate(zip(cases, labels, strict=True)):
+            wx, wy = windows_of(case, [label] * case.shape[1], window, hop, nxt)
+            xs += wx
+            ys += wy
+            groups += [(1000 if part == "test" else 0) + i] * len(wx)
+            split += [part] * len(wx)
+    return Windows("imu", IMU_CHANNELS, window, hop, np.asarray(xs), np.asarray(ys), np.asarray(groups), np.asarray(split),
+                   np.asarray(nxt))  # fmt: skip
+
+
+# ---------------------------------------------------------------- export CSV
+
+
+def load_csv(path: Path, window: int, hop: int, sensor: str | None = None) -> Windows:
+    """The collector's export CSV (docs/data-format.md): rows grouped by (device, sensor) and windowed."""
+    _check_window(window, hop)
+    if not path.is_file():
+        raise EdgefleetError(f"no such data file: {path}", hint="give an export CSV or --data basicmotions")
+    series: dict[tuple[str, str], list[tuple[int, list[float], str]]] = {}
+    channels_of: dict[str, list[str]] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(header[:6]) != FIXED or len(header) < 7:
+            raise EdgefleetError(
+                f"{path}: not an edgefleet export CSV (header {header[:7] if header else 'missing'})",
+                hint="the header must start with " + ",".join(FIXED) + ",<channel>... (see docs/data-format.md)",
+            )
+        chans = header[6:]
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise EdgefleetError(f"{path}:{lineno}: {len(row)} fields, header has {len(header)}")
+            dev, seq, _ts, sens, _flags, label = row[:6]
+            if sensor and sens != sensor:
+                continue
+            try:
+                present = [(c, float(v)) for c, v in zip(chans, row[6:], strict=True) if v != ""]
+                seqn = int(seq)
+            except ValueError as e:
+                raise EdgefleetError(f"{path}:{lineno}: not a number ({e})") from e
+            names = [c for c, _ in present]
+            known = channels_of.setdefault(sens, names)
+            if names != known:
+                raise EdgefleetError(f"{path}:{lineno}: sensor {sens} has channels {names}, earlier rows {known}")
+            series.setdefault((dev, sens), []).append((seqn, [v for _, v in present], label))
+    if not series:
+        raise EdgefleetError(f"{path}: no readings" + (f" of sensor {sensor}" if sensor else ""))
+    sensors = sorted({s for _, s in series})
+    if len(sensors) > 1:
+        raise EdgefleetError(f"{path} holds several sensors {sensors}", hint="pick one with --sensor NAME")
+    sens = sensors[0]
+    xs, ys, groups, nxt = [], [], [], []
+    for gi, ((dev, _), rows) in enumerate(sorted(series.items())):
+        rows.sort(key=lambda r: r[0])
+        arr = np.asarray([r[1] for r in rows], dtype=np.float64).T
+        wx, wy = windows_of(arr, [r[2] for r in rows], window, hop, nxt)
+        log.info("%s/%s: %d readings -> %d windows", dev, sens, len(rows), len(wx))
+        xs += wx
+        ys += wy
+        groups += [gi] * len(wx)
+    if not xs:
+        raise EdgefleetError(f"{path}: fewer readings than one window ({window})", hint="use a smaller --window")
+    return Windows(sens, tuple(channels_of[sens]), window, hop, np.asarray(xs), np.asarray(ys), np.asarray(groups), None,
+                   np.asarray(nxt))  # fmt: skip
+
+
+def load(data: str, window: int, hop: int, sensor: str | None = None) -> Windows:
+    if data == "basicmotions":
+        return load_basicmotions(window, hop)
+    if data.endswith(".csv") or Path(data).exists():
+        return load_csv(Path(data), window, hop, sensor)
+    raise EdgefleetError(f"unknown dataset {data!r}", hint="give a path to an export CSV, or 'basicmotions'")
