@@ -17,6 +17,10 @@ from .errors import EdgefleetError
 COMMAND_MODULES = [
     "edgefleet.boards",
     "edgefleet.broker",
+    # collector
+    "edgefleet.collector",
+    "edgefleet.fleet",
+    "edgefleet.export",
 ]
 
 log = logging.getLogger("edgefleet")
