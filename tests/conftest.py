@@ -40,3 +40,22 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory):
     broker.start()
     yield broker
     broker.stop()
+
+
+# collector
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster for the session (run as an unprivileged user when we are root)."""
+    from edgefleet.testing.postgres import PostgresCluster
+
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each backend: the collector suite runs once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/fleet.db"
+    return request.getfixturevalue("pg_cluster").new_database()

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Storage:
     name = "?"
     placeholder = "?"
     greatest = "max"
-    migrations: list[list[str]] = []
+    migrations: ClassVar[list[list[str]]] = []
     insert_reading = ""
     insert_event = ""
 
