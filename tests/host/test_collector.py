@@ -140,19 +140,22 @@ def test_kill9_three_times_loses_nothing(mqtt_broker, db_url, collector) -> None
     t = threading.Thread(target=publish_run, args=(pub, devices, total, progress))
     t.start()
     rng = random.Random(4)
-    kills = 0
+    stored_at_kill = []
     for frac in (0.2, 0.45, 0.7):
         while progress[0] < total * frac and t.is_alive():
             time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.2))  # any moment: mid-batch, mid-commit, mid-ack
+        # Let this incarnation commit something first, so each kill lands mid-stream, not before the first batch.
+        wait_count(db_url, "readings", (stored_at_kill[-1] if stored_at_kill else 0) + 1)
+        time.sleep(rng.uniform(0, 0.05))  # any moment: mid-batch, mid-commit, mid-ack
         c.kill9()
-        kills += 1
+        stored_at_kill.append(wait_count(db_url, "readings", 0)["readings"])
         time.sleep(0.3)  # the broker queues for the persistent session meanwhile
         c.start()
     t.join()
     pub.drain()
     pub.close()
-    assert kills == 3
+    # The kills happened mid-run: something stored, not everything.
+    assert len(stored_at_kill) == 3 and all(0 < n < total for n in stored_at_kill), stored_at_kill
     counts = wait_count(db_url, "readings", total)
     assert counts["readings"] == total, counts
     assert counts["dead_letter"] == 0

@@ -84,10 +84,14 @@ def _tele(**rec) -> bytes:
         (b'{"v": 1, "recs": [{}]}', "missing dev"),
         (b'{"v": 1, "dev": "n1", "recs": []}', "bad record count"),
         (b'{"v": 1, "dev": "n1", "recs": {}}', "missing recs"),
-        (b'{"v": 1, "dev": "n1", "recs": [{"seq": 1, "ts": 5, "sensor": "env", "flags": 0, "vals": {"t": NaN}}]}',
-         "non-finite number"),
-        (b'{"v": 1, "dev": "n1", "recs": [{"seq": 1, "ts": 5, "sensor": "env", "flags": 0, "vals": {"t": -Infinity}}]}',
-         "non-finite number"),
+        (
+            b'{"v": 1, "dev": "n1", "recs": [{"seq": 1, "ts": 5, "sensor": "env", "flags": 0, "vals": {"t": NaN}}]}',
+            "non-finite number",
+        ),
+        (
+            b'{"v": 1, "dev": "n1", "recs": [{"seq": 1, "ts": 5, "sensor": "env", "flags": 0, "vals": {"t": -Infinity}}]}',
+            "non-finite number",
+        ),
         (_tele(vals={"t": 1e999}).replace(b"Infinity", b"1e999"), "rec 0: bad value for 't'"),
         (_tele(seq="1"), "rec 0: bad seq"),
         (_tele(seq=0), "rec 0: bad seq"),
@@ -120,12 +124,25 @@ def test_records_limit() -> None:
 
 
 def test_events_status_ack_cmd() -> None:
-    ev = {"seq": 3, "ts": 9, "flags": 0, "kind": "fault", "label": "stuck", "score": 1, "model": None,
-          "action": None, "sensor": "env"}
+    ev = {
+        "seq": 3,
+        "ts": 9,
+        "flags": 0,
+        "kind": "fault",
+        "label": "stuck",
+        "score": 1,
+        "model": None,
+        "action": None,
+        "sensor": "env",
+    }
     m = protocol.parse("edgefleet", "edgefleet/n1/event", protocol.encode(protocol.events("n1", [ev])))
     assert m.records == ((3, 9, 0, "fault", "stuck", 1, None, None, "env"),)
-    for change, reason in [({"kind": "boom"}, "bad kind"), ({"sensor": None}, "bad fault"),
-                           ({"label": "x" * 33}, "bad label"), ({"score": "1"}, "bad score")]:
+    for change, reason in [
+        ({"kind": "boom"}, "bad kind"),
+        ({"sensor": None}, "bad fault"),
+        ({"label": "x" * 33}, "bad label"),
+        ({"score": "1"}, "bad score"),
+    ]:
         with pytest.raises(ProtocolError, match=reason):
             protocol.parse_events(protocol.events("n1", [{**ev, **change}]), "n1")
     lwt = protocol.offline_status("n1")

@@ -131,14 +131,15 @@ class Storage:
         cur = self.conn.cursor()
         try:
             per_dev: dict[str, list[int]] = {}
-            for device, rows in batch.readings.items():
-                stored = self._insert_many(cur, self.insert_reading, rows)
-                per_dev.setdefault(device, [0, 0])[0] += stored
-                per_dev[device][1] += len(rows) - stored
-            for device, rows in batch.events.items():
-                stored = self._insert_many(cur, self.insert_event, rows)
-                per_dev.setdefault(device, [0, 0])[0] += stored
-                per_dev[device][1] += len(rows) - stored
+            for table, rows_by_dev in (("readings", batch.readings), ("events", batch.events)):
+                if not rows_by_dev:
+                    continue
+                stored_by_dev = self._insert_records(cur, table, rows_by_dev)
+                for device, rows in rows_by_dev.items():
+                    stored = stored_by_dev.get(device, 0)
+                    counts = per_dev.setdefault(device, [0, 0])
+                    counts[0] += stored
+                    counts[1] += len(rows) - stored
             if batch.seen:
                 g = self.greatest
                 cur.executemany(
@@ -184,10 +185,14 @@ class Storage:
         res.dead = len(batch.dead)
         return res
 
-    def _insert_many(self, cur: Any, sql: str, rows: list[tuple]) -> int:
-        """Insert rows skipping known (device, seq); return how many were new."""
-        cur.executemany(sql, rows)
-        return max(cur.rowcount, 0)
+    def _insert_records(self, cur: Any, table: str, rows_by_dev: dict[str, list[tuple]]) -> dict[str, int]:
+        """Insert readings or events, skipping known (device, seq); return how many were new per device."""
+        sql = self.insert_reading if table == "readings" else self.insert_event
+        out = {}
+        for device, rows in rows_by_dev.items():
+            cur.executemany(sql, rows)
+            out[device] = max(cur.rowcount, 0)
+        return out
 
     # -- reading back
     def counts(self) -> dict[str, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import EdgefleetError
 from .base import Storage
@@ -52,16 +52,12 @@ class PostgresStorage(Storage):
     placeholder = "%s"
     greatest = "GREATEST"
     migrations = MIGRATIONS
-    insert_reading = (
-        "INSERT INTO readings (device, seq, ts_ms, sensor, flags, vals, received_ms) "
-        "SELECT %(d)s, %(s)s, %(t)s, %(n)s, %(f)s, %(v)s::jsonb, %(r)s "
-        "WHERE NOT EXISTS (SELECT 1 FROM events WHERE device = %(d)s AND seq = %(s)s) ON CONFLICT DO NOTHING"
-    )
-    insert_event = (
-        "INSERT INTO events (device, seq, ts_ms, flags, kind, label, score, model, action, sensor, received_ms) "
-        "SELECT %(d)s, %(s)s, %(t)s, %(f)s, %(k)s, %(l)s, %(sc)s, %(m)s, %(a)s, %(n)s, %(r)s "
-        "WHERE NOT EXISTS (SELECT 1 FROM readings WHERE device = %(d)s AND seq = %(s)s) ON CONFLICT DO NOTHING"
-    )
+    # Records go in with COPY into a temporary staging table, then one INSERT ... SELECT per table that skips
+    # known (device, seq), also those in the other table: one round trip per batch instead of one per row.
+    columns: ClassVar[dict[str, str]] = {
+        "readings": "device, seq, ts_ms, sensor, flags, vals, received_ms",
+        "events": "device, seq, ts_ms, flags, kind, label, score, model, action, sensor, received_ms",
+    }
     hypertable = False
 
     @classmethod
@@ -105,28 +101,21 @@ class PostgresStorage(Storage):
                 out.append(READINGS_PLAIN)
         return out
 
-    def _insert_many(self, cur: Any, sql: str, rows: list[tuple]) -> int:
-        if sql is self.insert_reading:
-            params = [{"d": r[0], "s": r[1], "t": r[2], "n": r[3], "f": r[4], "v": r[5], "r": r[6]} for r in rows]
-        else:
-            params = [
-                {
-                    "d": r[0],
-                    "s": r[1],
-                    "t": r[2],
-                    "f": r[3],
-                    "k": r[4],
-                    "l": r[5],
-                    "sc": r[6],
-                    "m": r[7],
-                    "a": r[8],
-                    "n": r[9],
-                    "r": r[10],
-                }
-                for r in rows
-            ]
-        cur.executemany(sql, params)
-        return max(cur.rowcount, 0)
+    def _insert_records(self, cur: Any, table: str, rows_by_dev: dict[str, list[tuple]]) -> dict[str, int]:
+        other = "events" if table == "readings" else "readings"
+        cols = self.columns[table]
+        stage = "stage_" + table
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
+        with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+            for rows in rows_by_dev.values():
+                for row in rows:
+                    copy.write_row(row)
+        cur.execute(
+            f"WITH ins AS (INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {other} o WHERE o.device = s.device AND o.seq = s.seq) "
+            "ON CONFLICT DO NOTHING RETURNING device) SELECT device, count(*) FROM ins GROUP BY device"
+        )
+        return {device: int(n) for device, n in cur.fetchall()}
 
     def _stream_cursor(self) -> Any:
         # A server-side cursor, so exporting millions of rows does not load them all into memory.
