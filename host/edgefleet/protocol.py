@@ -14,6 +14,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+try:  # optional speed-up, same results (see decode)
+    from orjson import dumps as _orjson_dumps
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - exercised where orjson is absent
+    _orjson_dumps = _orjson_loads = None
+
 VERSION = 1
 DEFAULT_PREFIX = "edgefleet"
 KINDS = ("telemetry", "event", "status", "cmd", "ack")
@@ -111,20 +117,35 @@ def _no_constants(name: str) -> Any:
     raise ProtocolError("non-finite number")
 
 
-def decode(payload: bytes) -> dict:
-    """Bytes -> JSON object, enforcing the size limit, UTF-8, finite numbers and a known version."""
-    if len(payload) > MAX_PAYLOAD:
-        raise ProtocolError("payload too large")
+def _decode_stdlib(payload: bytes) -> Any:
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("not UTF-8") from None
     try:
-        obj = json.loads(text, parse_constant=_no_constants)
+        return json.loads(text, parse_constant=_no_constants)
     except ProtocolError:
         raise
     except (ValueError, RecursionError):
         raise ProtocolError("malformed JSON") from None
+
+
+def decode(payload: bytes) -> dict:
+    """Bytes -> JSON object, enforcing the size limit, UTF-8, finite numbers and a known version.
+
+    orjson (when installed) parses valid payloads about 3x faster than the standard library; anything it
+    refuses goes through the standard library, which gives the precise reason (or accepts what orjson is stricter
+    about, such as lone surrogates), so acceptance never depends on which parser is installed.
+    """
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError("payload too large")
+    if _orjson_loads is not None:
+        try:
+            obj = _orjson_loads(payload)
+        except ValueError:
+            obj = _decode_stdlib(payload)
+    else:
+        obj = _decode_stdlib(payload)
     if type(obj) is not dict:
         raise ProtocolError("not a JSON object")
     v = obj.get("v")
@@ -136,6 +157,13 @@ def decode(payload: bytes) -> dict:
 def encode(obj: dict) -> bytes:
     """Compact JSON as the node sends it; refuses NaN/Infinity like the collector does."""
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def compact(obj: dict) -> str:
+    """Compact JSON text of validated values (the collector stores a reading's vals like this)."""
+    if _orjson_dumps is not None:
+        return _orjson_dumps(obj).decode()
+    return json.dumps(obj, separators=(",", ":"))
 
 
 def _is_int(x: object, lo: int = 0) -> bool:
@@ -169,32 +197,76 @@ def _records(obj: dict) -> list:
     return recs
 
 
+_good_names: set[str] = set()  # sensor/channel names already matched against NAME_RE (a fleet has few)
+
+
+def _name_ok(name: object) -> bool:
+    if name in _good_names:
+        return True
+    if type(name) is not str or not NAME_RE.match(name):
+        return False
+    if len(_good_names) < 4096:
+        _good_names.add(name)
+    return True
+
+
 def parse_readings(obj: dict, device: str) -> tuple:
-    """Telemetry -> tuple of (seq, ts, flags, sensor, vals) per record. `vals` is the dict as received."""
+    """Telemetry -> tuple of (seq, ts, flags, sensor, vals) per record. `vals` is the dict as received.
+
+    This loop runs for every reading the fleet sends, so it is written flat: type() identity checks, one
+    membership test for names seen before, and the error path only decides which message to give.
+    """
     _check_device(obj, device)
     out = []
+    append = out.append
     is_finite = math.isfinite
-    name_ok = NAME_RE.match
-    for i, r in enumerate(_records(obj)):
-        if type(r) is not dict:
-            raise ProtocolError(f"rec {i}: not an object")
-        seq, ts, flags, sensor, vals = r.get("seq"), r.get("ts"), r.get("flags"), r.get("sensor"), r.get("vals")
-        if type(seq) is not int or not 1 <= seq <= MAX_INT:
-            raise ProtocolError(f"rec {i}: bad seq")
-        if type(ts) is not int or not 0 <= ts <= MAX_INT:
-            raise ProtocolError(f"rec {i}: bad ts")
-        if type(flags) is not int or not 0 <= flags <= 0xFFFF:
-            raise ProtocolError(f"rec {i}: bad flags")
-        if type(sensor) is not str or not name_ok(sensor):
-            raise ProtocolError(f"rec {i}: bad sensor")
-        if type(vals) is not dict or not 1 <= len(vals) <= MAX_CHANNELS:
-            raise ProtocolError(f"rec {i}: bad vals")
-        for k, x in vals.items():
-            t = type(x)
-            if not (t is int or (t is float and is_finite(x))) or not name_ok(k):
-                raise ProtocolError(f"rec {i}: bad value for {k[:16]!r}")
-        out.append((seq, ts, flags, sensor, vals))
+    good = _good_names
+    for r in _records(obj):
+        try:
+            seq, ts, flags, sensor, vals = r["seq"], r["ts"], r["flags"], r["sensor"], r["vals"]
+            if (
+                type(seq) is int
+                and type(ts) is int
+                and type(flags) is int
+                and 1 <= seq <= MAX_INT
+                and 0 <= ts <= MAX_INT
+                and 0 <= flags <= 0xFFFF
+                and (sensor in good or _name_ok(sensor))
+                and type(vals) is dict
+                and 1 <= len(vals) <= MAX_CHANNELS
+            ):
+                for k, x in vals.items():
+                    t = type(x)
+                    if not ((t is float and is_finite(x)) or t is int) or not (k in good or _name_ok(k)):
+                        break
+                else:
+                    append((seq, ts, flags, sensor, vals))
+                    continue
+        except (KeyError, TypeError):
+            pass
+        raise ProtocolError(_reading_error(len(out), r))
     return tuple(out)
+
+
+def _reading_error(i: int, r: object) -> str:
+    """Why record i was refused (the slow path, only for bad input)."""
+    if type(r) is not dict:
+        return f"rec {i}: not an object"
+    seq, ts, flags, sensor, vals = r.get("seq"), r.get("ts"), r.get("flags"), r.get("sensor"), r.get("vals")
+    if not _is_int(seq, 1):
+        return f"rec {i}: bad seq"
+    if not _is_int(ts):
+        return f"rec {i}: bad ts"
+    if not _is_int(flags) or flags > 0xFFFF:
+        return f"rec {i}: bad flags"
+    if not _name_ok(sensor):
+        return f"rec {i}: bad sensor"
+    if type(vals) is not dict or not 1 <= len(vals) <= MAX_CHANNELS:
+        return f"rec {i}: bad vals"
+    for k, x in vals.items():
+        if not _is_number(x) or not _name_ok(k):
+            return f"rec {i}: bad value for {k[:16]!r}"
+    return f"rec {i}: invalid"
 
 
 def parse_events(obj: dict, device: str) -> tuple:

@@ -1,0 +1,197 @@
+"""Collector throughput: publishers -> mosquitto -> collector -> committed SQLite rows, against the raw receive
+rate of `mosquitto_sub -q 1` in the same run.
+
+Publishers are CPython processes sending the nodes' telemetry format (--per-msg readings per message, QoS 1, at
+most --pub-inflight unacknowledged each: paho silently loses messages past 65,535 queued). The same messages go
+first to `mosquitto_sub -q 1` (the physical baseline: receive and PUBACK, no parsing, no storage), then to the
+collector (the same `Collector` class `edgefleet collect` runs, in this process). Printed: readings/s committed,
+p50/p99 publish-to-commit latency, the baseline in readings/s, the ratio, and the loss check.
+
+    PYTHONPATH=host .venv/bin/python bench/collector.py [--readings 400000] [--per-msg 20] [--publishers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
+
+from edgefleet import protocol
+from edgefleet.broker import Mosquitto
+from edgefleet.collector import Collector
+from edgefleet.storage import open_storage
+from edgefleet.testing.fleetsim import Publisher, reading
+
+KEY = 48  # the first bytes of a payload name it: device and first seq
+
+
+def make_payloads(index: int, n_msgs: int, per_msg: int, devices: int) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(n_msgs):
+        dev = f"bench-{index:02d}-{i % devices:03d}"
+        first = 1 + (i // devices) * per_msg
+        recs = [reading(s, 1_764_180_000_000 + s * 10) for s in range(first, first + per_msg)]
+        out.append(
+            (protocol.topic(protocol.DEFAULT_PREFIX, dev, "telemetry"), protocol.encode(protocol.telemetry(dev, recs)))
+        )
+    return out
+
+
+def publisher_proc(index, host, port, n_msgs, per_msg, devices, inflight, go, ready, results) -> None:
+    payloads = make_payloads(index, n_msgs, per_msg, devices)
+    pub = Publisher(host, port, f"bench-pub-{index}-{time.monotonic_ns()}", inflight=inflight)
+    ready.put(index)
+    go.wait()
+    sent = []
+    for topic, payload in payloads:
+        pub.publish(topic, payload)
+        sent.append((payload[:KEY], time.monotonic_ns()))
+    pub.drain()
+    pub.close()
+    results.put(sent)
+
+
+def run_publishers(broker: Mosquitto, args: argparse.Namespace, n_msgs: int) -> tuple[mp.Event, list, mp.Queue]:
+    ctx = mp.get_context("fork")
+    go, ready, results = ctx.Event(), ctx.Queue(), ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=publisher_proc,
+            args=(
+                i,
+                broker.host,
+                broker.port,
+                n_msgs,
+                args.per_msg,
+                args.devices,
+                args.pub_inflight,
+                go,
+                ready,
+                results,
+            ),
+        )
+        for i in range(args.publishers)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    return go, procs, results
+
+
+def baseline(broker: Mosquitto, args: argparse.Namespace, n_msgs: int) -> float:
+    """readings/s that mosquitto_sub -q 1 receives of the same traffic."""
+    total_msgs = n_msgs * args.publishers
+    go, procs, results = run_publishers(broker, args, n_msgs)
+    sub = subprocess.Popen(
+        [shutil.which("mosquitto_sub") or "mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", "1",
+         "-t", "edgefleet/+/telemetry", "-C", str(total_msgs), "-i", "bench-sub"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)  # subscribed
+    t0 = time.monotonic()
+    go.set()
+    sub.wait(600)
+    elapsed = time.monotonic() - t0
+    for _ in procs:
+        results.get(timeout=120)
+    for p in procs:
+        p.join()
+    return total_msgs * args.per_msg / elapsed
+
+
+class BenchCollector(Collector):
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.committed: dict[bytes, int] = {}
+        self.done = threading.Event()
+        self.want = 0
+
+    def on_committed(self, items: list, committed_ms: int) -> None:
+        now = time.monotonic_ns()
+        for _, msg, _ in items:
+            self.committed[msg.payload[:KEY]] = now
+        if self.stats.stored >= self.want:
+            self.done.set()
+
+
+def collect(broker: Mosquitto, args: argparse.Namespace, n_msgs: int, workdir: Path) -> dict:
+    db = f"sqlite:///{workdir}/bench.db"
+    store = open_storage(db)
+    c = BenchCollector(broker.url, store, client_id="bench-collector", batch_max=args.batch, inflight=args.inflight)
+    c.want = n_msgs * args.publishers * args.per_msg
+    c.start()
+    time.sleep(0.5)
+    go, procs, results = run_publishers(broker, args, n_msgs)
+    t0 = time.monotonic()
+    go.set()
+    c.done.wait(600)
+    elapsed = time.monotonic() - t0
+    sent = []
+    for _ in procs:
+        sent += results.get(timeout=120)
+    for p in procs:
+        p.join()
+    c.stop()
+    counts = store.counts()
+    store.close()
+    lat = sorted((c.committed[k] - t) / 1e6 for k, t in sent if k in c.committed)
+    return {
+        "rate": c.want / elapsed,
+        "stored": counts["readings"],
+        "sent": c.want,
+        "duplicates": c.stats.duplicates,
+        "dead": c.stats.dead,
+        "p50": statistics.median(lat),
+        "p99": lat[int(len(lat) * 0.99) - 1],
+        "batches": c.stats.batches,
+        "max_batch": c.stats.max_batch,
+        "busy": c.stats.busy_s / elapsed,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readings", type=int, default=400_000, help="readings per run (split over publishers)")
+    ap.add_argument("--per-msg", type=int, default=20, help="readings per message (a node's 2 KB batch: ~20)")
+    ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    ap.add_argument("--devices", type=int, default=10, help="devices per publisher")
+    ap.add_argument("--pub-inflight", type=int, default=500, help="max unacknowledged messages per publisher")
+    ap.add_argument("--inflight", type=int, default=1000, help="collector's MQTT 5 receive maximum")
+    ap.add_argument("--batch", type=int, default=2000, help="collector's max messages per transaction")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    n_msgs = args.readings // args.per_msg // args.publishers
+    workdir = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
+    try:
+        with Mosquitto(data_dir=workdir / "mosquitto") as broker:
+            base = baseline(broker, args, n_msgs)
+            res = collect(broker, args, n_msgs, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"messages: {n_msgs * args.publishers} x {args.per_msg} readings from {args.publishers} publishers")
+    print(f"baseline mosquitto_sub -q 1 : {base:10,.0f} readings/s received")
+    print(
+        f"collector -> SQLite         : {res['rate']:10,.0f} readings/s committed ({res['batches']} transactions, largest {res['max_batch']} messages, writer busy {res['busy']:.0%})"
+    )
+    print(f"ratio collector / baseline  : {res['rate'] / base:10.2f}")
+    print(f"publish-to-commit latency   : p50 {res['p50']:.1f} ms, p99 {res['p99']:.1f} ms")
+    loss = res["sent"] - res["stored"]
+    print(
+        f"sent {res['sent']}, stored {res['stored']}, lost {loss}, duplicates {res['duplicates']}, dead {res['dead']}"
+    )
+    return 0 if loss == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
