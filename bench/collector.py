@@ -133,10 +133,11 @@ def collect(broker: Mosquitto, args: argparse.Namespace, n_msgs: int, workdir: P
     c.start()
     time.sleep(0.5)
     go, procs, results = run_publishers(broker, args, n_msgs)
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     go.set()
     c.done.wait(600)
     elapsed = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
     sent = []
     for _ in procs:
         sent += results.get(timeout=120)
@@ -157,6 +158,7 @@ def collect(broker: Mosquitto, args: argparse.Namespace, n_msgs: int, workdir: P
         "batches": c.stats.batches,
         "max_batch": c.stats.max_batch,
         "busy": c.stats.busy_s / elapsed,
+        "cpu_us_per_msg": cpu / (c.want / args.per_msg) * 1e6,
     }
 
 
@@ -184,6 +186,7 @@ def main() -> int:
     print(
         f"collector -> SQLite         : {res['rate']:10,.0f} readings/s committed ({res['batches']} transactions, largest {res['max_batch']} messages, writer busy {res['busy']:.0%})"
     )
+    print(f"collector CPU per message   : {res['cpu_us_per_msg']:10.0f} us (both threads)")
     print(f"ratio collector / baseline  : {res['rate'] / base:10.2f}")
     print(f"publish-to-commit latency   : p50 {res['p50']:.1f} ms, p99 {res['p99']:.1f} ms")
     loss = res["sent"] - res["stored"]
