@@ -8,6 +8,10 @@ collector (the same `Collector` class `edgefleet collect` runs, in this process)
 p50/p99 publish-to-commit latency, the baseline in readings/s, the ratio, and the loss check.
 
     PYTHONPATH=host .venv/bin/python bench/collector.py [--readings 400000] [--per-msg 20] [--publishers 2]
+
+By default the publishers send as fast as they can (throughput; the latency then includes the backlog the
+collector works through). With --rate R they pace themselves to R readings/s in total, which shows the
+publish-to-commit latency of a collector that keeps up.
 """
 
 from __future__ import annotations
@@ -47,13 +51,18 @@ def make_payloads(index: int, n_msgs: int, per_msg: int, devices: int) -> list[t
     return out
 
 
-def publisher_proc(index, host, port, n_msgs, per_msg, devices, inflight, go, ready, results) -> None:
+def publisher_proc(index, host, port, n_msgs, per_msg, devices, inflight, msg_rate, go, ready, results) -> None:
     payloads = make_payloads(index, n_msgs, per_msg, devices)
     pub = Publisher(host, port, f"bench-pub-{index}-{time.monotonic_ns()}", inflight=inflight)
     ready.put(index)
     go.wait()
     sent = []
-    for topic, payload in payloads:
+    t0 = time.monotonic()
+    for i, (topic, payload) in enumerate(payloads):
+        if msg_rate:  # paced: message i is due at t0 + i / rate
+            delay = t0 + i / msg_rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
         pub.publish(topic, payload)
         sent.append((payload[:KEY], time.monotonic_ns()))
     pub.drain()
@@ -75,6 +84,7 @@ def run_publishers(broker: Mosquitto, args: argparse.Namespace, n_msgs: int) -> 
                 args.per_msg,
                 args.devices,
                 args.pub_inflight,
+                args.rate / args.per_msg / args.publishers,
                 go,
                 ready,
                 results,
@@ -170,6 +180,7 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=10, help="devices per publisher")
     ap.add_argument("--pub-inflight", type=int, default=500, help="max unacknowledged messages per publisher")
     ap.add_argument("--inflight", type=int, default=1000, help="collector's MQTT 5 receive maximum")
+    ap.add_argument("--rate", type=float, default=0, help="paced total readings/s (default 0: as fast as possible)")
     ap.add_argument("--batch", type=int, default=2000, help="collector's max messages per transaction")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -12,7 +12,9 @@ collector batches, so the cost is one fsync per few thousand readings, not per r
 from __future__ import annotations
 
 import sqlite3
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 from ..errors import EdgefleetError
 from .base import Storage
@@ -51,6 +53,45 @@ class SqliteStorage(Storage):
         " received_ms) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11"
         " WHERE NOT EXISTS (SELECT 1 FROM readings WHERE device = ?1 AND seq = ?2)"
     )
+
+    # Readings go in as multi-row INSERTs (ROWS_PER_INSERT rows per statement): one sqlite3_step, and one release
+    # of the GIL, per 500 rows instead of per row, which measured ~2x faster per row while the MQTT thread runs.
+    ROWS_PER_INSERT = 500
+
+    def _insert_records(self, cur: Any, table: str, rows_by_dev: dict[str, list[tuple]]) -> dict[str, int]:
+        if table != "readings":
+            return super()._insert_records(cur, table, rows_by_dev)
+        out = {}
+        for device, rows in rows_by_dev.items():
+            seqs = [r[1] for r in rows]
+            taken = {
+                row[0]
+                for row in cur.execute(
+                    "SELECT seq FROM events WHERE device = ? AND seq BETWEEN ? AND ?", (device, min(seqs), max(seqs))
+                )
+            }
+            if taken:  # a seq already used by an event is the same record id: a duplicate, not a reading
+                rows = [r for r in rows if r[1] not in taken]
+            stored = 0
+            n = self.ROWS_PER_INSERT
+            for i in range(0, len(rows), n):
+                chunk = rows[i : i + n]
+                cur.execute(self._multi_insert(len(chunk)), tuple(chain.from_iterable(chunk)))
+                stored += cur.rowcount
+            out[device] = stored
+        return out
+
+    _multi_sql: dict[int, str] = {}  # noqa: RUF012 - a cache of SQL text by row count
+
+    @classmethod
+    def _multi_insert(cls, n: int) -> str:
+        sql = cls._multi_sql.get(n)
+        if sql is None:
+            sql = cls._multi_sql[n] = (
+                "INSERT OR IGNORE INTO readings (device, seq, ts_ms, sensor, flags, vals, received_ms) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?)"] * n)
+            )
+        return sql
 
     @classmethod
     def open(cls, url: str, durability: str = "normal") -> SqliteStorage:
