@@ -328,7 +328,9 @@ def test_fleet_status_offline_via_last_will(mqtt_broker, db_url, collector) -> N
     assert dev["state"] == "offline"
     assert dev["status"] is None
     assert "lwt1" in _cli("fleet", "status", "--db", db_url).stdout
-    assert c.stop() == 0
+    c.proc.send_signal(signal.SIGTERM)  # like Ctrl-C: flush, disconnect, exit 0
+    assert c.proc.wait(30) == 0
+    assert "stopped: " in c.log.read_text()
 
 
 def test_export_round_trip(mqtt_broker, db_url, collector, tmp_path) -> None:
@@ -392,3 +394,61 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path) -> None:
         r = _cli(*argv)
         assert r.returncode == 2, (argv, r.stdout, r.stderr)
         assert "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _make_pki(d: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with the openssl CLI."""
+    p = {n: d / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "client.key",
+                            "client.csr", "client.pem", "ext.cnf")}  # fmt: skip
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=edgefleet-test-ca",
+             "-keyout", str(p["ca.key"]), "-out", str(p["ca.pem"]))  # fmt: skip
+    p["ext.cnf"].write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, cn in (("server", "127.0.0.1"), ("client", "collector")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(p[f"{name}.key"]),
+                 "-out", str(p[f"{name}.csr"]))  # fmt: skip
+        _openssl("x509", "-req", "-in", str(p[f"{name}.csr"]), "-CA", str(p["ca.pem"]), "-CAkey", str(p["ca.key"]),
+                 "-CAcreateserial", "-days", "2", "-out", str(p[f"{name}.pem"]), "-extfile", str(p["ext.cnf"]))  # fmt: skip
+    return p
+
+
+def test_tls_with_client_certificate(tmp_path, db_url) -> None:
+    """mqtts:// with --ca/--cert/--key against a mosquitto listener that requires client certificates."""
+    from edgefleet.broker import Mosquitto
+
+    pki = _make_pki(tmp_path)
+    broker = Mosquitto(data_dir=tmp_path / "tls-broker")
+    with broker.conf.open("a") as f:  # TLS options apply to the config's (only) listener
+        f.write(f"cafile {pki['ca.pem']}\ncertfile {pki['server.pem']}\nkeyfile {pki['server.key']}\n")
+        f.write("require_certificate true\n")
+    with broker:
+        tls_url = f"mqtts://127.0.0.1:{broker.port}"
+        base = ["collect", "--broker", tls_url, "--db", db_url, "--client-id", "tls-1", "--ca", str(pki["ca.pem"])]
+        log = tmp_path / "tls.log"
+        c = CollectorProc(broker, db_url, log)
+        c.argv = [sys.executable, "-m", "edgefleet.cli", *base, "--cert", str(pki["client.pem"]),
+                  "--key", str(pki["client.key"])]  # fmt: skip
+        c.start()
+        pub = mqtt_tls_publisher(broker.port, pki)
+        pub.publish("edgefleet/tls-node/telemetry", telemetry_payload("tls-node", 1, 20), qos=1).wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
+        assert wait_count(db_url, "readings", 20)["readings"] == 20
+        assert c.stop() == 0
+        # Without our CA the broker's certificate does not verify: a clear error, exit 2.
+        r = _cli(*base[:-2], "--client-id", "tls-2")
+        assert r.returncode == 2 and "certificate verify failed" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def mqtt_tls_publisher(port: int, pki: dict[str, Path]):
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="tls-pub")
+    c.tls_set(ca_certs=str(pki["ca.pem"]), certfile=str(pki["client.pem"]), keyfile=str(pki["client.key"]))
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
