@@ -184,13 +184,12 @@ class Collector:
         """Validate each message and sort it into the batch; a bad message becomes a dead letter."""
         batch = Batch()
         prefix = self.prefix
-        compact = protocol.compact
         for _gen, msg, received in items:
             raw_topic = msg._topic  # bytes: a topic that is not UTF-8 must not raise here
             payload = msg.payload
             try:
                 topic = raw_topic.decode("utf-8")
-                m = protocol.parse(prefix, topic, payload)
+                m = protocol.parse(prefix, topic, payload, received)
             except (protocol.ProtocolError, UnicodeDecodeError) as e:
                 reason = e.reason if isinstance(e, protocol.ProtocolError) else "topic not UTF-8"
                 batch.dead.append(
@@ -199,9 +198,10 @@ class Collector:
                 continue
             device = m.device
             if m.kind == "telemetry":
-                rows = batch.readings.setdefault(device, [])
-                for seq, ts, flags, sensor, vals in m.records:
-                    rows.append((device, seq, ts, sensor, flags, compact(vals), received))
+                rows = batch.readings.get(device)
+                if rows is None:
+                    batch.readings[device] = rows = []
+                rows.extend(m.records)  # already storage rows
             elif m.kind == "event":
                 rows = batch.events.setdefault(device, [])
                 for rec in m.records:

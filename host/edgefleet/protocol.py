@@ -210,9 +210,11 @@ def _name_ok(name: object) -> bool:
     return True
 
 
-def parse_readings(obj: dict, device: str) -> tuple:
-    """Telemetry -> tuple of (seq, ts, flags, sensor, vals) per record. `vals` is the dict as received.
+def parse_readings(obj: dict, device: str, received_ms: int | None = None) -> tuple:
+    """Telemetry -> tuple of (seq, ts, flags, sensor, vals) per record; `vals` is the dict as received.
 
+    With `received_ms` (the collector's hot path) each record comes out as the storage row instead:
+    (device, seq, ts, sensor, flags, compact vals JSON, received_ms), built in the same pass.
     This loop runs for every reading the fleet sends, so it is written flat: type() identity checks, one
     membership test for names seen before, and the error path only decides which message to give.
     """
@@ -221,6 +223,8 @@ def parse_readings(obj: dict, device: str) -> tuple:
     append = out.append
     is_finite = math.isfinite
     good = _good_names
+    rows = received_ms is not None
+    enc = compact
     for r in _records(obj):
         try:
             seq, ts, flags, sensor, vals = r["seq"], r["ts"], r["flags"], r["sensor"], r["vals"]
@@ -240,7 +244,10 @@ def parse_readings(obj: dict, device: str) -> tuple:
                     if not ((t is float and is_finite(x)) or t is int) or not (k in good or _name_ok(k)):
                         break
                 else:
-                    append((seq, ts, flags, sensor, vals))
+                    if rows:
+                        append((device, seq, ts, sensor, flags, enc(vals), received_ms))
+                    else:
+                        append((seq, ts, flags, sensor, vals))
                     continue
         except (KeyError, TypeError):
             pass
@@ -348,12 +355,13 @@ def check_ack(obj: dict, device: str) -> None:
         raise ProtocolError("missing error")
 
 
-def parse(prefix: str, topic_name: str, payload: bytes) -> Message:
-    """Topic + payload -> validated Message, or ProtocolError with the reason. Never raises anything else."""
+def parse(prefix: str, topic_name: str, payload: bytes, received_ms: int | None = None) -> Message:
+    """Topic + payload -> validated Message, or ProtocolError with the reason. Never raises anything else.
+    `received_ms`: telemetry records come out as storage rows (see parse_readings)."""
     device, kind = parse_topic(prefix, topic_name)
     obj = decode(payload)
     if kind == "telemetry":
-        return Message(kind, device, obj, parse_readings(obj, device))
+        return Message(kind, device, obj, parse_readings(obj, device, received_ms))
     if kind == "event":
         return Message(kind, device, obj, parse_events(obj, device))
     if kind == "status":
