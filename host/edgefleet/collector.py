@@ -89,6 +89,7 @@ class Collector:
         batch_max: int = 2000,
         batch_ms: float = 20.0,
         inflight: int = 1000,
+        connect_timeout: float = 15.0,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -101,6 +102,7 @@ class Collector:
         self.group = group
         self.batch_max = batch_max
         self.batch_s = batch_ms / 1000.0
+        self.connect_timeout = connect_timeout
         self.client_id = client_id or f"edgefleet-collector-{socket.gethostname()}"
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.stats = Stats()
@@ -109,6 +111,7 @@ class Collector:
         self._gen_lock = threading.Lock()
         self._connected = threading.Event()
         self.error: BaseException | None = None
+        self._refused: str | None = None
 
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
         if self.url.username:
@@ -132,6 +135,7 @@ class Collector:
         from paho.mqtt.subscribeoptions import SubscribeOptions
 
         if reason_code.is_failure:
+            self._refused = str(reason_code)
             log.error("broker refused the connection: %s", reason_code)
             return
         with self._gen_lock:
@@ -299,6 +303,27 @@ class Collector:
             s.dead,
         )
 
+    def _wait_first_session(self) -> None:
+        """A collector that never gets a session is misconfigured (credentials, TLS client certificate): say so
+        and exit instead of retrying forever. After the first session, reconnects are retried without end."""
+        timeout = self.connect_timeout
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(0.1):
+            if self._refused or time.monotonic() > deadline:
+                self.client.loop_stop()
+                self._stop.set()
+                self._worker_thread.join()
+                why = (
+                    f"refused the connection: {self._refused}"
+                    if self._refused
+                    else f"gave no session in {timeout:.0f} s"
+                )
+                raise EdgefleetError(
+                    f"broker {self.url.host}:{self.url.port} {why}",
+                    hint="check the user name/password in --broker, and --cert/--key if the broker wants a client "
+                    "certificate",
+                )
+
     def run_forever(self) -> int:
         stopping = threading.Event()
 
@@ -308,6 +333,7 @@ class Collector:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
         self.start()
+        self._wait_first_session()
         log.info(
             "collecting %s/# into %s%s",
             self.prefix,
@@ -341,6 +367,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             batch_max=args.batch,
             batch_ms=args.batch_ms,
             inflight=args.inflight,
+            connect_timeout=args.connect_timeout,
         )
         return c.run_forever()
     finally:
@@ -360,6 +387,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=2000, help="max messages per database transaction")
     p.add_argument("--batch-ms", type=float, default=20.0, help="max wait to fill a batch, in ms")
     p.add_argument("--inflight", type=int, default=1000, help="max unacknowledged messages from the broker")
+    p.add_argument(
+        "--connect-timeout", type=float, default=15.0, help="give up if the first connection fails for this long (s)"
+    )
     p.add_argument(
         "--durability",
         choices=("normal", "full"),

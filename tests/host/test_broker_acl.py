@@ -4,6 +4,7 @@ own /cmd; the collector (user `collector`, MQTT 5 shared subscription) reads eve
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 
@@ -67,11 +68,16 @@ def test_per_device_acl(tmp_path) -> None:
             time.sleep(0.05)
         bad.loop_stop()
         assert result == [True]
+        # The collector with a wrong password: one clear error, exit 2, no endless retry.
+        r = subprocess.run(
+            [sys.executable, "-m", "edgefleet.cli", "collect", "--db", f"sqlite:///{tmp_path}/f.db",
+             "--broker", f"mqtt://collector:wrong@127.0.0.1:{broker.port}", "--client-id", "c-bad"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 2 and "refused the connection" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_broker_cli_refuses_acl_without_logins(tmp_path) -> None:
-    import sys
-
     r = subprocess.run([sys.executable, "-m", "edgefleet.cli", "broker", "--acl", "--port", "0"],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 2 and "--acl needs --password-file" in r.stderr

@@ -441,6 +441,9 @@ def test_tls_with_client_certificate(tmp_path, db_url) -> None:
         # Without our CA the broker's certificate does not verify: a clear error, exit 2.
         r = _cli(*base[:-2], "--client-id", "tls-2")
         assert r.returncode == 2 and "certificate verify failed" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        # Our CA but no client certificate: the broker drops us after the handshake; no retrying forever.
+        r = _cli(*base[:-2], "--client-id", "tls-3", "--ca", str(pki["ca.pem"]), "--connect-timeout", "3")
+        assert r.returncode == 2 and "gave no session" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def mqtt_tls_publisher(port: int, pki: dict[str, Path]):
