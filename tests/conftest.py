@@ -117,3 +117,22 @@ def signed_model(tmp_path: Path) -> dict:
     path = tmp_path / "signed.efm"
     modelfile.write(path, mf, key)
     return {"path": str(path), "key": key.hex(), "unsigned": str(SHIPPED_MODEL / "model.efm"), "dir": str(tmp_path)}
+
+
+# collector
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster for the session (run as an unprivileged user when we are root)."""
+    from edgefleet.testing.postgres import PostgresCluster
+
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each backend: the collector suite runs once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/fleet.db"
+    return request.getfixturevalue("pg_cluster").new_database()

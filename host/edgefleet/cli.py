@@ -21,6 +21,10 @@ COMMAND_MODULES = [
     "edgefleet.train",
     "edgefleet.convert",
     "edgefleet.build_module",
+    # collector
+    "edgefleet.collector",
+    "edgefleet.fleet",
+    "edgefleet.export",
 ]
 
 log = logging.getLogger("edgefleet")

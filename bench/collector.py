@@ -1,0 +1,258 @@
+"""Collector throughput: publishers -> mosquitto -> collector -> committed SQLite rows, against the raw receive
+rate of `mosquitto_sub -q 1` in the same run.
+
+Publishers are CPython processes sending the nodes' telemetry format (--per-msg readings per message, QoS 1, at
+most --pub-inflight unacknowledged each: paho silently loses messages past 65,535 queued). The same messages go
+first to `mosquitto_sub -q 1` (the physical baseline: receive and PUBACK, no parsing, no storage), then to the
+collector (the same `Collector` class `edgefleet collect` runs, in this process). Printed: readings/s committed,
+p50/p99 publish-to-commit latency, the baseline in readings/s, the ratio, and the loss check.
+
+    PYTHONPATH=host .venv/bin/python bench/collector.py [--readings 400000] [--per-msg 20] [--publishers 2]
+
+By default the publishers send as fast as they can (throughput; the latency then includes the backlog the
+collector works through). With --rate R they pace themselves to R readings/s in total, which shows the
+publish-to-commit latency of a collector that keeps up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HOST = Path(__file__).resolve().parents[1] / "host"
+sys.path.insert(0, str(HOST))
+
+from edgefleet import protocol  # noqa: E402
+from edgefleet.broker import Mosquitto  # noqa: E402
+from edgefleet.collector import Collector  # noqa: E402
+from edgefleet.storage import open_storage  # noqa: E402
+from edgefleet.testing.fleetsim import Publisher, reading  # noqa: E402
+
+KEY = 48  # the first bytes of a payload name it: device and first seq
+
+
+def make_payloads(index: int, n_msgs: int, per_msg: int, devices: int) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(n_msgs):
+        dev = f"bench-{index:02d}-{i % devices:03d}"
+        first = 1 + (i // devices) * per_msg
+        recs = [reading(s, 1_764_180_000_000 + s * 10) for s in range(first, first + per_msg)]
+        out.append(
+            (protocol.topic(protocol.DEFAULT_PREFIX, dev, "telemetry"), protocol.encode(protocol.telemetry(dev, recs)))
+        )
+    return out
+
+
+def publisher_proc(index, host, port, n_msgs, per_msg, devices, inflight, msg_rate, go, ready, results) -> None:
+    payloads = make_payloads(index, n_msgs, per_msg, devices)
+    pub = Publisher(host, port, f"bench-pub-{index}-{time.monotonic_ns()}", inflight=inflight)
+    ready.put(index)
+    go.wait()
+    sent = []
+    t0 = time.monotonic()
+    for i, (topic, payload) in enumerate(payloads):
+        if msg_rate:  # paced: message i is due at t0 + i / rate
+            delay = t0 + i / msg_rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        pub.publish(topic, payload)
+        sent.append((payload[:KEY], time.monotonic_ns()))
+    pub.drain()
+    pub.close()
+    results.put(sent)
+
+
+def run_publishers(broker: Mosquitto, args: argparse.Namespace, n_msgs: int) -> tuple[mp.Event, list, mp.Queue]:
+    ctx = mp.get_context("fork")
+    go, ready, results = ctx.Event(), ctx.Queue(), ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=publisher_proc,
+            args=(
+                i,
+                broker.host,
+                broker.port,
+                n_msgs,
+                args.per_msg,
+                args.devices,
+                args.pub_inflight,
+                args.rate / args.per_msg / args.publishers,
+                go,
+                ready,
+                results,
+            ),
+        )
+        for i in range(args.publishers)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    return go, procs, results
+
+
+def baseline(broker: Mosquitto, args: argparse.Namespace, n_msgs: int) -> float:
+    """readings/s that mosquitto_sub -q 1 receives of the same traffic."""
+    total_msgs = n_msgs * args.publishers
+    go, procs, results = run_publishers(broker, args, n_msgs)
+    sub = subprocess.Popen(
+        [shutil.which("mosquitto_sub") or "mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", "1",
+         "-t", "edgefleet/+/telemetry", "-C", str(total_msgs), "-i", "bench-sub"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)  # subscribed
+    t0 = time.monotonic()
+    go.set()
+    sub.wait(600)
+    elapsed = time.monotonic() - t0
+    for _ in procs:
+        results.get(timeout=120)
+    for p in procs:
+        p.join()
+    return total_msgs * args.per_msg / elapsed
+
+
+class BenchCollector(Collector):
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.committed: dict[bytes, int] = {}
+        self.done = threading.Event()
+        self.want = 0
+
+    def on_committed(self, items: list, committed_ms: int) -> None:
+        now = time.monotonic_ns()
+        for _, msg, _ in items:
+            self.committed[msg.payload[:KEY]] = now
+        if self.stats.stored >= self.want:
+            self.done.set()
+
+
+def _stored(db: str) -> int:
+    store = open_storage(db)
+    try:
+        return store.counts()["readings"]
+    finally:
+        store.close()
+
+
+def collect(broker: Mosquitto, args: argparse.Namespace, n_msgs: int, workdir: Path) -> dict:
+    """One collector in this process (latency is measured on its messages); with --collectors N, N-1 more as
+    `edgefleet collect --group` subprocesses on the same database, and completion is read from the database."""
+    db = f"sqlite:///{workdir}/bench.db"
+    store = open_storage(db)
+    group = "bench" if args.collectors > 1 else None
+    c = BenchCollector(
+        broker.url, store, client_id="bench-collector", group=group, batch_max=args.batch, inflight=args.inflight
+    )
+    want = n_msgs * args.publishers * args.per_msg
+    c.want = want
+    extra = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgefleet.cli",
+                "-q",
+                "collect",
+                "--broker",
+                broker.url,
+                "--db",
+                db,
+                "--group",
+                "bench",
+                "--client-id",
+                f"bench-collector-{i}",
+            ],
+            env={**os.environ, "PYTHONPATH": str(HOST)},
+        )
+        for i in range(1, args.collectors)
+    ]
+    c.start()
+    time.sleep(1.0 if extra else 0.5)
+    go, procs, results = run_publishers(broker, args, n_msgs)
+    t0, cpu0 = time.monotonic(), time.process_time()
+    go.set()
+    if extra:
+        while _stored(db) < want and time.monotonic() - t0 < 600:
+            time.sleep(0.05)
+    else:
+        c.done.wait(600)
+    elapsed = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
+    sent = []
+    for _ in procs:
+        sent += results.get(timeout=120)
+    for p in procs:
+        p.join()
+    c.stop()
+    for p in extra:
+        p.send_signal(signal.SIGINT)
+        p.wait(60)
+    counts = store.counts()
+    dups = int(store.execute("SELECT sum(duplicates) FROM devices").fetchone()[0] or 0)
+    store.close()
+    lat = sorted((c.committed[k] - t) / 1e6 for k, t in sent if k in c.committed)
+    return {
+        "rate": want / elapsed,
+        "stored": counts["readings"],
+        "sent": want,
+        "duplicates": dups,
+        "dead": counts["dead_letter"],
+        "p50": statistics.median(lat),
+        "p99": lat[int(len(lat) * 0.99) - 1],
+        "batches": c.stats.batches,
+        "max_batch": c.stats.max_batch,
+        "busy": c.stats.busy_s / elapsed,
+        "cpu_us_per_msg": cpu / (c.stats.messages or 1) * 1e6,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readings", type=int, default=400_000, help="readings per run (split over publishers)")
+    ap.add_argument("--per-msg", type=int, default=20, help="readings per message (a node's 2 KB batch: ~20)")
+    ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    ap.add_argument("--devices", type=int, default=10, help="devices per publisher")
+    ap.add_argument("--pub-inflight", type=int, default=500, help="max unacknowledged messages per publisher")
+    ap.add_argument("--inflight", type=int, default=1000, help="collector's MQTT 5 receive maximum")
+    ap.add_argument("--rate", type=float, default=0, help="paced total readings/s (default 0: as fast as possible)")
+    ap.add_argument("--collectors", type=int, default=1, help="collector processes in one --group (default 1)")
+    ap.add_argument("--batch", type=int, default=2000, help="collector's max messages per transaction")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    n_msgs = args.readings // args.per_msg // args.publishers
+    workdir = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
+    try:
+        with Mosquitto(data_dir=workdir / "mosquitto") as broker:
+            base = baseline(broker, args, n_msgs)
+            res = collect(broker, args, n_msgs, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"messages: {n_msgs * args.publishers} x {args.per_msg} readings from {args.publishers} publishers")
+    print(f"baseline mosquitto_sub -q 1 : {base:10,.0f} readings/s received")
+    print(
+        f"collector(s) -> SQLite      : {res['rate']:10,.0f} readings/s committed by {args.collectors} process(es) (in-process one: {res['batches']} transactions, largest {res['max_batch']} messages, writer busy {res['busy']:.0%})"
+    )
+    print(f"collector CPU per message   : {res['cpu_us_per_msg']:10.0f} us (in-process collector, both threads)")
+    print(f"ratio collector / baseline  : {res['rate'] / base:10.2f}")
+    print(f"publish-to-commit latency   : p50 {res['p50']:.1f} ms, p99 {res['p99']:.1f} ms")
+    loss = res["sent"] - res["stored"]
+    print(
+        f"sent {res['sent']}, stored {res['stored']}, lost {loss}, duplicates {res['duplicates']}, dead {res['dead']}"
+    )
+    return 0 if loss == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

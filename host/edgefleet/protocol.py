@@ -1,0 +1,397 @@
+"""Wire protocol v1 (contract 2): the one place on the host that knows topics and payloads.
+
+docs/protocol.md is the prose of this module; the two must agree. Everything here is pure (no I/O), so the
+collector, the node simulator, the tests and the benchmark all build and check messages the same way.
+Validation is written for speed (the collector runs it on every record at >100k records/s): plain type checks,
+no schema library, and one `ProtocolError` with a short reason that the collector stores in its dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+try:  # optional speed-up, same results (see decode)
+    from orjson import dumps as _orjson_dumps
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - exercised where orjson is absent
+    _orjson_dumps = _orjson_loads = None
+
+VERSION = 1
+DEFAULT_PREFIX = "edgefleet"
+KINDS = ("telemetry", "event", "status", "cmd", "ack")
+
+MAX_PAYLOAD = 65_536  # bytes the collector accepts; larger is a dead letter
+NODE_MAX_BATCH_BYTES = 2_048  # default `max_batch_bytes` of a node
+MAX_RECORDS = 500  # records per telemetry/event message
+MAX_CHANNELS = 16  # channels per reading
+MAX_LABEL = 32  # chars of an event label, a command id
+MAX_INT = 2**63 - 1  # seq, ts, flags and counters fit a signed 64-bit column
+
+DEVICE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")  # sensor and channel names
+EVENT_KINDS = frozenset({"class", "anomaly", "forecast", "fault"})
+FAULT_LABELS = frozenset({"unplugged", "stuck", "dropout", "range"})
+COMMANDS = frozenset({"ping", "set_config", "flush", "reboot"})
+STATES = frozenset({"online", "offline"})
+FLAG_UNSYNCED, FLAG_SUSPECT, FLAG_RECOVERED = 1, 2, 4
+
+# Fields an `online` status must carry, with their types (None allowed where listed).
+_STATUS_ONLINE: dict[str, tuple[type, ...]] = {
+    "ts": (int,),
+    "fw": (str,),
+    "board": (str,),
+    "model": (str, type(None)),
+    "uptime_s": (int,),
+    "heap_free": (int,),
+    "boot": (int,),
+    "seq": (int,),
+    "safe_mode": (bool,),
+    "error": (str, type(None)),
+    "counters": (dict,),
+    "e_buffer": (int, float),
+    "r_noise": (int, float),
+}
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol. `reason` is short and stable enough to group dead letters by."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A validated message. `records` holds tuples for telemetry and events (see reading()/event()), else ()."""
+
+    kind: str
+    device: str
+    body: dict
+    records: tuple = ()
+
+
+# ---------------------------------------------------------------- topics
+
+
+def topic(prefix: str, device: str, kind: str) -> str:
+    """The topic of `kind` for `device`; raises ProtocolError for a bad device id or kind."""
+    if not DEVICE_RE.match(device):
+        raise ProtocolError("bad device id")
+    if kind not in KINDS:
+        raise ProtocolError("unknown topic")
+    return f"{prefix}/{device}/{kind}"
+
+
+def subscriptions(prefix: str, group: str | None = None) -> list[str]:
+    """Topic filters the collector subscribes to: everything under the prefix, so that stray topics under it
+    become dead letters instead of vanishing. With a group, MQTT 5 shared subscriptions split the load."""
+    filt = f"{prefix}/#"
+    return [f"$share/{group}/{filt}" if group else filt]
+
+
+def parse_topic(prefix: str, topic_name: str) -> tuple[str, str]:
+    """Split `<prefix>/<device>/<kind>` into (device, kind); anything else is a ProtocolError."""
+    head = prefix + "/"
+    if not topic_name.startswith(head):
+        raise ProtocolError("wrong prefix")
+    parts = topic_name[len(head) :].split("/")
+    if len(parts) != 2:
+        raise ProtocolError("unknown topic")
+    device, kind = parts
+    if kind not in KINDS:
+        raise ProtocolError("unknown topic")
+    if not DEVICE_RE.match(device):
+        raise ProtocolError("bad device id")
+    return device, kind
+
+
+# ---------------------------------------------------------------- payloads
+
+
+def _no_constants(name: str) -> Any:
+    raise ProtocolError("non-finite number")
+
+
+def _decode_stdlib(payload: bytes) -> Any:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("not UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError):
+        raise ProtocolError("malformed JSON") from None
+
+
+def decode(payload: bytes) -> dict:
+    """Bytes -> JSON object, enforcing the size limit, UTF-8, finite numbers and a known version.
+
+    orjson (when installed) parses valid payloads about 3x faster than the standard library; anything it
+    refuses goes through the standard library, which gives the precise reason (or accepts what orjson is stricter
+    about, such as lone surrogates), so acceptance never depends on which parser is installed.
+    """
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError("payload too large")
+    if _orjson_loads is not None:
+        try:
+            obj = _orjson_loads(payload)
+        except ValueError:
+            obj = _decode_stdlib(payload)
+    else:
+        obj = _decode_stdlib(payload)
+    if type(obj) is not dict:
+        raise ProtocolError("not a JSON object")
+    v = obj.get("v")
+    if v != VERSION or type(v) is not int:
+        raise ProtocolError("unknown version")
+    return obj
+
+
+def encode(obj: dict) -> bytes:
+    """Compact JSON as the node sends it; refuses NaN/Infinity like the collector does."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def compact(obj: dict) -> str:
+    """Compact JSON text of validated values (the collector stores a reading's vals like this)."""
+    if _orjson_dumps is not None:
+        return _orjson_dumps(obj).decode()
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _is_int(x: object, lo: int = 0) -> bool:
+    return type(x) is int and lo <= x <= MAX_INT
+
+
+def _is_number(x: object) -> bool:
+    t = type(x)
+    # json.loads turns 1e999 into inf, so a float still needs the finiteness check.
+    return t is int or (t is float and math.isfinite(x))
+
+
+def _opt_str(x: object, limit: int = 64) -> bool:
+    return x is None or (type(x) is str and len(x) <= limit)
+
+
+def _check_device(obj: dict, device: str) -> None:
+    dev = obj.get("dev")
+    if type(dev) is not str:
+        raise ProtocolError("missing dev")
+    if dev != device:
+        raise ProtocolError("dev does not match topic")
+
+
+def _records(obj: dict) -> list:
+    recs = obj.get("recs")
+    if type(recs) is not list:
+        raise ProtocolError("missing recs")
+    if not 1 <= len(recs) <= MAX_RECORDS:
+        raise ProtocolError("bad record count")
+    return recs
+
+
+_good_names: set[str] = set()  # sensor/channel names already matched against NAME_RE (a fleet has few)
+
+
+def _name_ok(name: object) -> bool:
+    if name in _good_names:
+        return True
+    if type(name) is not str or not NAME_RE.match(name):
+        return False
+    if len(_good_names) < 4096:
+        _good_names.add(name)
+    return True
+
+
+def parse_readings(obj: dict, device: str, received_ms: int | None = None) -> tuple:
+    """Telemetry -> tuple of (seq, ts, flags, sensor, vals) per record; `vals` is the dict as received.
+
+    With `received_ms` (the collector's hot path) each record comes out as the storage row instead:
+    (device, seq, ts, sensor, flags, compact vals JSON, received_ms), built in the same pass.
+    This loop runs for every reading the fleet sends, so it is written flat: type() identity checks, one
+    membership test for names seen before, and the error path only decides which message to give.
+    """
+    _check_device(obj, device)
+    out = []
+    append = out.append
+    is_finite = math.isfinite
+    good = _good_names
+    rows = received_ms is not None
+    enc = compact
+    for r in _records(obj):
+        try:
+            seq, ts, flags, sensor, vals = r["seq"], r["ts"], r["flags"], r["sensor"], r["vals"]
+            if (
+                type(seq) is int
+                and type(ts) is int
+                and type(flags) is int
+                and 1 <= seq <= MAX_INT
+                and 0 <= ts <= MAX_INT
+                and 0 <= flags <= 0xFFFF
+                and (sensor in good or _name_ok(sensor))
+                and type(vals) is dict
+                and 1 <= len(vals) <= MAX_CHANNELS
+            ):
+                for k, x in vals.items():
+                    t = type(x)
+                    if not ((t is float and is_finite(x)) or t is int) or not (k in good or _name_ok(k)):
+                        break
+                else:
+                    if rows:
+                        append((device, seq, ts, sensor, flags, enc(vals), received_ms))
+                    else:
+                        append((seq, ts, flags, sensor, vals))
+                    continue
+        except (KeyError, TypeError):
+            pass
+        raise ProtocolError(_reading_error(len(out), r))
+    return tuple(out)
+
+
+def _reading_error(i: int, r: object) -> str:
+    """Why record i was refused (the slow path, only for bad input)."""
+    if type(r) is not dict:
+        return f"rec {i}: not an object"
+    seq, ts, flags, sensor, vals = r.get("seq"), r.get("ts"), r.get("flags"), r.get("sensor"), r.get("vals")
+    if not _is_int(seq, 1):
+        return f"rec {i}: bad seq"
+    if not _is_int(ts):
+        return f"rec {i}: bad ts"
+    if not _is_int(flags) or flags > 0xFFFF:
+        return f"rec {i}: bad flags"
+    if not _name_ok(sensor):
+        return f"rec {i}: bad sensor"
+    if type(vals) is not dict or not 1 <= len(vals) <= MAX_CHANNELS:
+        return f"rec {i}: bad vals"
+    for k, x in vals.items():
+        if not _is_number(x) or not _name_ok(k):
+            return f"rec {i}: bad value for {k[:16]!r}"
+    return f"rec {i}: invalid"
+
+
+def parse_events(obj: dict, device: str) -> tuple:
+    """Events -> tuple of (seq, ts, flags, kind, label, score, model, action, sensor) per record."""
+    _check_device(obj, device)
+    out = []
+    for i, r in enumerate(_records(obj)):
+        if type(r) is not dict:
+            raise ProtocolError(f"rec {i}: not an object")
+        seq, ts, flags = r.get("seq"), r.get("ts"), r.get("flags")
+        kind, label, score = r.get("kind"), r.get("label"), r.get("score")
+        model, action, sensor = r.get("model"), r.get("action"), r.get("sensor")
+        if not _is_int(seq, 1):
+            raise ProtocolError(f"rec {i}: bad seq")
+        if not _is_int(ts):
+            raise ProtocolError(f"rec {i}: bad ts")
+        if not _is_int(flags) or flags > 0xFFFF:
+            raise ProtocolError(f"rec {i}: bad flags")
+        if kind not in EVENT_KINDS:
+            raise ProtocolError(f"rec {i}: bad kind")
+        if type(label) is not str or len(label) > MAX_LABEL:
+            raise ProtocolError(f"rec {i}: bad label")
+        if not _is_number(score):
+            raise ProtocolError(f"rec {i}: bad score")
+        if not _opt_str(model) or not _opt_str(action):
+            raise ProtocolError(f"rec {i}: bad model or action")
+        if sensor is not None and (type(sensor) is not str or not NAME_RE.match(sensor)):
+            raise ProtocolError(f"rec {i}: bad sensor")
+        if kind == "fault" and (label not in FAULT_LABELS or sensor is None):
+            raise ProtocolError(f"rec {i}: bad fault")
+        out.append((seq, ts, flags, kind, label, score, model, action, sensor))
+    return tuple(out)
+
+
+def check_status(obj: dict, device: str) -> None:
+    """A status or last will. `online` needs every field of docs/protocol.md; `offline` only v/dev/state."""
+    _check_device(obj, device)
+    state = obj.get("state")
+    if state not in STATES:
+        raise ProtocolError("bad state")
+    if state == "offline":
+        return
+    for name, types in _STATUS_ONLINE.items():
+        x = obj.get(name, ...)
+        if type(x) not in types:
+            raise ProtocolError("missing " + name if x is ... else "bad " + name)
+    for name in ("ts", "uptime_s", "heap_free", "boot", "seq"):
+        if not _is_int(obj[name]):
+            raise ProtocolError("bad " + name)
+    for name in ("e_buffer", "r_noise"):
+        if not _is_number(obj[name]):
+            raise ProtocolError("bad " + name)
+    counters = obj["counters"]
+    if len(counters) > 32 or not all(type(k) is str and _is_int(v) for k, v in counters.items()):
+        raise ProtocolError("bad counters")
+
+
+def check_cmd(obj: dict) -> None:
+    """A command from the host. The node answers a bad one with ok=false; the host must never send one."""
+    cid = obj.get("id")
+    if type(cid) is not str or not 1 <= len(cid) <= MAX_LABEL:
+        raise ProtocolError("bad id")
+    if obj.get("cmd") not in COMMANDS:
+        raise ProtocolError("unknown command")
+    args = obj.get("args", {})
+    if type(args) is not dict:
+        raise ProtocolError("bad args")
+
+
+def check_ack(obj: dict, device: str) -> None:
+    _check_device(obj, device)
+    cid = obj.get("id")
+    if cid is not None and (type(cid) is not str or len(cid) > MAX_LABEL):
+        raise ProtocolError("bad id")
+    ok = obj.get("ok")
+    if type(ok) is not bool:
+        raise ProtocolError("bad ok")
+    if not ok and type(obj.get("error")) is not str:
+        raise ProtocolError("missing error")
+
+
+def parse(prefix: str, topic_name: str, payload: bytes, received_ms: int | None = None) -> Message:
+    """Topic + payload -> validated Message, or ProtocolError with the reason. Never raises anything else.
+    `received_ms`: telemetry records come out as storage rows (see parse_readings)."""
+    device, kind = parse_topic(prefix, topic_name)
+    obj = decode(payload)
+    if kind == "telemetry":
+        return Message(kind, device, obj, parse_readings(obj, device, received_ms))
+    if kind == "event":
+        return Message(kind, device, obj, parse_events(obj, device))
+    if kind == "status":
+        check_status(obj, device)
+    elif kind == "ack":
+        check_ack(obj, device)
+    else:
+        check_cmd(obj)
+    return Message(kind, device, obj)
+
+
+# ---------------------------------------------------------------- builders (simulators, tests, bench, host cmds)
+
+
+def telemetry(device: str, records: list[dict]) -> dict:
+    return {"v": VERSION, "dev": device, "recs": records}
+
+
+def events(device: str, records: list[dict]) -> dict:
+    return {"v": VERSION, "dev": device, "recs": records}
+
+
+def offline_status(device: str) -> dict:
+    """The last will a node sets in CONNECT (retained, QoS 1)."""
+    return {"v": VERSION, "dev": device, "state": "offline"}
+
+
+def command(cid: str, cmd: str, args: dict | None = None) -> dict:
+    obj: dict = {"v": VERSION, "id": cid, "cmd": cmd}
+    if args is not None:
+        obj["args"] = args
+    check_cmd(obj)
+    return obj

@@ -1,0 +1,115 @@
+"""SQLite backend: the embedded default for one machine.
+
+WAL journal, and `synchronous=NORMAL` by default. The durability argument: in WAL mode a commit appends the
+transaction to the WAL file with write(); with NORMAL, SQLite does not fsync on every commit, only at checkpoints.
+A crash of the collector process (kill -9, an exception, OOM) therefore never loses a committed transaction: the
+data is in the OS page cache and the kernel writes it out. Only a crash of the whole machine (kernel panic, power
+loss) can lose the last transactions since the previous checkpoint, and those messages were already acknowledged
+to the broker. Where that matters, `--durability full` sets `synchronous=FULL` (an fsync per batch commit; the
+collector batches, so the cost is one fsync per few thousand readings, not per reading).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgefleetError
+from .base import Storage
+
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE devices (device TEXT PRIMARY KEY, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,"
+        " state TEXT, state_ms INTEGER, status TEXT, records INTEGER NOT NULL DEFAULT 0,"
+        " duplicates INTEGER NOT NULL DEFAULT 0)",
+        "CREATE TABLE readings (device TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,"
+        " sensor TEXT NOT NULL, flags INTEGER NOT NULL, vals TEXT NOT NULL, received_ms INTEGER NOT NULL,"
+        " PRIMARY KEY (device, seq)) WITHOUT ROWID",
+        "CREATE TABLE events (device TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,"
+        " flags INTEGER NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL, score REAL NOT NULL, model TEXT,"
+        " action TEXT, sensor TEXT, received_ms INTEGER NOT NULL, PRIMARY KEY (device, seq)) WITHOUT ROWID",
+        "CREATE TABLE status_history (id INTEGER PRIMARY KEY, device TEXT NOT NULL, received_ms INTEGER NOT NULL,"
+        " state TEXT NOT NULL, retained INTEGER NOT NULL, body TEXT NOT NULL)",
+        "CREATE INDEX status_history_device ON status_history (device, received_ms)",
+        "CREATE TABLE acks (id INTEGER PRIMARY KEY, device TEXT NOT NULL, cmd_id TEXT, ok INTEGER NOT NULL,"
+        " body TEXT NOT NULL, received_ms INTEGER NOT NULL)",
+        "CREATE TABLE dead_letter (id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, topic TEXT NOT NULL,"
+        " reason TEXT NOT NULL, size INTEGER NOT NULL, payload BLOB NOT NULL)",
+    ],
+]
+
+
+class SqliteStorage(Storage):
+    name = "sqlite"
+    migrations = MIGRATIONS
+    insert_reading = (
+        "INSERT OR IGNORE INTO readings (device, seq, ts_ms, sensor, flags, vals, received_ms) "
+        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM events WHERE device = ?1 AND seq = ?2)"
+    )
+    insert_event = (
+        "INSERT OR IGNORE INTO events (device, seq, ts_ms, flags, kind, label, score, model, action, sensor,"
+        " received_ms) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11"
+        " WHERE NOT EXISTS (SELECT 1 FROM readings WHERE device = ?1 AND seq = ?2)"
+    )
+
+    # Readings go in as multi-row INSERTs (ROWS_PER_INSERT rows per statement): one sqlite3_step, and one release
+    # of the GIL, per 500 rows instead of per row, which measured ~2x faster per row while the MQTT thread runs.
+    ROWS_PER_INSERT = 500
+
+    def _insert_records(self, cur: Any, table: str, rows_by_dev: dict[str, list[tuple]]) -> dict[str, int]:
+        if table != "readings":
+            return super()._insert_records(cur, table, rows_by_dev)
+        out = {}
+        for device, rows in rows_by_dev.items():
+            seqs = [r[1] for r in rows]
+            taken = {
+                row[0]
+                for row in cur.execute(
+                    "SELECT seq FROM events WHERE device = ? AND seq BETWEEN ? AND ?", (device, min(seqs), max(seqs))
+                )
+            }
+            if taken:  # a seq already used by an event is the same record id: a duplicate, not a reading
+                rows = [r for r in rows if r[1] not in taken]
+            stored = 0
+            n = self.ROWS_PER_INSERT
+            for i in range(0, len(rows), n):
+                chunk = rows[i : i + n]
+                cur.execute(self._multi_insert(len(chunk)), tuple(chain.from_iterable(chunk)))
+                stored += cur.rowcount
+            out[device] = stored
+        return out
+
+    _multi_sql: dict[int, str] = {}  # noqa: RUF012 - a cache of SQL text by row count
+
+    @classmethod
+    def _multi_insert(cls, n: int) -> str:
+        sql = cls._multi_sql.get(n)
+        if sql is None:
+            sql = cls._multi_sql[n] = (
+                "INSERT OR IGNORE INTO readings (device, seq, ts_ms, sensor, flags, vals, received_ms) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?)"] * n)
+            )
+        return sql
+
+    @classmethod
+    def open(cls, url: str, durability: str = "normal") -> SqliteStorage:
+        path = url[len("sqlite://") :]
+        # sqlite:///fleet.db -> "fleet.db" (relative), sqlite:////abs/fleet.db -> "/abs/fleet.db"
+        if path.startswith("/"):
+            path = path[1:]
+        if not path:
+            raise EdgefleetError(f"no file in {url!r}", hint="sqlite:///fleet.db or sqlite:////abs/path/fleet.db")
+        if path != ":memory:" and not Path(path).parent.exists():
+            raise EdgefleetError(f"directory of {path} does not exist")
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level="DEFERRED")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=" + ("FULL" if durability == "full" else "NORMAL"))
+            conn.execute("PRAGMA busy_timeout=30000")
+            store = cls(conn)
+            store.migrate()
+        except sqlite3.DatabaseError as e:
+            raise EdgefleetError(f"cannot open SQLite database {path}: {e}") from None
+        return store

@@ -1,0 +1,77 @@
+"""Publishers that speak the nodes' payload format, for collector tests and the benchmark.
+
+A `Publisher` bounds its in-flight QoS 1 messages (paho silently dropped everything past 65,535 queued in our
+measurement: packet ids are 16 bits), and records the publish time of each message for latency figures.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .. import protocol
+
+ENV_CHANNELS = ("temperature", "humidity", "pressure")
+
+
+def reading(seq: int, ts: int, sensor: str = "env") -> dict:
+    return {
+        "seq": seq,
+        "ts": ts,
+        "sensor": sensor,
+        "flags": 0,
+        "vals": {"temperature": 20.0 + (seq % 100) / 10, "humidity": 40.5 + seq % 7, "pressure": 1013.25},
+    }
+
+
+def telemetry_payload(device: str, first_seq: int, count: int, ts0: int = 1_764_180_000_000) -> bytes:
+    recs = [reading(s, ts0 + s * 100) for s in range(first_seq, first_seq + count)]
+    return protocol.encode(protocol.telemetry(device, recs))
+
+
+class Publisher:
+    """One MQTT 3.1.1 client publishing at QoS 1 with at most `inflight` unacknowledged messages."""
+
+    def __init__(self, host: str, port: int, client_id: str, inflight: int = 200, will_device: str | None = None):
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        self.client.max_inflight_messages_set(inflight)
+        self.client.max_queued_messages_set(0)
+        self._sem = threading.BoundedSemaphore(inflight)
+        self._acked = 0
+        self.client.on_publish = self._on_publish
+        if will_device:
+            t = protocol.topic(protocol.DEFAULT_PREFIX, will_device, "status")
+            self.client.will_set(t, protocol.encode(protocol.offline_status(will_device)), qos=1, retain=True)
+        self.client.connect(host, port, keepalive=10)
+        self.client.loop_start()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acked += 1
+        self._sem.release()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False, timeout: float = 60) -> None:
+        if not self._sem.acquire(timeout=timeout):
+            raise TimeoutError("publisher stalled: no PUBACK within timeout")
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+            self._sem.release()
+            raise RuntimeError(f"publish failed: {info.rc}")
+
+    def drain(self, timeout: float = 120) -> None:
+        """Wait until every published message was acknowledged by the broker."""
+        deadline = time.monotonic() + timeout
+        for _ in range(self._sem._initial_value):  # type: ignore[attr-defined]
+            if not self._sem.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("publisher did not drain")
+        for _ in range(self._sem._initial_value):  # type: ignore[attr-defined]
+            self._sem.release()
+
+    def close(self, clean: bool = True) -> None:
+        if clean:
+            self.client.disconnect()
+        else:
+            self.client.socket().close() if self.client.socket() else None
+        self.client.loop_stop()
