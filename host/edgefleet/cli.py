@@ -17,6 +17,10 @@ from .errors import EdgefleetError
 COMMAND_MODULES = [
     "edgefleet.boards",
     "edgefleet.broker",
+    # tooling: flash, deploy/repl, virtual boards
+    "edgefleet.flash",
+    "edgefleet.deploy",
+    "edgefleet.vboard",
 ]
 
 log = logging.getLogger("edgefleet")

@@ -1,0 +1,37 @@
+"""`edgefleet board ...`: virtual hardware on a serial line (a MicroPython board; later an ESP32 ROM)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..boards import load_board
+from ..errors import EdgefleetError
+
+
+def _cmd_virtual(args: argparse.Namespace) -> int:
+    from .board import run_virtual_board
+
+    board = load_board(args.board)
+    if not board.is_sim:
+        raise EdgefleetError(
+            f"board {board.name} is a real chip ({board.chip}); the virtual board runs the unix port",
+            hint="use --board sim",
+        )
+    flash = Path(args.flash) if args.flash else Path.cwd() / f"{board.name}-flash.img"
+    run_virtual_board(board, flash, args.heap)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("board", help="virtual boards on a pseudo-terminal (for mpremote, deploy and HIL tests)")
+    s = p.add_subparsers(dest="board_cmd", required=True)
+    v = s.add_parser(
+        "virtual",
+        help="a MicroPython board on a pty: raw REPL and raw paste as mpremote expects, littlefs on the sim "
+        "flash image, soft reset runs boot.py and main.py",
+    )
+    v.add_argument("--board", default="sim", help="board definition (default: sim)")
+    v.add_argument("--flash", help="flash image file (created erased if missing; default ./<board>-flash.img)")
+    v.add_argument("--heap", type=int, help="heap bytes (default: the board's heap_bytes)")
+    v.set_defaults(func=_cmd_virtual)
