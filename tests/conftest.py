@@ -40,3 +40,7 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory):
     broker.start()
     yield broker
     broker.stop()
+
+
+# --- tooling: hardware-in-the-loop plugin (hil_board, hil_broker, collector, deploy_node, deployed_node) ---
+pytest_plugins = [*pytest_plugins, "edgefleet.testing.hil"]
