@@ -150,6 +150,7 @@ class AmpyLink:
         self.error = PyboardError
         try:
             self.pyb = Pyboard(port, baudrate=baud)
+            self.pyb.serial.timeout = 10  # ampy reads block forever by default; a silent board must end in an error
         except PyboardError as e:
             raise EdgefleetError(f"cannot open {port} with ampy: {e}") from None
         self.files = Files(self.pyb)
@@ -284,7 +285,7 @@ def check_board_type(link: Link, board: Board) -> None:
             name = chip = None
         if name and name != board.name:
             raise EdgefleetError(
-                f"the board on this port is a {name} ({chip}), not a {board.name} ({board.chip})",
+                f"the board on this port is {name} ({chip}), not {board.name} ({board.chip})",
                 hint=f"deploy with --board {name}, or --force to replace it anyway",
             )
     marker = CHIP_MARKERS[board.chip]
@@ -293,7 +294,7 @@ def check_board_type(link: Link, board: Board) -> None:
     ok = marker.lower() in machine.lower() if board.is_sim else chip_word == marker
     if not ok:
         raise EdgefleetError(
-            f"the board on this port runs MicroPython for {machine!r}, not a {board.chip} ({board.name})",
+            f"the board on this port runs MicroPython for {machine!r}, not {board.chip} ({board.name})",
             hint="pick the matching --board, or --force to deploy anyway",
         )
 

@@ -7,6 +7,7 @@
 # "P <n>\n<code>" (friendly paste mode),
 # "F <path>\n" (run boot.py / main.py if present). Console output goes to stdout; control messages to the
 # host go to stderr as "\x00EFV <word>\n" (READY, DONE, RESET hard|soft).
+import io
 import sys
 import vfs
 
@@ -108,28 +109,27 @@ def _readline():
 
 
 def _run(code, mode, markers):
+    # Compile and run one input. The reply is built first and written in one call, so a Ctrl-C (SIGINT) that
+    # lands after the user's code returned cannot cut the reply in half; the host only sends SIGINT between
+    # RUN and DONE.
+    reset = None
+    err = None
     try:
         c = compile(code, "<stdin>", mode)
+        _ctl("RUN")
         exec(c, _g)
     except _Reset as e:
-        if markers:
-            _out.write("\x04\x04")
-        return e.args[0]
+        reset = e.args[0]
     except SystemExit:
-        if markers:
-            _out.write("\x04\x04")
-        return "soft"
+        reset = "soft"  # sys.exit() at a board's REPL soft-resets it
     except BaseException as e:  # noqa: BLE001 - a board's REPL reports every exception and carries on
-        if markers:
-            _out.write("\x04")
-            sys.print_exception(e, _out)
-            _out.write("\x04")
-        else:
-            sys.print_exception(e, _out)
-        return None
-    if markers:
-        _out.write("\x04\x04")
-    return None
+        err = e
+    text = ""
+    if err is not None:
+        buf = io.StringIO()
+        sys.print_exception(err, buf)
+        text = buf.getvalue()
+    return ("\x04" + text + "\x04" if markers else text), reset
 
 
 def _run_file(path):
@@ -137,22 +137,35 @@ def _run_file(path):
         with open(path) as f:
             code = f.read()
     except OSError:
-        return None
+        return "", None
     return _run(code, "exec", False)
 
 
+# The host sends SIGINT only between our RUN and DONE messages, so a Ctrl-C lands in the user's code or, rarely,
+# just after it; the loop then still delivers the reply it owes, and DONE, exactly once.
+_owed = None  # (console text, reset) still to be written for the current command
+_done_owed = False
 _ctl("READY")
 while True:
     try:
-        cmd = _readline()
-        kind, _, arg = cmd.partition(" ")
-        if kind == "F":
-            reset = _run_file(arg)
-        else:
-            reset = _run(_read(int(arg)), "single" if kind == "S" else "exec", kind == "R")
-        if reset:
-            _ctl("RESET " + reset)
-            sys.exit(0)
-        _ctl("DONE")
+        if _owed is None and not _done_owed:
+            cmd = _readline()
+            kind, _, arg = cmd.partition(" ")
+            _done_owed = True
+            _owed = ("\x04\x04" if kind == "R" else "", None)
+            if kind == "F":
+                _owed = _run_file(arg)
+            else:
+                _owed = _run(_read(int(arg)), "single" if kind == "S" else "exec", kind == "R")
+        if _owed is not None:
+            text, reset = _owed
+            _owed = None
+            _out.write(text)
+            if reset:
+                _ctl("RESET " + reset)
+                sys.exit(0)
+        if _done_owed:
+            _done_owed = False
+            _ctl("DONE")
     except KeyboardInterrupt:
-        pass  # a Ctrl-C that arrived just after the command finished: nothing is running
+        pass

@@ -55,6 +55,7 @@ class VirtualBoard:
         self.sel = selectors.DefaultSelector()
         self.mode = "friendly"  # friendly | raw | paste (raw-paste) | fpaste (friendly paste mode)
         self.busy = True  # the agent is executing (or starting); input waits, except Ctrl-C
+        self.running = False  # the agent is in user code (between RUN and DONE): Ctrl-C becomes SIGINT
         self.interrupt_pending = False
         self.steps: collections.deque[Callable[[], None]] = collections.deque()
         self.input = bytearray()
@@ -143,6 +144,7 @@ class VirtualBoard:
             self.sel.register(f.fileno(), selectors.EVENT_READ, tag)
         self.ctl_buf.clear()
         self.busy = True
+        self.running = False
         self.ready_at = 0.0
 
     def _kill_agent(self) -> None:
@@ -269,10 +271,17 @@ class VirtualBoard:
         if word == "READY":
             self.ready_at = time.monotonic()
             self._next_step()
+        elif word == "RUN":
+            self.running = True
+            if self.interrupt_pending:  # Ctrl-C came while the code was being read or compiled
+                self.interrupt_pending = False
+                self._interrupt()
         elif word == "DONE":
+            self.running = False
             self._drain_agent_stdout()
             self._next_step()
         elif word.startswith("RESET"):
+            self.running = False
             self._drain_agent_stdout()
             hard = word.endswith("hard")
             if hard:
@@ -291,6 +300,7 @@ class VirtualBoard:
     # --- the console (pty) ---------------------------------------------------------------------------
 
     def _console(self, data: bytes) -> None:
+        log.debug("out %r", data[:200])
         self.out += data
         if len(self.out) > MAX_PENDING_OUTPUT:
             del self.out[: len(self.out) - MAX_PENDING_OUTPUT]
@@ -309,6 +319,7 @@ class VirtualBoard:
             data = os.read(self.master, 4096)
         except (BlockingIOError, OSError):
             return
+        log.debug("in %r (mode %s, busy %s)", data[:200], self.mode, self.busy)
         for b in data:
             if b == 0x03 and self.busy:
                 self._interrupt()
@@ -317,7 +328,7 @@ class VirtualBoard:
         self._process_input()
 
     def _interrupt(self) -> None:
-        if self.proc and self.ready_at:
+        if self.proc and self.running:
             self.proc.send_signal(signal.SIGINT)
         else:
             self.interrupt_pending = True
