@@ -1,0 +1,87 @@
+"""`edgefleet flash`: the checks that protect a board before esptool writes anything, and the write plan."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from edgefleet import parttable
+from edgefleet.boards import load_board
+from edgefleet.cli import main
+from edgefleet.flash import IMAGE_CHIP_ID, check_image, plan_flash
+
+
+def esp_image(chip: str, size: int = 0x9000) -> bytes:
+    """Bytes laid out like an ESP image: magic, segment count, flash mode/size, entry, extended header."""
+    head = struct.pack("<BBBBI", 0xE9, 3, 2, 0x20, 0x40080000)
+    ext = struct.pack("<B3sHBHH4sB", 0xEE, b"\x00" * 3, IMAGE_CHIP_ID[chip], 0, 0, 0xFFFF, b"\x00" * 4, 1)
+    return (head + ext).ljust(size, b"\xff")
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_missing_firmware(capsys, tmp_path):
+    code, err = run_cli(capsys, "flash", "--board", "esp32-devkitc", "--port", "/dev/ttyUSB9",
+                        "--firmware", str(tmp_path / "nope.bin"))  # fmt: skip
+    assert code == 2 and "firmware file not found" in err
+    assert "micropython.org/download/ESP32_GENERIC/" in err and "Traceback" not in err
+
+
+def test_not_an_esp_image(capsys, tmp_path):
+    f = tmp_path / "fw.elf"
+    f.write_bytes(b"\x7fELF" + b"\x00" * 100)
+    code, err = run_cli(capsys, "flash", "--board", "esp32-devkitc", "--port", "/dev/ttyUSB9", "--firmware", str(f))
+    assert code == 2 and "not an ESP32 firmware image (first byte 7f, expected e9)" in err
+
+
+def test_image_for_another_chip(capsys, tmp_path):
+    f = tmp_path / "s3.bin"
+    f.write_bytes(esp_image("esp32s3"))
+    code, err = run_cli(capsys, "flash", "--board", "esp32-devkitc", "--port", "/dev/ttyUSB9", "--firmware", str(f))
+    assert code == 2 and "built for esp32s3, but board esp32-devkitc is an esp32" in err
+    assert "ESP32_GENERIC" in err
+
+
+def test_no_such_port(capsys, tmp_path):
+    f = tmp_path / "fw.bin"
+    f.write_bytes(esp_image("esp32"))
+    code, err = run_cli(capsys, "flash", "--board", "esp32-devkitc", "--port", "/dev/ttyUSB9", "--firmware", str(f))
+    assert code == 2 and "no such serial port: /dev/ttyUSB9" in err
+
+
+def test_sim_board_is_not_flashed(capsys):
+    code, err = run_cli(capsys, "flash", "--board", "sim", "--port", "/dev/ttyUSB9")
+    assert code == 2 and "no chip to flash" in err and "board virtual" in err
+
+
+def test_image_too_big_for_the_flash(tmp_path):
+    f = tmp_path / "big.bin"
+    f.write_bytes(esp_image("esp32c3", 0x400001))
+    from edgefleet.errors import EdgefleetError
+
+    with pytest.raises(EdgefleetError, match="does not fit"):
+        check_image(f, load_board("esp32-c3"))
+
+
+def test_merged_image_gets_the_table_patched_in():
+    board = load_board("esp32-devkitc")
+    image = esp_image("esp32", 0x20000)
+    plan = plan_flash(board, image)
+    assert len(plan.regions) == 1
+    off, data = plan.regions[0]
+    rel = board.partition_table_offset - board.firmware_offset
+    assert off == 0x1000 and len(data) == len(image)
+    assert data[rel : rel + parttable.TABLE_MAX] == plan.table
+    assert parttable.matches_board(data[rel : rel + 0x1000], board) == []
+    assert data[:rel] == image[:rel] and data[rel + parttable.TABLE_MAX :] == image[rel + parttable.TABLE_MAX :]
+
+
+def test_short_image_gets_a_separate_table_write():
+    board = load_board("esp32-s3")
+    plan = plan_flash(board, esp_image("esp32s3", 0x4000))
+    assert [off for off, _ in plan.regions] == [0x0, 0x8000]
+    assert parttable.parse(plan.regions[1][1])[-1].name == "log"
