@@ -83,7 +83,7 @@ def plan_flash(board: Board, firmware: bytes) -> FlashPlan:
         return FlashPlan([(board.firmware_offset, firmware)], None)
     table = parttable.generate(board)
     pt_rel = board.partition_table_offset - board.firmware_offset
-    if 0 <= pt_rel and pt_rel + len(table) <= len(firmware):
+    if pt_rel >= 0 and pt_rel + len(table) <= len(firmware):
         patched = bytearray(firmware)
         patched[pt_rel : pt_rel + len(table)] = table
         return FlashPlan([(board.firmware_offset, bytes(patched))], table)
@@ -98,12 +98,13 @@ class _EsptoolLog:
         self.bar: tqdm | None = None
 
     def install(self) -> None:
-        from esptool.logger import TemplateLogger, log as esplog
+        from esptool.logger import TemplateLogger
+        from esptool.logger import log as esplog
 
         outer = self
 
         class Adapter(TemplateLogger):
-            def print(self, *args, **kwargs):  # noqa: A003 - esptool's method name
+            def print(self, *args, **kwargs):
                 msg = " ".join(str(a) for a in args).strip()
                 if msg:
                     log.info("esptool: %s", msg)
@@ -199,7 +200,7 @@ def flash(
         if esp is not None:
             try:
                 esp._port.close()
-            except Exception:  # noqa: BLE001 - closing a port that died is not the user's problem
+            except Exception:
                 pass
     return found
 

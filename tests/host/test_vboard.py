@@ -90,7 +90,7 @@ def test_exec_errors_and_run(vboard, tmp_path):
 def test_heap_is_the_boards(vboard):
     out = mpremote(vboard, "exec", "import gc; gc.collect(); print(gc.mem_free() + gc.mem_alloc())").stdout
     assert int(out) <= vboard.board.heap_bytes
-    err = mpremote(vboard, "exec", "b = bytearray(%d)" % (vboard.board.heap_bytes + 1024), check=False)
+    err = mpremote(vboard, "exec", f"b = bytearray({vboard.board.heap_bytes + 1024})", check=False)
     assert "MemoryError" in err.stdout + err.stderr
 
 

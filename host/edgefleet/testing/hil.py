@@ -36,7 +36,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "hil: hardware-in-the-loop test (virtual board by default, real with --board-port)")
+    config.addinivalue_line(
+        "markers", "hil: hardware-in-the-loop test (virtual board by default, real with --board-port)"
+    )
 
 
 @dataclass
@@ -189,7 +191,9 @@ class Collector:
                         return m
                 left = end - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"no message on *{topic_suffix} within {timeout} s; got {[m[0] for m in self.messages][-10:]}")
+                    raise AssertionError(
+                        f"no message on *{topic_suffix} within {timeout} s; got {[m[0] for m in self.messages][-10:]}"
+                    )
                 self.cond.wait(left)
 
     def close(self) -> None:

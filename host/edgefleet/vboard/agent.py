@@ -9,10 +9,10 @@
 # host go to stderr as "\x00EFV <word>\n" (READY, DONE, RESET hard|soft).
 import io
 import sys
-import vfs
 
 import node.board
 import node.sim.flash
+import vfs
 
 _out = sys.stdout
 _err = sys.stderr
@@ -122,7 +122,7 @@ def _run(code, mode, markers):
         reset = e.args[0]
     except SystemExit:
         reset = "soft"  # sys.exit() at a board's REPL soft-resets it
-    except BaseException as e:  # noqa: BLE001 - a board's REPL reports every exception and carries on
+    except BaseException as e:
         err = e
     text = ""
     if err is not None:
