@@ -91,43 +91,21 @@ def plan_flash(board: Board, firmware: bytes) -> FlashPlan:
 
 
 class _EsptoolLog:
-    """esptool's log hooks -> our logging, and its progress -> a tqdm bar."""
+    """esptool's log hooks -> our logging, and its progress -> a tqdm bar.
+
+    esptool's logger is a process-wide singleton that can be replaced once (the replacement has no
+    set_logger), so one adapter is installed per process and forwards to the _EsptoolLog of the running flash.
+    """
 
     def __init__(self, progress: bool) -> None:
         self.progress = progress
         self.bar: tqdm | None = None
 
     def install(self) -> None:
-        from esptool.logger import TemplateLogger
-        from esptool.logger import log as esplog
-
-        outer = self
-
-        class Adapter(TemplateLogger):
-            def print(self, *args, **kwargs):
-                msg = " ".join(str(a) for a in args).strip()
-                if msg:
-                    log.info("esptool: %s", msg)
-
-            def note(self, message):
-                log.info("esptool: %s", message)
-
-            def warning(self, message):
-                log.warning("esptool: %s", message)
-
-            def error(self, message):
-                log.error("esptool: %s", message)
-
-            def stage(self, finish=False):
-                pass
-
-            def progress_bar(self, cur_iter, total_iters, prefix="", suffix="", bar_length=30):
-                outer.update(cur_iter, total_iters, prefix)
-
-            def set_verbosity(self, verbosity):
-                pass
-
-        esplog.set_logger(Adapter())
+        global _ACTIVE
+        _ACTIVE = self
+        if not _INSTALLED:
+            _install_adapter()
 
     def update(self, cur: int, total: int, prefix: str) -> None:
         if not self.progress:
@@ -143,6 +121,44 @@ class _EsptoolLog:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+_ACTIVE: _EsptoolLog | None = None
+_INSTALLED = False
+
+
+def _install_adapter() -> None:
+    global _INSTALLED
+    from esptool.logger import TemplateLogger
+    from esptool.logger import log as esplog
+
+    class Adapter(TemplateLogger):
+        def print(self, *args, **kwargs):
+            msg = " ".join(str(a) for a in args).strip()
+            if msg:
+                log.info("esptool: %s", msg)
+
+        def note(self, message):
+            log.info("esptool: %s", message)
+
+        def warning(self, message):
+            log.warning("esptool: %s", message)
+
+        def error(self, message):
+            log.error("esptool: %s", message)
+
+        def stage(self, finish=False):
+            pass
+
+        def progress_bar(self, cur_iter, total_iters, prefix="", suffix="", bar_length=30):
+            if _ACTIVE is not None:
+                _ACTIVE.update(cur_iter, total_iters, prefix)
+
+        def set_verbosity(self, verbosity):
+            pass
+
+    esplog.set_logger(Adapter())
+    _INSTALLED = True
 
 
 def flash(
@@ -186,8 +202,11 @@ def flash(
             esp.change_baud(baud)
         attach_flash(esp)
         if erase:
-            log.info("erasing the whole flash")
-            erase_flash(esp)
+            log.info("erasing the whole flash (%d KB)", board.flash_size // 1024)
+            if esp.IS_STUB:
+                erase_flash(esp)
+            else:  # the ROM loader has no chip erase; its FLASH_BEGIN erases the region it is given
+                esp.flash_begin(board.flash_size, 0)
         for off, data in plan.regions:
             log.info("writing %d bytes at %#x", len(data), off)
         write_flash(esp, list(plan.regions), compress=not no_stub, no_compress=no_stub)
@@ -200,7 +219,7 @@ def flash(
         if esp is not None:
             try:
                 esp._port.close()
-            except Exception:
+            except Exception:  # closing a port that died is not the user's problem
                 pass
     return found
 
@@ -208,7 +227,7 @@ def flash(
 def _cmd_flash(args: argparse.Namespace) -> int:
     board = load_board(args.board)
     chip = flash(board, args.port, Path(args.firmware) if args.firmware else None, args.erase, args.baud,
-                 args.no_stub, progress=not args.quiet)  # fmt: skip
+                 args.no_stub, progress=not args.quiet, connect_mode=args.before)  # fmt: skip
     layout = "stock layout" if board.data.get("micropython", {}).get("stock_partitions", True) else "edgefleet table"
     print(f"flashed MicroPython to the {chip} on {args.port} ({board.name}, {layout}); verified")
     return 0
@@ -232,6 +251,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--erase", action="store_true", help="erase the whole flash first (loses the node's data)")
     p.add_argument("--baud", type=int, default=460800, help="baud rate for writing (default 460800)")
     p.add_argument("--no-stub", action="store_true", help="talk to the ROM bootloader only (slower, no compression)")
+    p.add_argument("--before", default="default-reset", choices=("default-reset", "usb-reset", "no-reset"),
+                   help="how to get the chip into its bootloader (no-reset: you hold BOOT and tap EN yourself)")  # fmt: skip
     p.set_defaults(func=_cmd_flash)
     t = sub.add_parser("parttable", help="write the board's partition table binary (ESP-IDF format) to a file")
     t.add_argument("--board", required=True)

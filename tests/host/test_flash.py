@@ -1,4 +1,5 @@
-"""`edgefleet flash`: the checks that protect a board before esptool writes anything, and the write plan."""
+"""`edgefleet flash`: the checks before esptool writes anything, the write plan, and the whole flash end to end:
+the real esptool (--no-stub) against the virtual ESP32 ROM on a pty."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from edgefleet import parttable
 from edgefleet.boards import load_board
 from edgefleet.cli import main
 from edgefleet.flash import IMAGE_CHIP_ID, check_image, plan_flash
+from edgefleet.vboard.rom import FLASH_BEGIN, FLASH_DATA, SPI_FLASH_MD5, VirtualRom
 
 
 def esp_image(chip: str, size: int = 0x9000) -> bytes:
@@ -85,3 +87,75 @@ def test_short_image_gets_a_separate_table_write():
     plan = plan_flash(board, esp_image("esp32s3", 0x4000))
     assert [off for off, _ in plan.regions] == [0x0, 0x8000]
     assert parttable.parse(plan.regions[1][1])[-1].name == "log"
+
+
+# --- end to end with the virtual ROM ---
+@pytest.fixture
+def rom(tmp_path):
+    r = VirtualRom(tmp_path / "flash.img", 0x400000, "esp32")
+    r.start()
+    yield r
+    r.stop()
+
+
+def flash_cli(capsys, rom, board: str, firmware, *extra: str) -> tuple[int, str, str]:
+    code = main(["-q", "flash", "--board", board, "--port", rom.path, "--firmware", str(firmware), "--no-stub",
+                 "--before", "no-reset", "--baud", "115200", *extra])  # fmt: skip
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_flash_writes_firmware_and_partition_table(rom, tmp_path, capsys):
+    board = load_board("esp32-devkitc")
+    fw = tmp_path / "ESP32_GENERIC.bin"
+    image = esp_image("esp32", 0x30000)
+    fw.write_bytes(image)
+    code, out, err = flash_cli(capsys, rom, "esp32-devkitc", fw)
+    assert code == 0, err
+    assert "flashed MicroPython to the esp32" in out and "verified" in out
+    flash = rom.image.read_bytes()
+    ((off, expected),) = plan_flash(board, image).regions
+    assert flash[off : off + len(expected)] == expected
+    table = flash[board.partition_table_offset : board.partition_table_offset + 0x1000]
+    assert parttable.matches_board(table, board) == []
+    assert flash[:off] == b"\xff" * off and flash[off + len(expected) : off + len(expected) + 4096] == b"\xff" * 4096
+    assert {FLASH_BEGIN, FLASH_DATA, SPI_FLASH_MD5} <= set(rom.commands)
+
+
+def test_erase_clears_the_whole_flash(rom, tmp_path, capsys):
+    with open(rom.image, "r+b") as f:
+        f.seek(0x380000)
+        f.write(b"\x00" * 4096)  # old flash-log data in the log partition
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(esp_image("esp32", 0x10000))
+    code, _, err = flash_cli(capsys, rom, "esp32-devkitc", fw, "--erase")
+    assert code == 0, err
+    assert rom.image.read_bytes()[0x380000:0x381000] == b"\xff" * 4096
+
+
+def test_wrong_chip_is_refused_before_writing(rom, tmp_path, capsys):
+    fw = tmp_path / "s3.bin"
+    fw.write_bytes(esp_image("esp32s3", 0x10000))
+    code, _, err = flash_cli(capsys, rom, "esp32-s3", fw)
+    assert code == 2
+    assert "the chip on" in err and "is an esp32, but board esp32-s3 is an esp32s3" in err
+    assert FLASH_BEGIN not in rom.commands
+    assert rom.image.read_bytes() == b"\xff" * 0x400000
+
+
+def test_silent_port_is_a_clear_error(tmp_path, capsys):
+    import os
+    import tty
+
+    master, slave = os.openpty()  # a serial line with nothing on the other end
+    tty.setraw(slave)
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(esp_image("esp32", 0x10000))
+    try:
+        code = main(["-q", "flash", "--board", "esp32-devkitc", "--port", os.ttyname(slave), "--firmware", str(fw),
+                     "--no-stub", "--before", "no-reset"])  # fmt: skip
+    finally:
+        os.close(slave)
+        os.close(master)
+    err = capsys.readouterr().err
+    assert code == 2 and "no ESP chip answered" in err and "BOOT" in err

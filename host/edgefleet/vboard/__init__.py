@@ -23,6 +23,30 @@ def _cmd_virtual(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rom(args: argparse.Namespace) -> int:
+    import time
+
+    from .rom import VirtualRom
+
+    board = load_board(args.board)
+    chip = "esp32" if board.chip == "sim" else board.chip
+    try:
+        rom = VirtualRom(Path(args.flash), board.flash_size, chip)
+    except ValueError as e:
+        raise EdgefleetError(str(e), hint="use --board esp32-devkitc or --board sim") from None
+    path = rom.start()
+    print(f"virtual {chip} ROM bootloader on {path}  (flash image {args.flash}; Ctrl-C to stop)", flush=True)
+    print(f"  try: edgefleet flash --board esp32-devkitc --port {path} --no-stub --before no-reset --firmware FILE")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rom.stop()
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("board", help="virtual boards on a pseudo-terminal (for mpremote, deploy and HIL tests)")
     s = p.add_subparsers(dest="board_cmd", required=True)
@@ -35,3 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--flash", help="flash image file (created erased if missing; default ./<board>-flash.img)")
     v.add_argument("--heap", type=int, help="heap bytes (default: the board's heap_bytes)")
     v.set_defaults(func=_cmd_virtual)
+    r = s.add_parser(
+        "rom",
+        help="an ESP32 ROM bootloader on a pty (the protocol esptool speaks with --no-stub), writing a flash image",
+    )
+    r.add_argument("--board", default="esp32-devkitc", help="board whose flash size to use (default esp32-devkitc)")
+    r.add_argument("--flash", required=True, help="flash image file (created erased if missing)")
+    r.set_defaults(func=_cmd_rom)

@@ -122,7 +122,7 @@ def _run(code, mode, markers):
         reset = e.args[0]
     except SystemExit:
         reset = "soft"  # sys.exit() at a board's REPL soft-resets it
-    except BaseException as e:
+    except BaseException as e:  # a board's REPL reports every exception and carries on
         err = e
     text = ""
     if err is not None:
