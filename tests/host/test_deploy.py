@@ -70,3 +70,8 @@ def test_bad_config_json(tmp_path, capsys):
     code, _, err = run_cli(capsys, "deploy", "--board", "sim", "--port", "/dev/ttyNOPE", "--device-id", "n1",
                            "--config", str(bad))  # fmt: skip
     assert code == 2 and "not valid JSON: line 1" in err
+
+
+def test_repl_on_a_missing_port(capsys):
+    code, _, err = run_cli(capsys, "repl", "--port", "/dev/ttyNOPE")
+    assert code == 2 and "no such serial port" in err

@@ -159,3 +159,45 @@ def test_silent_port_is_a_clear_error(tmp_path, capsys):
         os.close(master)
     err = capsys.readouterr().err
     assert code == 2 and "no ESP chip answered" in err and "BOOT" in err
+
+
+def test_flash_keeps_the_filesystem_unless_erase(tmp_path, capsys):
+    """One flash image, two fakes: files put on the virtual board survive a flash, and --erase clears them."""
+    import subprocess
+    import sys
+
+    from edgefleet.vboard.board import VirtualBoard
+
+    image = tmp_path / "flash.img"
+    sim = load_board("sim")
+
+    def board_ls() -> str:
+        vb = VirtualBoard(sim, image)
+        vb.start()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "mpremote", "connect", vb.path, "fs", "ls", ":"],
+                                  capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            return proc.stdout
+        finally:
+            vb.stop()
+
+    vb = VirtualBoard(sim, image)
+    vb.start()
+    try:
+        (tmp_path / "data.txt").write_text("node data")
+        subprocess.run([sys.executable, "-m", "mpremote", "connect", vb.path, "fs", "cp", str(tmp_path / "data.txt"),
+                        ":data.txt"], check=True, capture_output=True, timeout=60)  # fmt: skip
+    finally:
+        vb.stop()
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(esp_image("esp32", 0x20000))
+    for erase, survives in ((False, True), (True, False)):
+        rom = VirtualRom(image, 0x400000, "esp32")
+        rom.start()
+        try:
+            code, _, err = flash_cli(capsys, rom, "esp32-devkitc", fw, *(["--erase"] if erase else []))
+        finally:
+            rom.stop()
+        assert code == 0, err
+        assert ("data.txt" in board_ls()) == survives

@@ -90,6 +90,16 @@ sys.modules["_efv_flash"] = _flash  # the raw flash chip, for sim code that want
 
 _g = {"__name__": "__main__"}
 
+# The process was started with more heap than the board has, because this agent, the board JSON and the
+# simulated flash's buffers live in it too (on an ESP32 those are C structures outside the MicroPython heap).
+# A ballast takes up the surplus, so user code sees about the free heap a board has after boot.
+import gc  # noqa: E402
+
+gc.collect()
+_ballast = gc.mem_free() - int(sys.argv[3])
+_ballast = bytearray(_ballast) if _ballast > 0 else None
+gc.collect()
+
 
 def _read(n):
     buf = b""

@@ -36,6 +36,8 @@ SOFT_REBOOT = b"MPY: soft reboot\r\n"
 PASTE_WINDOW = 128  # raw-paste flow-control window, bytes (an ESP32 advertises a similar small window)
 MAX_PENDING_OUTPUT = 1 << 20  # console output kept while nobody reads the pty; more is dropped, as on a UART
 CTL = b"\x00EFV "
+AGENT_HEAP = 64 * 1024  # extra heap for the agent, the board JSON and the sim flash buffers (~31 KB measured)
+BOOT_HEAP = 2048  # what a bare unix port with the board's heap has allocated at its first prompt
 
 
 class VirtualBoard:
@@ -128,8 +130,9 @@ class VirtualBoard:
     # --- the interpreter process -----------------------------------------------------------------------
 
     def _start_agent(self) -> None:
-        argv = [find_micropython(), "-X", f"heapsize={self.heap_bytes}", str(AGENT), str(self.board.path),
-                str(self.flash_path)]  # fmt: skip
+        # heap: the board's, plus room for the agent's own machinery, which a ballast then fills (agent.py)
+        argv = [find_micropython(), "-X", f"heapsize={self.heap_bytes + AGENT_HEAP}", str(AGENT),
+                str(self.board.path), str(self.flash_path), str(self.heap_bytes - BOOT_HEAP)]  # fmt: skip
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
