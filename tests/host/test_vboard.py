@@ -147,3 +147,20 @@ def test_friendly_repl_over_the_serial_line(vboard):
         while b"'in a block'" not in data and time.monotonic() < end:
             data += s.read(4096)
         assert b"... " in data and b"'in a block'\r\n" in data
+
+
+def test_raw_partitions_as_on_an_esp32(vboard):
+    """esp32.Partition.find gives block devices on the same flash image (the node's raw `log` partition)."""
+    code = (
+        "import esp32\n"
+        "p = esp32.Partition.find(esp32.Partition.TYPE_DATA, label='log')[0]\n"
+        "p.ioctl(6, 0)\n"
+        "p.writeblocks(0, b'EFLOG123', 0)\n"
+        "b = bytearray(8)\n"
+        "p.readblocks(0, b, 0)\n"
+        "print(bytes(b), p.ioctl(4, 0), p.ioctl(5, 0), p.info()[4])"
+    )
+    assert mpremote(vboard, "exec", code).stdout.strip() == "b'EFLOG123' 128 4096 log"
+    with open(vboard.flash_path, "rb") as f:
+        f.seek(vboard.board.partition("log").offset)
+        assert f.read(8) == b"EFLOG123"
