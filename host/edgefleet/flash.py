@@ -211,7 +211,10 @@ def flash(
             log.info("writing %d bytes at %#x", len(data), off)
         write_flash(esp, list(plan.regions), compress=not no_stub, no_compress=no_stub)
         verify_flash(esp, list(plan.regions))
-        reset_chip(esp, "hard-reset")
+        if connect_mode == "no-reset":  # no auto-reset circuit: the user presses EN to boot the new firmware
+            log.warning("press EN (reset) on the board to start MicroPython")
+        else:
+            reset_chip(esp, "hard-reset")
     except FatalError as e:
         raise EdgefleetError(f"esptool failed: {e}") from None
     finally:
