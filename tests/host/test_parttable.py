@@ -72,3 +72,12 @@ def test_partition_overlapping_table_is_refused(tmp_path):
     p.write_text(json.dumps(data))
     with pytest.raises(EdgefleetError, match="overlaps the partition table"):
         parttable.generate(load_board(p))
+
+
+def test_cli_writes_the_table(tmp_path, capsys):
+    from edgefleet.cli import main
+
+    out = tmp_path / "table.bin"
+    assert main(["parttable", "--board", "esp32-c3", "-o", str(out)]) == 0
+    assert parttable.matches_board(out.read_bytes(), load_board("esp32-c3")) == []
+    assert "log" in capsys.readouterr().out

@@ -164,3 +164,34 @@ def test_raw_partitions_as_on_an_esp32(vboard):
     with open(vboard.flash_path, "rb") as f:
         f.seek(vboard.board.partition("log").offset)
         assert f.read(8) == b"EFLOG123"
+
+
+def test_cli_prints_the_pty_and_runs_until_interrupted(tmp_path):
+    import os
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "host")}
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "-q", "board", "virtual", "--flash",
+                             str(tmp_path / "cli.img")], stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("virtual board sim on /dev/pts/")
+        path = first.split()[4]
+        out = subprocess.run([sys.executable, "-m", "mpremote", "connect", path, "exec", "print('via cli')"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.stdout.strip() == "via cli"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    assert (tmp_path / "cli.img").stat().st_size == vboard_size()
+
+
+def vboard_size() -> int:
+    return load_board("sim").flash_size
+
+
+def test_virtual_board_refuses_a_real_chip(capsys):
+    from edgefleet.cli import main
+
+    assert main(["board", "virtual", "--board", "esp32-devkitc"]) == 2
+    assert "use --board sim" in capsys.readouterr().err
