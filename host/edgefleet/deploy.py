@@ -268,6 +268,18 @@ def build_plan(board: Board, cfg: dict[str, Any], model: Path | None, extra_cmod
 CHIP_MARKERS = {"esp32": "ESP32", "esp32s3": "ESP32S3", "esp32c3": "ESP32C3", "esp32c6": "ESP32C6", "sim": "linux"}
 
 
+def chip_matches(machine: str, chip: str) -> bool:
+    """Whether MicroPython's `sys.implementation._machine` ("Generic ESP32S3 module with ESP32S3") is `chip`.
+
+    The esp32 port ends the string with "with <IDF target>"; the unix port (our virtual board) says "linux".
+    """
+    marker = CHIP_MARKERS[chip]
+    if chip == "sim":
+        return machine.lower().startswith(marker)
+    _head, sep, target = machine.upper().replace("-", "").rpartition(" WITH ")
+    return bool(sep) and target.strip() == marker
+
+
 def check_board_type(link: Link, board: Board) -> None:
     """Refuse to deploy onto a board of another type: its board.json, else the interpreter's machine string."""
     info = _literal(
@@ -288,11 +300,7 @@ def check_board_type(link: Link, board: Board) -> None:
                 f"the board on this port is {name} ({chip}), not {board.name} ({board.chip})",
                 hint=f"deploy with --board {name}, or --force to replace it anyway",
             )
-    marker = CHIP_MARKERS[board.chip]
-    words = machine.upper().replace("-", "").split()
-    chip_word = words[-1] if " WITH " in machine.upper() else ""
-    ok = marker.lower() in machine.lower() if board.is_sim else chip_word == marker
-    if not ok:
+    if not chip_matches(machine, board.chip):
         raise EdgefleetError(
             f"the board on this port runs MicroPython for {machine!r}, not {board.chip} ({board.name})",
             hint="pick the matching --board, or --force to deploy anyway",

@@ -75,3 +75,22 @@ def test_bad_config_json(tmp_path, capsys):
 def test_repl_on_a_missing_port(capsys):
     code, _, err = run_cli(capsys, "repl", "--port", "/dev/ttyNOPE")
     assert code == 2 and "no such serial port" in err
+
+
+@pytest.mark.parametrize(
+    ("machine", "chip", "ok"),
+    [
+        ("Generic ESP32 module with ESP32", "esp32", True),
+        ("Generic ESP32 module with ESP32", "esp32s3", False),
+        ("Generic ESP32S3 module with ESP32S3", "esp32s3", True),
+        ("Generic ESP32S3 module with ESP32S3", "esp32", False),
+        ("ESP32C3 module with ESP32C3", "esp32c3", True),
+        ("linux [GCC 14.2.1] version", "sim", True),
+        ("linux [GCC 14.2.1] version", "esp32", False),
+        ("Raspberry Pi Pico with RP2040", "esp32", False),
+    ],
+)
+def test_chip_matches_micropython_machine_strings(machine, chip, ok):
+    from edgefleet.deploy import chip_matches
+
+    assert chip_matches(machine, chip) is ok
