@@ -143,22 +143,34 @@ class HilBroker:
 
 
 @pytest.fixture
-def hil_broker(hil_board: HilBoard, hil_settings: HilSettings, tmp_path_factory: pytest.TempPathFactory):
+def hil_broker(
+    request: pytest.FixtureRequest,
+    hil_board: HilBoard,
+    hil_settings: HilSettings,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """The virtual board reaches the shared `mqtt_broker` fixture on loopback; a real board needs a broker
+    listening on the LAN (ours on broker.listen, or an external one from the --hil-config)."""
     from urllib.parse import urlparse
 
     from ..broker import Mosquitto
 
+    if hil_board.is_virtual:
+        broker = request.getfixturevalue("mqtt_broker")
+        yield HilBroker(broker, broker.url, broker.host, broker.port)
+        return
     if hil_settings.broker_url:
         u = urlparse(hil_settings.broker_url)
         yield HilBroker(None, hil_settings.broker_url, u.hostname or "127.0.0.1", u.port or 1883)
         return
-    listen = hil_settings.broker_listen if not hil_board.is_virtual else "127.0.0.1"
-    broker = Mosquitto(data_dir=tmp_path_factory.mktemp("hil-mosquitto"), host=listen)
+    if not hil_settings.broker_address:
+        raise EdgefleetError("--hil-config needs broker.address (this machine's IP as the board sees it)",
+                             hint="docs/hil.md")  # fmt: skip
+    broker = Mosquitto(data_dir=tmp_path_factory.mktemp("hil-mosquitto"), host=hil_settings.broker_listen)
     broker.start()
-    address = hil_settings.broker_address if not hil_board.is_virtual else None
     try:
-        local = "127.0.0.1" if listen in ("0.0.0.0", "127.0.0.1") else listen
-        yield HilBroker(broker, f"mqtt://{address or local}:{broker.port}", local, broker.port)
+        local = "127.0.0.1" if hil_settings.broker_listen == "0.0.0.0" else hil_settings.broker_listen
+        yield HilBroker(broker, f"mqtt://{hil_settings.broker_address}:{broker.port}", local, broker.port)
     finally:
         broker.stop()
 
