@@ -39,6 +39,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "hil: hardware-in-the-loop test (virtual board by default, real with --board-port)"
     )
+    if config.getoption("board_port") and not config.getoption("hil_config"):
+        raise pytest.UsageError(
+            "--board-port needs --hil-config FILE (Wi-Fi and the broker address the board can reach; docs/hil.md)"
+        )
 
 
 @dataclass
