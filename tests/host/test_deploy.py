@@ -94,3 +94,28 @@ def test_chip_matches_micropython_machine_strings(machine, chip, ok):
     from edgefleet.deploy import chip_matches
 
     assert chip_matches(machine, chip) is ok
+
+
+def test_model_and_cmodule_are_deployed(vboard, tmp_path, capsys):
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    model_dir = tmp_path / "models" / "pump"
+    model_dir.mkdir(parents=True)
+    model = os.urandom(20_000)  # deploy copies bytes; the node validates the model file itself
+    (model_dir / "model.efm").write_bytes(model)
+    cmod = tmp_path / "emlearn_trees.mpy"
+    cmod.write_bytes(b"M\x06" + os.urandom(3000))
+    code, _out, err = run_cli(capsys, "-q", "deploy", "--board", "sim", "--port", vboard.path, "--device-id", "m-1",
+                             "--model", str(model_dir), "--cmodule", str(cmod), "--no-reset")  # fmt: skip
+    assert code == 0, err
+
+    def on_board(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "mpremote", "connect", vboard.path, "resume", *args],
+                              capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+
+    assert hashlib.sha256(model).hexdigest() in on_board("fs", "sha256sum", ":model.efm")
+    assert hashlib.sha256(cmod.read_bytes()).hexdigest() in on_board("fs", "sha256sum", ":lib/emlearn_trees.mpy")
+    assert json.loads(on_board("fs", "cat", ":config.json"))["model"] == "model.efm"
