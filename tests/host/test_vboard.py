@@ -195,3 +195,15 @@ def test_virtual_board_refuses_a_real_chip(capsys):
 
     assert main(["board", "virtual", "--board", "esp32-devkitc"]) == 2
     assert "use --board sim" in capsys.readouterr().err
+
+
+def test_bad_flash_image_paths(tmp_path, capsys):
+    from edgefleet.cli import main
+
+    assert main(["board", "virtual", "--flash", str(tmp_path / "no" / "such" / "flash.img")]) == 2
+    assert "no directory" in capsys.readouterr().err
+    odd = tmp_path / "odd.img"
+    odd.write_bytes(b"\xff" * 1000)
+    assert main(["board", "virtual", "--flash", str(odd)]) == 2
+    assert "not a 4 MB flash image of sim" in capsys.readouterr().err
+    assert odd.read_bytes() == b"\xff" * 1000  # left as it was

@@ -19,6 +19,13 @@ def _cmd_virtual(args: argparse.Namespace) -> int:
             hint="use --board sim",
         )
     flash = Path(args.flash) if args.flash else Path.cwd() / f"{board.name}-flash.img"
+    if not flash.parent.is_dir():
+        raise EdgefleetError(f"cannot create the flash image {flash}: no directory {flash.parent}")
+    if flash.exists() and flash.stat().st_size not in (0, board.flash_size):
+        raise EdgefleetError(
+            f"{flash} is {flash.stat().st_size} bytes, not a {board.flash_size // (1 << 20)} MB flash image of {board.name}",
+            hint="pass another --flash path (a new image is created erased)",
+        )
     run_virtual_board(board, flash, args.heap)
     return 0
 
