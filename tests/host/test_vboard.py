@@ -207,3 +207,17 @@ def test_bad_flash_image_paths(tmp_path, capsys):
     assert main(["board", "virtual", "--flash", str(odd)]) == 2
     assert "not a 4 MB flash image of sim" in capsys.readouterr().err
     assert odd.read_bytes() == b"\xff" * 1000  # left as it was
+
+
+def test_friendly_paste_mode(vboard):
+    with serial.Serial(vboard.path, 115200, timeout=0.1) as s:
+        s.write(b"\r\x03")
+        time.sleep(0.2)
+        s.read(4096)
+        s.write(b"\x05for i in range(3):\r    print('p', i)\r\x04")
+        data = b""
+        end = time.monotonic() + 10
+        while b"p 2\r\n>>> " not in data and time.monotonic() < end:
+            data += s.read(4096)
+        assert b"paste mode; Ctrl-C to cancel, Ctrl-D to finish\r\n=== " in data
+        assert b"p 0\r\np 1\r\np 2\r\n>>> " in data
