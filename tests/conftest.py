@@ -136,3 +136,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/fleet.db"
     return request.getfixturevalue("pg_cluster").new_database()
+
+
+# --- tooling: hardware-in-the-loop plugin (hil_board, hil_broker, collector, deploy_node, deployed_node) ---
+pytest_plugins = [*pytest_plugins, "edgefleet.testing.hil"]

@@ -25,6 +25,10 @@ COMMAND_MODULES = [
     "edgefleet.collector",
     "edgefleet.fleet",
     "edgefleet.export",
+    # tooling: flash, deploy/repl, virtual boards
+    "edgefleet.flash",
+    "edgefleet.deploy",
+    "edgefleet.vboard",
 ]
 
 log = logging.getLogger("edgefleet")

@@ -1,0 +1,121 @@
+"""`edgefleet deploy` through the CLI: the ampy transport on the virtual board, and the user mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgefleet.boards import load_board
+from edgefleet.cli import main
+from edgefleet.vboard.board import VirtualBoard
+
+
+@pytest.fixture
+def vboard(tmp_path):
+    vb = VirtualBoard(load_board("sim"), tmp_path / "flash.img")
+    vb.start()
+    yield vb
+    vb.stop()
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_deploy_with_ampy_then_mpremote_sees_nothing_to_copy(vboard, tmp_path, capsys):
+    cfg = tmp_path / "node.json"
+    cfg.write_text(json.dumps({"wifi": {"ssid": "lab", "password": "secret"}, "status_interval_s": 30}))
+    code, out, err = run_cli(capsys, "-q", "deploy", "--board", "sim", "--port", vboard.path, "--device-id", "amp-1",
+                             "--config", str(cfg), "--broker", "mqtt://10.0.0.5:1883", "--transport", "ampy")  # fmt: skip
+    assert code == 0, err
+    assert "0 unchanged" in out and "verified" in out
+    code, out, err = run_cli(capsys, "-q", "deploy", "--board", "sim", "--port", vboard.path, "--device-id", "amp-1",
+                             "--config", str(cfg), "--broker", "mqtt://10.0.0.5:1883")  # fmt: skip
+    assert code == 0, err
+    assert " 0 copied" in out
+
+
+def test_node_config_merges_file_and_flags(tmp_path):
+    from edgefleet.deploy import node_config
+
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"broker": {"username": "n1", "password": "pw"}, "wifi": {"ssid": "x", "password": "y"}}))
+    cfg = node_config("n1", f, "mqtts://broker.example:8883", model=True)
+    assert cfg["broker"] == {"url": "mqtts://broker.example:8883", "username": "n1", "password": "pw", "ca": None}
+    assert cfg["wifi"]["ssid"] == "x" and cfg["model"] == "model.efm" and cfg["device_id"] == "n1"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--device-id", "bad id!"], "invalid device id"),
+        (["--device-id", "n1", "--config", "/nonexistent/cfg.json"], "no such config file"),
+        (["--device-id", "n1", "--model", "models/nonexistent"], "no model file"),
+        (["--device-id", "n1", "--broker", "http://x"], "invalid broker URL"),
+        (["--device-id", "n1"], "no such serial port: /dev/ttyNOPE"),
+    ],
+)
+def test_user_mistakes_are_clear_errors(capsys, extra, message):
+    code, _, err = run_cli(capsys, "deploy", "--board", "sim", "--port", "/dev/ttyNOPE", *extra)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_config_json(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    code, _, err = run_cli(capsys, "deploy", "--board", "sim", "--port", "/dev/ttyNOPE", "--device-id", "n1",
+                           "--config", str(bad))  # fmt: skip
+    assert code == 2 and "not valid JSON: line 1" in err
+
+
+def test_repl_on_a_missing_port(capsys):
+    code, _, err = run_cli(capsys, "repl", "--port", "/dev/ttyNOPE")
+    assert code == 2 and "no such serial port" in err
+
+
+@pytest.mark.parametrize(
+    ("machine", "chip", "ok"),
+    [
+        ("Generic ESP32 module with ESP32", "esp32", True),
+        ("Generic ESP32 module with ESP32", "esp32s3", False),
+        ("Generic ESP32S3 module with ESP32S3", "esp32s3", True),
+        ("Generic ESP32S3 module with ESP32S3", "esp32", False),
+        ("ESP32C3 module with ESP32C3", "esp32c3", True),
+        ("linux [GCC 14.2.1] version", "sim", True),
+        ("linux [GCC 14.2.1] version", "esp32", False),
+        ("Raspberry Pi Pico with RP2040", "esp32", False),
+    ],
+)
+def test_chip_matches_micropython_machine_strings(machine, chip, ok):
+    from edgefleet.deploy import chip_matches
+
+    assert chip_matches(machine, chip) is ok
+
+
+def test_model_and_cmodule_are_deployed(vboard, tmp_path, capsys):
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    model_dir = tmp_path / "models" / "pump"
+    model_dir.mkdir(parents=True)
+    model = os.urandom(20_000)  # deploy copies bytes; the node validates the model file itself
+    (model_dir / "model.efm").write_bytes(model)
+    cmod = tmp_path / "emlearn_trees.mpy"
+    cmod.write_bytes(b"M\x06" + os.urandom(3000))
+    code, _out, err = run_cli(capsys, "-q", "deploy", "--board", "sim", "--port", vboard.path, "--device-id", "m-1",
+                             "--model", str(model_dir), "--cmodule", str(cmod), "--no-reset")  # fmt: skip
+    assert code == 0, err
+
+    def on_board(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "mpremote", "connect", vboard.path, "resume", *args],
+                              capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+
+    assert hashlib.sha256(model).hexdigest() in on_board("fs", "sha256sum", ":model.efm")
+    assert hashlib.sha256(cmod.read_bytes()).hexdigest() in on_board("fs", "sha256sum", ":lib/emlearn_trees.mpy")
+    assert json.loads(on_board("fs", "cat", ":config.json"))["model"] == "model.efm"
