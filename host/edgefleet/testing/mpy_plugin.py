@@ -5,8 +5,8 @@ process with firmware/ and the test's folder on MICROPYPATH. The function's para
 fixtures resolved on the host (a broker, a flash image path); their values are passed as JSON. A value with
 an `mpy_value()` method is converted with it first.
 
-The heap is that of the board under test (--fw-board, default esp32-devkitc), so a firmware test that
-needs more heap than the board has fails. A module may set HEAPSIZE = <bytes> to test a bigger board,
+The heap is that of the board under test (--fw-board, default esp32-devkitc; scaled for a 64-bit
+interpreter by runtime.unix_heap_bytes), so a firmware test that needs more heap than the board has fails. A module may set HEAPSIZE = <bytes> to test a bigger board,
 TIMEOUT = <seconds>, and MARKS = ("slow", ...). These are read with `ast`, the module is never imported
 by CPython.
 
@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from ..boards import load_board
-from ..runtime import find_micropython, micropython_env
+from ..runtime import find_micropython, micropython_env, unix_heap_bytes
 
 RUNNER = Path(__file__).with_name("mpy_runner.py")
 DEFAULT_TIMEOUT = 120.0
@@ -105,7 +105,7 @@ class MicroPythonModule(pytest.Module):
         config = self.config
 
         def run(**fixtures: Any) -> None:
-            heap = settings.get("HEAPSIZE") or load_board(config.getoption("fw_board")).heap_bytes
+            heap = settings.get("HEAPSIZE") or unix_heap_bytes(load_board(config.getoption("fw_board")).heap_bytes)
             timeout = float(settings.get("TIMEOUT", DEFAULT_TIMEOUT))
             run_micropython_test(path, fname, {k: _to_json(v) for k, v in fixtures.items()}, heap, timeout)
 

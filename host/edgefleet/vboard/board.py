@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..boards import Board
 from ..errors import EdgefleetError
-from ..runtime import find_micropython, micropython_env
+from ..runtime import find_micropython, micropython_env, unix_heap_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ class VirtualBoard:
     def __init__(self, board: Board, flash_path: Path | str, heap_bytes: int | None = None) -> None:
         self.board = board
         self.flash_path = Path(flash_path)
-        self.heap_bytes = heap_bytes or board.heap_bytes
+        # the unix port's heap for this board (scaled on a 64-bit interpreter, see runtime.unix_heap_bytes)
+        self.heap_bytes = heap_bytes or unix_heap_bytes(board.heap_bytes)
         self.banner = (
             f"MicroPython v1.29.0 on virtual board {board.name}; {board.chip} with unix\r\n"
             'Type "help()" for more information.\r\n'
