@@ -1,0 +1,198 @@
+# Binary record format of the flash log (readings, events, ack markers), encoded into preallocated buffers.
+#
+# Record, little-endian:  u16 len | u8 type | u8 flags | u32 seq | i64 ts_ms | payload | u32 crc32
+# (len counts the whole record; crc32 is binascii.crc32 of everything before it). An erased length (0xFFFF)
+# ends the data of a sector. Payloads:
+#   reading: u8 name_len, name, u8 n, n x f32 (channel values in the order of the sensor's channels)
+#   event:   f32 score, then 5 strings kind, label, model, action, sensor, each u8 len + bytes (255 = None)
+#   ack:     none; seq is the highest seq the broker acknowledged (ack markers take no seq of their own)
+# Channel names are not stored: they follow from the sensor (KIND_CHANNELS, or what the sampler registered).
+import struct
+
+import micropython
+from micropython import const
+
+REC_READING = const(1)
+REC_EVENT = const(2)
+REC_ACK = const(3)
+
+HDR = "<HBBIq"
+HDR_SIZE = const(16)
+CRC_SIZE = const(4)
+MIN_SIZE = const(20)  # header + crc
+MAX_SIZE = const(256)
+_NONE = const(255)
+
+# Channels per sensor kind (INTERFACES.md), so records stay decodable after a reboot.
+KIND_CHANNELS = {
+    "bme280": ("temperature", "humidity", "pressure"),
+    "mpu6050": ("ax", "ay", "az", "gx", "gy", "gz"),
+    "dht22": ("temperature", "humidity"),
+    "adc": ("value",),
+}
+
+
+def crc_table():
+    from array import array
+
+    t = array("I", [0] * 256)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        t[i] = c
+    return t
+
+
+@micropython.viper
+def _crc(buf: ptr8, off: int, n: int, tab: ptr32) -> uint:
+    # 32-bit arithmetic also where the machine word is 64 bits (unix port): mask explicitly.
+    m = (uint(0xFFFF) << 16) | uint(0xFFFF)
+    crc = m
+    i = off
+    end = off + n
+    while i < end:
+        crc = (uint(tab[(crc ^ uint(buf[i])) & 0xFF]) & m) ^ (crc >> 8)
+        i += 1
+    return crc ^ m
+
+
+@micropython.viper
+def crc_seal(buf: ptr8, off: int, n: int, tab: ptr32):
+    # Writes crc32(buf[off:off+n]) little-endian at buf[off+n]. The loop is inlined (not a call to _crc) so
+    # no int object is created: on a 32-bit board a CRC above 2**30 would be a heap-allocated long.
+    m = (uint(0xFFFF) << 16) | uint(0xFFFF)
+    c = m
+    i = off
+    end = off + n
+    while i < end:
+        c = (uint(tab[(c ^ uint(buf[i])) & 0xFF]) & m) ^ (c >> 8)
+        i += 1
+    c = c ^ m
+    p = off + n
+    buf[p] = c & 0xFF
+    buf[p + 1] = (c >> 8) & 0xFF
+    buf[p + 2] = (c >> 16) & 0xFF
+    buf[p + 3] = (c >> 24) & 0xFF
+
+
+@micropython.viper
+def crc_check(buf: ptr8, off: int, n: int, tab: ptr32) -> bool:
+    m = (uint(0xFFFF) << 16) | uint(0xFFFF)
+    c = m
+    i = off
+    end = off + n
+    while i < end:
+        c = (uint(tab[(c ^ uint(buf[i])) & 0xFF]) & m) ^ (c >> 8)
+        i += 1
+    c = c ^ m
+    p = off + n
+    s = uint(buf[p]) | (uint(buf[p + 1]) << 8) | (uint(buf[p + 2]) << 16) | (uint(buf[p + 3]) << 24)
+    return c == s
+
+
+@micropython.viper
+def copy_into(dst: ptr8, doff: int, src: ptr8, n: int):
+    i = 0
+    while i < n:
+        dst[doff + i] = src[i]
+        i += 1
+
+
+@micropython.viper
+def all_erased(buf: ptr8, off: int, n: int) -> bool:
+    i = off
+    end = off + n
+    while i < end:
+        if buf[i] != 0xFF:
+            return False
+        i += 1
+    return True
+
+
+def _put_str(buf, off, s):
+    if s is None:
+        buf[off] = _NONE
+        return off + 1
+    n = len(s)
+    if n > 64:
+        raise ValueError("string too long for a record")
+    buf[off] = n
+    copy_into(buf, off + 1, s, n)
+    return off + 1 + n
+
+
+def reading_size(name, n):
+    return MIN_SIZE + 2 + len(name) + 4 * n
+
+
+def put_reading(buf, off, tab, seq, ts, flags, name, values, n):
+    # Encodes a reading at buf[off:], returns its length. values: array('f'), n channels.
+    ln = len(name)
+    size = MIN_SIZE + 2 + ln + 4 * n
+    struct.pack_into(HDR, buf, off, size, REC_READING, flags, seq, ts)
+    p = off + HDR_SIZE
+    buf[p] = ln
+    copy_into(buf, p + 1, name, ln)
+    p += 1 + ln
+    buf[p] = n
+    copy_into(buf, p + 1, values, 4 * n)
+    crc_seal(buf, off, size - CRC_SIZE, tab)
+    return size
+
+
+def put_event(buf, off, tab, seq, ts, flags, kind, label, score, model_id, action, sensor):
+    p = off + HDR_SIZE
+    struct.pack_into("<f", buf, p, score)
+    p += 4
+    p = _put_str(buf, p, kind)
+    p = _put_str(buf, p, label)
+    p = _put_str(buf, p, model_id)
+    p = _put_str(buf, p, action)
+    p = _put_str(buf, p, sensor)
+    size = p - off + CRC_SIZE
+    struct.pack_into(HDR, buf, off, size, REC_EVENT, flags, seq, ts)
+    crc_seal(buf, off, size - CRC_SIZE, tab)
+    return size
+
+
+def put_ack(buf, off, tab, seq):
+    struct.pack_into(HDR, buf, off, MIN_SIZE, REC_ACK, 0, seq, 0)
+    crc_seal(buf, off, HDR_SIZE, tab)
+    return MIN_SIZE
+
+
+def header(buf, off=0):
+    # (len, type, flags, seq, ts)
+    return struct.unpack_from(HDR, buf, off)
+
+
+def get_str(buf, off):
+    # (str or None, next offset)
+    n = buf[off]
+    if n == _NONE:
+        return None, off + 1
+    return str(buf[off + 1 : off + 1 + n], "utf-8"), off + 1 + n
+
+
+def reading_name(buf):
+    n = buf[HDR_SIZE]
+    return str(buf[HDR_SIZE + 1 : HDR_SIZE + 1 + n], "utf-8")
+
+
+def reading_values(buf):
+    # (n, offset of the first f32)
+    n = buf[HDR_SIZE]
+    p = HDR_SIZE + 1 + n
+    return buf[p], p + 1
+
+
+def decode_event(buf):
+    score = struct.unpack_from("<f", buf, HDR_SIZE)[0]
+    p = HDR_SIZE + 4
+    kind, p = get_str(buf, p)
+    label, p = get_str(buf, p)
+    model, p = get_str(buf, p)
+    action, p = get_str(buf, p)
+    sensor, p = get_str(buf, p)
+    return kind, label, score, model, action, sensor
