@@ -86,6 +86,7 @@ class Node:
         self.commands = Commands(self)
         self.status = Status(self, cfg.get("status_interval_s", 60))
         broker = cfg.get("broker") or {}
+        mq = cfg.get("mqtt") or {}  # optional tuning: keepalive_s, backoff_max_s (docs/firmware.md)
         try:
             self.mqtt = MQTTClient(
                 self.dev,
@@ -96,6 +97,8 @@ class Node:
                 will=will(self.dev, self.prefix),
                 window=PUBLISH_WINDOW + 2,  # room for status and acks beside the publisher's messages
                 link=link,
+                keepalive=mq.get("keepalive_s", 30),
+                backoff_max_s=mq.get("backoff_max_s", 60),
             )
         except ValueError as e:
             self._safe("no usable broker: %s" % e)
@@ -173,7 +176,7 @@ class Node:
         await self._reboot.wait()
         for t in running:
             t.cancel()
-        self.log.flush()
+        self.log.close()
         return REBOOT_EXIT
 
 
@@ -262,7 +265,7 @@ def main(part=None, scenario=None, sim=False):
         code = asyncio.run(_boot(part, scenario))
     except KeyboardInterrupt:
         if current is not None:
-            current.log.flush()
+            current.log.close()
         raise
     except Exception as e:
         # Nothing on the node's flash can make us loop: report and stay down until someone looks.

@@ -13,9 +13,11 @@
 # - Records are batched in RAM and programmed when `flush_bytes` are pending or `flush_ms` after the first
 #   pending record, whichever comes first. Each byte is programmed once, so write amplification stays near 1
 #   (littlefs append+flush per record measured 53x). The price: a power cut loses the unflushed batch.
-# - seq needs no flash write of its own: on mount it is the seq of the last valid record of the head sector
-#   (or the head's seq_base - 1). Records are only handed to the publisher once flushed, so a seq that a power
-#   cut lost was never seen outside the node.
+# - seq needs no flash write of its own: on mount it follows the last valid record of the head sector (or
+#   the head's seq_base - 1). After a clean shutdown (close(): flush + a close marker) the next seq is the
+#   next one. After a power cut the records of the lost RAM batch had seqs too, and the sampler may have
+#   used them (events): so the next seq skips `lost_window()` values, the most a batch can hold. seq is
+#   thus never reused, and a crash shows at the collector as a gap of at most that many seqs.
 # - A torn write (power cut) leaves a record with a bad CRC at the end of the head sector: mount keeps
 #   everything before it and continues in a fresh sector. A bad record anywhere else is corruption: the rest
 #   of that sector is skipped and counted (`corrupt`), the next record delivered carries flag 4.
@@ -112,6 +114,7 @@ class FlashLog:
                 bad.append(s)
         if self.head < 0:
             self.counter = 0
+            self.clean = True
             self.next_seq = 1
             self.durable = 0
             self.woff = SH_SIZE
@@ -137,7 +140,7 @@ class FlashLog:
                     self.torn += 1
                     continue
                 if last >= self.next_seq:
-                    self.next_seq = last + 1
+                    self.next_seq = last + 1 + self.lost_window()
                     self.durable = last
             self.corrupt += 1
         # Tail: walk back from the head while sectors are valid with decreasing counters.
@@ -162,6 +165,7 @@ class FlashLog:
         off = SH_SIZE
         last = self.base[s] - 1
         rb = self.rbuf
+        clean = False
         while off + R.MIN_SIZE <= SECTOR:
             ln = self._read_record(s, off)
             if ln <= 0:
@@ -170,17 +174,24 @@ class FlashLog:
             if typ == R.REC_ACK:
                 if seq > self.acked:
                     self.acked = seq
+            elif typ == R.REC_CLOSE:
+                clean = True
+                off += ln
+                continue
             else:
                 last = seq
+            clean = False
             off += ln
-        self.next_seq = last + 1
         self.durable = last
         self.woff = off
         # Anything but erased bytes after the last good record is a torn write: never program over it.
         if not self._erased_from(s, off):
             self.torn += 1
             self._closed = True
+            clean = False
         self.end[s] = off
+        self.clean = clean
+        self.next_seq = last + 1 if clean else last + 1 + self.lost_window()
 
     def _last_seq_in(self, s):
         off = SH_SIZE
@@ -189,7 +200,7 @@ class FlashLog:
             ln = self._read_record(s, off)
             if ln <= 0:
                 return last
-            if self.rbuf[2] != R.REC_ACK:
+            if self.rbuf[2] < R.REC_ACK:
                 last = R.header(self.rbuf)[3]
             off += ln
 
@@ -356,6 +367,20 @@ class FlashLog:
         self.durable = self.next_seq - 1
         self._ackpos = -1
 
+    def lost_window(self):
+        # The most records a power cut can lose: those in the RAM batch (flush at flush_bytes).
+        return self.flush_bytes // R.MIN_DATA_SIZE + 1
+
+    def close(self):
+        # Clean shutdown: flush and mark it, so the next mount continues seq without a gap.
+        if self.head < 0 and self.blen == 0:
+            return
+        off = self._reserve(R.MIN_SIZE)
+        R.put_ack(self.buf, off, self.tab, self.next_seq - 1, R.REC_CLOSE)
+        self._ackpos = -1
+        self.blen += R.MIN_SIZE
+        self.flush()
+
     def flush_due(self):
         return self.blen > 0 and time.ticks_diff(self._ticks(), self._bt0) >= self.flush_ms
 
@@ -380,7 +405,7 @@ class FlashLog:
                 if ln > 0 and self.roff + ln > limit:
                     ln = 0
             if ln > 0:
-                if self.rbuf[2] == R.REC_ACK:
+                if self.rbuf[2] >= R.REC_ACK:
                     self.roff += ln
                     continue
                 if self._recovered:

@@ -6,6 +6,7 @@
 #   reading: u8 name_len, name, u8 n, n x f32 (channel values in the order of the sensor's channels)
 #   event:   f32 score, then 5 strings kind, label, model, action, sensor, each u8 len + bytes (255 = None)
 #   ack:     none; seq is the highest seq the broker acknowledged (ack markers take no seq of their own)
+#   close:   none; written by a clean shutdown, seq = the last seq used (no seq of its own)
 # Channel names are not stored: they follow from the sensor (KIND_CHANNELS, or what the sampler registered).
 import struct
 
@@ -15,12 +16,14 @@ from micropython import const
 REC_READING = const(1)
 REC_EVENT = const(2)
 REC_ACK = const(3)
+REC_CLOSE = const(4)
 
 HDR = "<HBBIq"
 HDR_SIZE = const(16)
 CRC_SIZE = const(4)
 MIN_SIZE = const(20)  # header + crc
 MAX_SIZE = const(256)
+MIN_DATA_SIZE = const(27)  # smallest reading (1-char name, 1 channel); events are larger
 _NONE = const(255)
 
 # Channels per sensor kind (INTERFACES.md), so records stay decodable after a reboot.
@@ -156,8 +159,8 @@ def put_event(buf, off, tab, seq, ts, flags, kind, label, score, model_id, actio
     return size
 
 
-def put_ack(buf, off, tab, seq):
-    struct.pack_into(HDR, buf, off, MIN_SIZE, REC_ACK, 0, seq, 0)
+def put_ack(buf, off, tab, seq, typ=REC_ACK):
+    struct.pack_into(HDR, buf, off, MIN_SIZE, typ, 0, seq, 0)
     crc_seal(buf, off, HDR_SIZE, tab)
     return MIN_SIZE
 
