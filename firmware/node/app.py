@@ -8,6 +8,7 @@
 # host can fix it with set_config. Reboot (command) = machine.reset() on a board; on the sim board the
 # process exits with REBOOT_EXIT and the host launcher (edgefleet node) starts it again, as a board would.
 import asyncio
+import gc
 import json
 import sys
 import time
@@ -25,7 +26,7 @@ FW_VERSION = "0.1.0"
 REBOOT_EXIT = const(75)  # sim: "reboot me" exit code; host/edgefleet/node.py restarts the process on it
 CONFIG_PATH = "config.json"
 BOOT_COUNT_PATH = "boots"
-PUBLISH_WINDOW = const(4)
+PUBLISH_WINDOW = const(2)  # messages of max_batch_bytes in flight: 2 keeps the link busy, costs 4 KB
 
 
 def _now_ms():
@@ -71,6 +72,9 @@ class Node:
         self.sampler = None
         self._t0 = time.ticks_ms()
         self._reboot = asyncio.Event()
+        # The big buffers first, while the heap is least fragmented.
+        gc.collect()
+        bufs = [bytearray(cfg.get("max_batch_bytes", 2048)) for _ in range(PUBLISH_WINDOW)]
         logcfg = cfg.get("log") or {}
         self.log = FlashLog(
             part,
@@ -103,9 +107,7 @@ class Node:
         except ValueError as e:
             self._safe("no usable broker: %s" % e)
         if self.mqtt is not None:
-            self.publisher = Publisher(
-                self.log, self.mqtt, self.dev, self.prefix, cfg.get("max_batch_bytes", 2048), PUBLISH_WINDOW
-            )
+            self.publisher = Publisher(self.log, self.mqtt, self.dev, self.prefix, bufs=bufs)
             self.mqtt.subs.append(self.commands.topic)
             self.mqtt.on_message = self.commands.on_message
             self.mqtt.on_puback = self.publisher.on_puback

@@ -17,15 +17,17 @@ class _Full(Exception):
 
 
 class Publisher:
-    def __init__(self, log, mqtt, dev, prefix="edgefleet", max_batch_bytes=2048, window=4, max_recs=500):
+    def __init__(self, log, mqtt, dev, prefix="edgefleet", max_batch_bytes=2048, window=2, max_recs=500, bufs=None):
         self.log = log
         self.mqtt = mqtt
         self.dev = dev
         self.topics = {R.REC_READING: "%s/%s/telemetry" % (prefix, dev), R.REC_EVENT: "%s/%s/event" % (prefix, dev)}
-        self.max_batch = max_batch_bytes
+        if bufs is None:
+            bufs = [bytearray(max_batch_bytes) for _ in range(window)]
+        self.max_batch = len(bufs[0])
         self.max_recs = max_recs
-        self._bufs = [bytearray(max_batch_bytes) for _ in range(window)]
-        self._free = list(range(window))
+        self._bufs = bufs
+        self._free = list(range(len(bufs)))
         self._fifo = []  # [pid, last_seq, count, buf index, acked]
         self._head = ('{"v":1,"dev":"%s","recs":[' % dev).encode()
         self.published = 0  # records acknowledged by the broker since boot

@@ -17,6 +17,7 @@ from .errors import EdgefleetError
 COMMAND_MODULES = [
     "edgefleet.boards",
     "edgefleet.broker",
+    "edgefleet.node",
 ]
 
 log = logging.getLogger("edgefleet")

@@ -47,7 +47,11 @@ def main():
         cfg = json.load(f)
     node = app.Node(board, cfg, part)
     print("netnode: %s seq=%d acked=%d boot=%d" % (dev, node.log.last_seq(), node.log.acked, node.boot))
-    code = asyncio.run(node.run([source(node.log, rate, event_every)]))
+    try:
+        code = asyncio.run(node.run([source(node.log, rate, event_every)]))
+    except KeyboardInterrupt:
+        node.log.close()  # as node.app.main does on Ctrl-C
+        code = 0
     sys.exit(code)
 
 
