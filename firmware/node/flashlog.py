@@ -79,6 +79,7 @@ class FlashLog:
         self.torn = 0
         self.channels = {}  # sensor name -> channel names, registered by the app / first reading
         self._recovered = False
+        self.on_flush = None  # callback when new records became durable (wakes the publisher)
         self.mount()
 
     # ---- mount ----
@@ -365,6 +366,8 @@ class FlashLog:
         self.woff += self.blen
         self.blen = 0
         self.durable = self.next_seq - 1
+        if self.on_flush is not None:
+            self.on_flush()
         self._ackpos = -1
 
     def lost_window(self):

@@ -104,6 +104,7 @@ class MQTTClient:
         backoff_max_s=60,
         connect_timeout_s=10,
         link=None,
+        max_packet=2400,
     ):
         self.client_id = client_id
         self.tls, self.host, self.port = parse_url(url)
@@ -136,6 +137,9 @@ class MQTTClient:
         self._last_rx = 0
         self._last_tx = 0
         self._hdr = bytearray(8)
+        self._topics = {}
+        self._sbuf = self._sbuf0 = bytearray(max_packet)
+        self._sbmv = memoryview(self._sbuf0)
         self._stop = False
 
     # ---- connection management ----
@@ -203,6 +207,10 @@ class MQTTClient:
         else:
             coro = asyncio.open_connection(self.host, self.port)
         self._reader, self._writer = await asyncio.wait_for(coro, self.connect_timeout_s)
+        try:
+            self._writer.s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (same values on Linux and lwIP)
+        except Exception:
+            pass
         flags = 0x02  # clean session
         payload = _str(self.client_id)
         if self.will:
@@ -284,20 +292,33 @@ class MQTTClient:
         self._last_tx = time.ticks_ms()
 
     def _send_publish(self, pid, msg, dup):
+        # One write per packet, assembled in the preallocated send buffer: several small writes would go out
+        # as several TCP segments and meet Nagle + delayed ACK (40 ms per message, measured).
         topic, payload, retain = msg[0], msg[1], msg[2]
-        t = topic.encode()
+        tb = self._topics.get(topic)
+        if tb is None:
+            tb = self._topics[topic] = topic.encode()  # a node publishes to 4 topics: encode each once
+        tl = len(tb)
+        pl = len(payload)
         typ = _PUBLISH | (0x02 if pid else 0) | (0x01 if retain else 0) | (_DUP if dup else 0)
-        n_var = 2 + len(t) + (2 if pid else 0)
-        h = self._hdr
-        h[0] = typ
-        n = _varlen(n_var + len(payload), h, 1)
-        w = self._writer
-        w.write(h[:n])
-        w.write(struct.pack("!H", len(t)))
-        w.write(t)
+        rem = 2 + tl + (2 if pid else 0) + pl
+        sb = self._sbuf
+        if rem + 5 > len(sb):
+            sb = self._sbuf = bytearray(rem + 5)
+        sb[0] = typ
+        p = _varlen(rem, sb, 1)
+        sb[p] = tl >> 8
+        sb[p + 1] = tl & 0xFF
+        p += 2
+        sb[p : p + tl] = tb
+        p += tl
         if pid:
-            w.write(struct.pack("!H", pid))
-        w.write(payload)
+            sb[p] = pid >> 8
+            sb[p + 1] = pid & 0xFF
+            p += 2
+        sb[p : p + pl] = payload
+        p += pl
+        self._writer.write(self._sbmv[:p] if sb is self._sbuf0 else memoryview(sb)[:p])
         self._last_tx = time.ticks_ms()
         msg[3] = self._last_tx
 

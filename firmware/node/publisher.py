@@ -33,6 +33,8 @@ class Publisher:
         self.published = 0  # records acknowledged by the broker since boot
         self.messages = 0
         self._slot = asyncio.Event()
+        self._data = asyncio.Event()
+        log.on_flush = self._data.set
         self._buf = None
         self._pos = 0
 
@@ -158,7 +160,9 @@ class Publisher:
             idx = self._free[-1]
             msg = self.build(idx)
             if msg is None:
-                await asyncio.sleep_ms(100)
+                # Nothing durable to send: sleep until the log flushes (no polling).
+                self._data.clear()
+                await self._data.wait()
                 continue
             self._free.pop()
             n, typ, last, count = msg
