@@ -55,10 +55,9 @@ async def _run(log, m, pub):
     assert log.acked == N and log.pending() == 0
     assert m.reconnects == 0
     print("used heap at each 1,000 cycles:", list(marks))
-    # Measured over 40,000 cycles: one settling step of 96 bytes in the first few thousand cycles (structures
-    # reaching their working size, conservative GC), then not a byte more. So: bounded early, flat after.
+    # Measured over 40,000 cycles: one step of 96 bytes at a moment that depends on timing (the first time a
+    # socket write would block, asyncio's IO queue makes its entry), then not a byte more. A leak of even one
+    # byte per cycle would show as 9,000 bytes here.
     assert end - base <= 128 and peak - base <= 128, (base, end, list(marks))
-    half = marks[N // 2000 : N // 1000 - 1]
-    assert all(m == end for m in half), (end, list(marks))
     for t in tasks:
         t.cancel()
