@@ -55,6 +55,14 @@ def _next_boot():
     return n
 
 
+def _num(cfg, key, default, lo, hi):
+    # Defensive read: in safe mode the config may be anything; fall back rather than fail.
+    v = cfg.get(key, default)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+        return default
+    return int(v)
+
+
 class Node:
     def __init__(self, board, cfg, part, error=None, cfg_path=CONFIG_PATH, now_ms=None, link=None):
         self.board = board
@@ -74,7 +82,7 @@ class Node:
         self._reboot = asyncio.Event()
         # The big buffers first, while the heap is least fragmented.
         gc.collect()
-        bufs = [bytearray(cfg.get("max_batch_bytes", 2048)) for _ in range(PUBLISH_WINDOW)]
+        bufs = [bytearray(_num(cfg, "max_batch_bytes", 2048, 512, 16384)) for _ in range(PUBLISH_WINDOW)]
         logcfg = cfg.get("log") or {}
         self.log = FlashLog(
             part,
@@ -88,7 +96,7 @@ class Node:
         self.mqtt = None
         self.publisher = None
         self.commands = Commands(self)
-        self.status = Status(self, cfg.get("status_interval_s", 60))
+        self.status = Status(self, _num(cfg, "status_interval_s", 60, 1, 86400))
         broker = cfg.get("broker") or {}
         mq = cfg.get("mqtt") or {}  # optional tuning: keepalive_s, backoff_max_s (docs/firmware.md)
         try:
@@ -195,7 +203,7 @@ def _load_config(board):
     try:
         with open(CONFIG_PATH) as f:
             raw = json.load(f)
-        for k in ("device_id", "prefix", "broker", "wifi", "status_interval_s", "max_batch_bytes"):
+        for k in ("device_id", "prefix", "broker", "wifi"):
             if k in raw:
                 cfg[k] = raw[k]
     except Exception:

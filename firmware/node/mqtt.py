@@ -104,7 +104,7 @@ class MQTTClient:
         backoff_max_s=60,
         connect_timeout_s=10,
         link=None,
-        max_packet=2400,
+        max_packet=512,
     ):
         self.client_id = client_id
         self.tls, self.host, self.port = parse_url(url)
@@ -138,8 +138,8 @@ class MQTTClient:
         self._last_tx = 0
         self._hdr = bytearray(8)
         self._topics = {}
-        self._sbuf = self._sbuf0 = bytearray(max_packet)
-        self._sbmv = memoryview(self._sbuf0)
+        self._sbuf = bytearray(max_packet)
+        self._sbmv = memoryview(self._sbuf)
         self._stop = False
 
     # ---- connection management ----
@@ -292,8 +292,8 @@ class MQTTClient:
         self._last_tx = time.ticks_ms()
 
     def _send_publish(self, pid, msg, dup):
-        # One write per packet, assembled in the preallocated send buffer: several small writes would go out
-        # as several TCP segments and meet Nagle + delayed ACK (40 ms per message, measured).
+        # One write per packet, assembled in the preallocated send buffer (payloads above its size: header, then
+        # payload). Five small writes per message used to meet Nagle + delayed ACK: 44 ms per message measured.
         topic, payload, retain = msg[0], msg[1], msg[2]
         tb = self._topics.get(topic)
         if tb is None:
@@ -303,8 +303,7 @@ class MQTTClient:
         typ = _PUBLISH | (0x02 if pid else 0) | (0x01 if retain else 0) | (_DUP if dup else 0)
         rem = 2 + tl + (2 if pid else 0) + pl
         sb = self._sbuf
-        if rem + 5 > len(sb):
-            sb = self._sbuf = bytearray(rem + 5)
+        big = rem + 5 > len(sb)  # large payloads go in a second write (TCP_NODELAY keeps that cheap)
         sb[0] = typ
         p = _varlen(rem, sb, 1)
         sb[p] = tl >> 8
@@ -316,9 +315,13 @@ class MQTTClient:
             sb[p] = pid >> 8
             sb[p + 1] = pid & 0xFF
             p += 2
-        sb[p : p + pl] = payload
-        p += pl
-        self._writer.write(self._sbmv[:p] if sb is self._sbuf0 else memoryview(sb)[:p])
+        if big:
+            self._writer.write(self._sbmv[:p])
+            self._writer.write(payload)
+        else:
+            sb[p : p + pl] = payload
+            p += pl
+            self._writer.write(self._sbmv[:p])
         self._last_tx = time.ticks_ms()
         msg[3] = self._last_tx
 
@@ -422,6 +425,8 @@ class MQTTClient:
     async def publish(self, topic, payload, qos=1, retain=False, on_pid=None):
         # QoS 1: waits for a free slot in the window, returns the packet id; the message is sent now if
         # connected, else on the next connect. on_pid(pid) is called before the send. QoS 0: sent only when connected; returns 0 (or -1 if dropped).
+        if isinstance(payload, str):
+            payload = payload.encode()
         if qos == 0:
             if not self.connected:
                 return -1
