@@ -133,8 +133,10 @@ def main() -> int:
         print(f"{name:<34}{r['records']:>9}{r['record_bytes']:>11}{r['programmed']:>14}{r['erased']:>8}{wa:>8.2f}")
     base = res["littlefs"]["programmed"] / res["littlefs"]["record_bytes"]
     ours = res["up"]["programmed"] / res["up"]["record_bytes"]
-    print(f"ratio littlefs / flashlog (network up): {base / ours:.1f}x less flash written; goal WA <= 2: "
-          f"{'met' if ours <= 2 else 'NOT met'}")
+    print(
+        f"ratio littlefs / flashlog (network up): {base / ours:.1f}x less flash written; goal WA <= 2: "
+        f"{'met' if ours <= 2 else 'NOT met'}"
+    )
     return 0
 
 

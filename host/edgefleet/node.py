@@ -34,7 +34,8 @@ def check_broker_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise EdgefleetError(
-            f"bad broker URL {url!r}", hint="use mqtt://HOST:PORT (or mqtts://HOST:PORT for TLS), e.g. mqtt://127.0.0.1:1883"
+            f"bad broker URL {url!r}",
+            hint="use mqtt://HOST:PORT (or mqtts://HOST:PORT for TLS), e.g. mqtt://127.0.0.1:1883",
         )
     try:
         _ = parts.port
@@ -51,7 +52,9 @@ def check_flash_path(path: Path, board: Board) -> Path:
         if not path.is_file():
             raise EdgefleetError(f"flash image {path} is not a regular file")
         if not os.access(path, os.R_OK | os.W_OK):
-            raise EdgefleetError(f"flash image {path} is not readable and writable", hint=f"check permissions of {path}")
+            raise EdgefleetError(
+                f"flash image {path} is not readable and writable", hint=f"check permissions of {path}"
+            )
         size = path.stat().st_size
         if size and size != board.flash_size:
             raise EdgefleetError(
@@ -115,7 +118,14 @@ def _cmd_node(args: argparse.Namespace) -> int:
         if not scenario.is_file() or not os.access(scenario, os.R_OK):
             raise EdgefleetError(f"scenario file {scenario} does not exist or is not readable")
     argv = node_argv(board, flash, args.device_id, broker, scenario)
-    log.info("node %s on %s, broker %s, flash %s (heap %d bytes)", args.device_id, board.name, broker, flash, board.heap_bytes)
+    log.info(
+        "node %s on %s, broker %s, flash %s (heap %d bytes)",
+        args.device_id,
+        board.name,
+        broker,
+        flash,
+        board.heap_bytes,
+    )
     rc = supervise(argv, micropython_env())
     if rc not in (0, REBOOT_EXIT):
         raise EdgefleetError(f"node exited with code {rc}", hint="see the node's output above")
@@ -123,7 +133,9 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("node", help="run one simulated node (sim board) on the MicroPython unix port, in the foreground")
+    p = sub.add_parser(
+        "node", help="run one simulated node (sim board) on the MicroPython unix port, in the foreground"
+    )
     p.add_argument("--board", default="sim", help="board definition (only sim runs on this machine)")
     p.add_argument("--device-id", required=True, help="the node's device id (topic <prefix>/<id>/...)")
     p.add_argument("--broker", required=True, help="MQTT broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT")

@@ -1,4 +1,4 @@
-"""Running network-side nodes (tests/host/mpy/netnode.py on the MicroPython unix port) and watching what they
+"""Running network-side nodes (tests/firmware/netnode.py on the MicroPython unix port) and watching what they
 publish with a paho-mqtt subscriber on the same real mosquitto. Shared by the node network tests."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from edgefleet.node import REBOOT_EXIT
 from edgefleet.runtime import find_micropython, micropython_env
 
 HERE = Path(__file__).parent
-HELPER = HERE / "mpy" / "netnode.py"
+HELPER = HERE.parent / "firmware" / "netnode.py"  # MicroPython, beside the firmware tests
 SIM = load_board("sim")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 EVENT_KINDS = {"class", "anomaly", "forecast", "fault"}

@@ -27,12 +27,22 @@ def _run_cli(capsys, *args: str) -> tuple[int, str]:
 
 def test_real_board_refused(capsys, tmp_path):
     rc, err = _run_cli(
-        capsys, "--board", "esp32-devkitc", "--device-id", "n1", "--broker", "mqtt://127.0.0.1:1883", "--flash", str(tmp_path / "f")
+        capsys,
+        "--board",
+        "esp32-devkitc",
+        "--device-id",
+        "n1",
+        "--broker",
+        "mqtt://127.0.0.1:1883",
+        "--flash",
+        str(tmp_path / "f"),
     )
     assert rc == 2 and "real hardware" in err and "--board sim" in err, err
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:1883", "127.0.0.1:1883", "mqtt://", "mqtt://host:99999", "mqtt://h:1/x"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:1883", "127.0.0.1:1883", "mqtt://", "mqtt://host:99999", "mqtt://h:1/x"]
+)
 def test_bad_broker_url(capsys, tmp_path, url):
     rc, err = _run_cli(capsys, "--device-id", "n1", "--broker", url, "--flash", str(tmp_path / "f"))
     assert rc == 2 and "broker URL" in err, err
@@ -46,12 +56,24 @@ def test_bad_flash_paths(capsys, tmp_path):
     wrong.write_bytes(b"\xff" * 4096)
     rc, err = _run_cli(capsys, "--device-id", "n1", "--broker", "mqtt://127.0.0.1:1", "--flash", str(wrong))
     assert rc == 2 and "bytes" in err and "sim" in err, err
-    rc, err = _run_cli(capsys, "--device-id", "n1", "--broker", "mqtt://127.0.0.1:1", "--flash", str(tmp_path / "no" / "dir" / "f"))
+    rc, err = _run_cli(
+        capsys, "--device-id", "n1", "--broker", "mqtt://127.0.0.1:1", "--flash", str(tmp_path / "no" / "dir" / "f")
+    )
     assert rc == 2 and "writable directory" in err, err
-    rc, err = _run_cli(capsys, "--device-id", "bad id!", "--broker", "mqtt://127.0.0.1:1", "--flash", str(tmp_path / "f"))
+    rc, err = _run_cli(
+        capsys, "--device-id", "bad id!", "--broker", "mqtt://127.0.0.1:1", "--flash", str(tmp_path / "f")
+    )
     assert rc == 2 and "device id" in err, err
     rc, err = _run_cli(
-        capsys, "--device-id", "n1", "--broker", "mqtt://127.0.0.1:1", "--flash", str(tmp_path / "f"), "--scenario", str(tmp_path / "none.json")
+        capsys,
+        "--device-id",
+        "n1",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--flash",
+        str(tmp_path / "f"),
+        "--scenario",
+        str(tmp_path / "none.json"),
     )
     assert rc == 2 and "scenario" in err, err
 
@@ -73,8 +95,21 @@ def test_edgefleet_node_runs_a_sim_node(tmp_path, mqtt_broker):
     sub = Subscriber(mqtt_broker.host, mqtt_broker.port, "cli-1")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "host"))
     flash = tmp_path / "cli-1.img"
-    argv = [sys.executable, "-m", "edgefleet.cli", "node", "--device-id", "cli-1", "--broker", mqtt_broker.url, "--flash", str(flash)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "edgefleet.cli",
+        "node",
+        "--device-id",
+        "cli-1",
+        "--broker",
+        mqtt_broker.url,
+        "--flash",
+        str(flash),
+    ]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         wait_until(lambda: any(m["state"] == "online" for m, _ in sub.topic("status")), 40, "status from the CLI node")
         st = next(m for m, _ in sub.topic("status") if m["state"] == "online")

@@ -1,7 +1,7 @@
 """The node's network side end to end: the real firmware (flash log, MQTT client, publisher, status, commands)
 on the MicroPython unix port within the board's heap, a real mosquitto, and a paho-mqtt subscriber checking
 what arrives against docs/protocol.md. The node is fed by a record source of the test's own
-(tests/host/mpy/netnode.py) so these tests do not depend on the sensor side."""
+(tests/firmware/netnode.py) so these tests do not depend on the sensor side."""
 
 from __future__ import annotations
 
@@ -128,7 +128,9 @@ def test_corrupt_flash_block_skipped_counted_rest_delivered(node, sub, mqtt_brok
     node.start()
     last_stored = node.starts[-1][0]
     wait_until(lambda: sub.max_seq() >= last_stored, 30, "log delivered")
-    wait_until(lambda: any(m["counters"]["corrupt"] >= 1 for m, _ in sub.topic("status") if "counters" in m), 10, "status")
+    wait_until(
+        lambda: any(m["counters"]["corrupt"] >= 1 for m, _ in sub.topic("status") if "counters" in m), 10, "status"
+    )
     node.stop()
     by_seq, _ = sub.records()
     missing = gaps(set(by_seq), last_stored)
