@@ -66,6 +66,19 @@ def parse_url(url):
     return tls, host, port
 
 
+def _ca_der(path):
+    # MicroPython's ssl takes the CA as DER; users have PEM files (what openssl and brokers hand out).
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        import binascii
+
+        lines = data.split(b"\n")
+        body = b"".join(ln.strip() for ln in lines if ln.strip() and not ln.startswith(b"-----"))
+        data = binascii.a2b_base64(body)
+    return data
+
+
 def _log(msg):
     print("mqtt:", msg)
 
@@ -198,7 +211,7 @@ class MQTTClient:
 
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             if self.ca:
-                ssl_ctx.load_verify_locations(cafile=self.ca)
+                ssl_ctx.load_verify_locations(cadata=_ca_der(self.ca))
                 ssl_ctx.verify_mode = ssl.CERT_REQUIRED
             else:
                 ssl_ctx.verify_mode = ssl.CERT_NONE

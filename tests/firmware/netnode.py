@@ -1,7 +1,8 @@
 # A node for the network-side tests: the real app (node.app.Node: flash log, MQTT client, publisher, status,
 # commands) on the sim flash, fed by a record source of the test's own instead of the sensors, so these tests
 # do not depend on the sampling side. Run on the unix port:
-#   micropython -X heapsize=H netnode.py BOARD_JSON IMAGE DEVICE_ID BROKER_URL RATE_HZ FLUSH_BYTES FLUSH_S [EVENT_EVERY]
+#   micropython -X heapsize=H netnode.py BOARD_JSON IMAGE DEVICE_ID BROKER_URL RATE_HZ FLUSH_BYTES FLUSH_S
+#       [EVENT_EVERY [CA_FILE]]
 import asyncio
 import json
 import sys
@@ -40,9 +41,18 @@ def main():
     rate, flush_bytes, flush_s = float(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
     event_every = int(sys.argv[8]) if len(sys.argv) > 8 else 0
     cfg = default_config(dev, url)
+    ca = None
+    if len(sys.argv) > 9:
+        # The CA goes onto the node's flash, as a deploy puts it there: the node sees only its own files.
+        with open(sys.argv[9], "rb") as f:
+            ca = f.read()
+        cfg["broker"]["ca"] = "ca.crt"
     cfg["log"] = {"flush_bytes": flush_bytes, "flush_s": flush_s}
     cfg["status_interval_s"] = 2
     board, flash, part = prepare(board_path, image, dev, url, cfg)
+    if ca:
+        with open("ca.crt", "wb") as f:
+            f.write(ca)
     with open("config.json") as f:
         cfg = json.load(f)
     node = app.Node(board, cfg, part)

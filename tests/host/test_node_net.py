@@ -242,3 +242,65 @@ def _retained_status(mqtt_broker) -> dict:
     c.loop_stop()
     c.disconnect()
     return got[-1] if got else {"state": None}
+
+
+def _tls_broker(tmp_path: Path):
+    """mosquitto with a TLS listener and a certificate from a CA made here with the openssl CLI."""
+    import getpass
+    import shutil
+    import subprocess
+
+    from edgefleet.broker import find_mosquitto, free_port
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl CLI not installed (Debian package openssl): needed to make test certificates")
+    d = tmp_path / "tls"
+    d.mkdir()
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=edgefleet-test-ca")
+    ssl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.crt")
+    ssl(
+        "x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-out", "srv2.crt", "-extfile", "ext.cnf"
+    )
+    port = free_port()
+    conf = d / "m.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/srv2.crt\nkeyfile {d}/srv.key\n"
+        f"allow_anonymous true\nuser {getpass.getuser()}\n"
+    )
+    proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, port, d / "ca.crt"
+
+
+def test_tls_broker_with_ca_verification(tmp_path):
+    proc, port, ca = _tls_broker(tmp_path)
+    try:
+        wrong_ca = tmp_path / "other.crt"
+        import subprocess
+
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(tmp_path / "o.key"), "-out", str(wrong_ca), "-days", "1", "-subj", "/CN=other"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        good = NetNode(tmp_path, "t1", f"mqtts://127.0.0.1:{port}", rate_hz=5)
+        good.args.append(str(ca))
+        bad = NetNode(tmp_path, "t2", f"mqtts://127.0.0.1:{port}", rate_hz=5)
+        bad.args.append(str(wrong_ca))
+        good.start()
+        bad.start()
+        wait_until(lambda: "connected to 127.0.0.1" in good.output(), 20, "TLS connect with the right CA")
+        wait_until(lambda: "failed" in bad.output(), 20, "TLS refusal with the wrong CA")
+        time.sleep(1)
+        assert "connected to" not in bad.output(), bad.output()
+        good.stop()
+        bad.stop()
+    finally:
+        proc.terminate()
+        proc.wait(10)
