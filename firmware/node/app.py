@@ -143,7 +143,10 @@ class Node:
         # Persist through node.config (validated against the board), then apply to the running stages.
         from node import config
 
-        new, err = config.update(self.cfg_path, self.cfg, changes, self.board)
+        try:
+            new, err = config.update(self.cfg_path, self.cfg, changes, self.board)
+        finally:
+            _release(config)
         if err:
             raise CommandError("set_config: " + err)
         self.cfg = new
@@ -196,7 +199,10 @@ def _load_config(board):
     try:
         from node import config
 
-        return config.load(CONFIG_PATH, board)
+        try:
+            return config.load(CONFIG_PATH, board)
+        finally:
+            _release(config)
     except Exception as e:  # noqa: safe mode, never a crash at boot
         err = "config: %s" % (str(e) or repr(e))
     cfg = {}
@@ -209,6 +215,13 @@ def _load_config(board):
     except Exception:
         pass
     return cfg, err
+
+
+def _release(config):
+    # node.config costs ~10 KB of heap and is needed only at boot and for set_config: drop it after use.
+    rel = getattr(config, "release", None)
+    if rel is not None:
+        rel()
 
 
 def _log_partition(board):

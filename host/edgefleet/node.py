@@ -1,6 +1,7 @@
 """`edgefleet node`: run one simulated node on the MicroPython unix port, in the foreground.
 
-The node is the same firmware a board runs (compiled to .mpy, heap limited to the board's with -X heapsize),
+The node is the same firmware a board runs (compiled to .mpy, heap limited with -X heapsize to the board's
+plus what the simulated hardware itself needs, SIM_HEAP_EXTRA),
 started through node/sim/launch.py, which mounts the simulated flash image as the node's filesystem. A
 `reboot` command makes the firmware exit with REBOOT_EXIT; like a board's reset, we start it again on the
 same flash. Ctrl-C stops it: the node flushes its log and the broker publishes its last will (offline).
@@ -14,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 
 # Must equal REBOOT_EXIT in firmware/node/app.py: the firmware's "reset me" on the sim board.
 REBOOT_EXIT = 75
+# Heap on top of the board's. The sim board spends RAM a board does not: the simulated I2C bus, device models,
+# pins and scenario (~28 KB as .mpy, ~35 KB once hw.build ran), the simulated flash chip, its littlefs mount
+# and the launcher (~16 KB). Measured with main's sensor side merged: the whole sim node uses ~162 KB after
+# boot, so the firmware alone is above the devkitc's 110 KB as plain .mpy files (see docs/firmware.md, Heap).
+SIM_HEAP_EXTRA = 96 * 1024
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -72,17 +79,18 @@ def node_argv(board: Board, flash: Path, device_id: str, broker: str, scenario: 
     args = [str(board.path), str(flash.resolve()), device_id, broker]
     if scenario is not None:
         args.append(str(scenario.resolve()))
-    return [find_micropython(), "-X", f"heapsize={board.heap_bytes}", "-m", "node.sim.launch", *args]
+    heap = board.heap_bytes + SIM_HEAP_EXTRA
+    return [find_micropython(), "-X", f"heapsize={heap}", "-m", "node.sim.launch", *args]
 
 
-def supervise(argv: Sequence[str], env: dict[str, str], max_reboots: int | None = None) -> int:
+def supervise(argv: Sequence[str], env: dict[str, str], max_reboots: int | None = None, cwd: str | None = None) -> int:
     """Runs the node process until it exits for good; restarts it on REBOOT_EXIT, as a board resets.
 
     Ctrl-C reaches the node too (same process group); we wait for it to stop cleanly and return 0.
     """
     reboots = 0
     while True:
-        proc = subprocess.Popen(list(argv), env=env)
+        proc = subprocess.Popen(list(argv), env=env, cwd=cwd)
         try:
             rc = proc.wait()
         except KeyboardInterrupt:
@@ -119,14 +127,19 @@ def _cmd_node(args: argparse.Namespace) -> int:
             raise EdgefleetError(f"scenario file {scenario} does not exist or is not readable")
     argv = node_argv(board, flash, args.device_id, broker, scenario)
     log.info(
-        "node %s on %s, broker %s, flash %s (heap %d bytes)",
+        "node %s on %s, broker %s, flash %s (heap: board %d + sim hardware %d bytes)",
         args.device_id,
         board.name,
         broker,
         flash,
         board.heap_bytes,
+        SIM_HEAP_EXTRA,
     )
-    rc = supervise(argv, micropython_env())
+    # MicroPython looks in the current directory first: run from an empty one, so a node.py or node/ in the
+    # user's directory cannot shadow the firmware (the firmware's tree must stay on the absolute MICROPYPATH:
+    # the node changes directory to its flash).
+    with tempfile.TemporaryDirectory(prefix="edgefleet-node-") as cwd:
+        rc = supervise(argv, micropython_env(), cwd=cwd)
     if rc not in (0, REBOOT_EXIT):
         raise EdgefleetError(f"node exited with code {rc}", hint="see the node's output above")
     return 0
