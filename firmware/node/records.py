@@ -36,40 +36,28 @@ KIND_CHANNELS = {
 
 
 def crc_table():
-    from array import array
-
-    t = array("I", [0] * 256)
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-        t[i] = c
-    return t
+    # Kept for the callers' signature: the CRC is computed bitwise (no 1 KB table on the heap).
+    return None
 
 
 @micropython.viper
-def _crc(buf: ptr8, off: int, n: int, tab: ptr32) -> uint:
-    # 32-bit arithmetic also where the machine word is 64 bits (unix port): mask explicitly.
-    m = (uint(0xFFFF) << 16) | uint(0xFFFF)
-    crc = m
-    i = off
-    end = off + n
-    while i < end:
-        crc = (uint(tab[(crc ^ uint(buf[i])) & 0xFF]) & m) ^ (crc >> 8)
-        i += 1
-    return crc ^ m
-
-
-@micropython.viper
-def crc_seal(buf: ptr8, off: int, n: int, tab: ptr32):
+def crc_seal(buf: ptr8, off: int, n: int, tab):
     # Writes crc32(buf[off:off+n]) little-endian at buf[off+n]. The loop is inlined (not a call to _crc) so
     # no int object is created: on a 32-bit board a CRC above 2**30 would be a heap-allocated long.
     m = (uint(0xFFFF) << 16) | uint(0xFFFF)
+    poly = (uint(0xEDB8) << 16) | uint(0x8320)
     c = m
     i = off
     end = off + n
     while i < end:
-        c = (uint(tab[(c ^ uint(buf[i])) & 0xFF]) & m) ^ (c >> 8)
+        c = c ^ uint(buf[i])
+        k = 0
+        while k < 8:
+            if c & 1:
+                c = (c >> 1) ^ poly
+            else:
+                c = c >> 1
+            k += 1
         i += 1
     c = c ^ m
     p = off + n
@@ -80,13 +68,21 @@ def crc_seal(buf: ptr8, off: int, n: int, tab: ptr32):
 
 
 @micropython.viper
-def crc_check(buf: ptr8, off: int, n: int, tab: ptr32) -> bool:
+def crc_check(buf: ptr8, off: int, n: int, tab) -> bool:
     m = (uint(0xFFFF) << 16) | uint(0xFFFF)
+    poly = (uint(0xEDB8) << 16) | uint(0x8320)
     c = m
     i = off
     end = off + n
     while i < end:
-        c = (uint(tab[(c ^ uint(buf[i])) & 0xFF]) & m) ^ (c >> 8)
+        c = c ^ uint(buf[i])
+        k = 0
+        while k < 8:
+            if c & 1:
+                c = (c >> 1) ^ poly
+            else:
+                c = c >> 1
+            k += 1
         i += 1
     c = c ^ m
     p = off + n

@@ -38,7 +38,9 @@ class NetNode:
         flush_bytes: int = 256,
         flush_s: float = 0.5,
         event_every: int = 0,
+        heap_extra: int = 0,
     ) -> None:
+        self.heap = SIM.heap_bytes + heap_extra
         self.image = workdir / f"{dev}.img"
         self.dev = dev
         self.url = url
@@ -51,7 +53,7 @@ class NetNode:
         return [
             find_micropython(),
             "-X",
-            f"heapsize={SIM.heap_bytes}",
+            f"heapsize={self.heap}",
             str(HELPER),
             str(SIM.path),
             str(self.image),

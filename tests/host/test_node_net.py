@@ -95,6 +95,7 @@ def _all_known(sub: Subscriber, last: int, window: int) -> bool:
 def test_broker_restart_mid_batch_loses_nothing(node, sub, mqtt_broker):
     # Build a backlog with the broker away, then restart the broker while the node drains it.
     node.args[0] = "50"
+    node.args[3] = "25"  # an event record every 25 readings: both topics, one seq sequence
     mqtt_broker.stop()
     node.start()
     time.sleep(4)  # ~200 records, several 2 KB messages
@@ -108,6 +109,8 @@ def test_broker_restart_mid_batch_loses_nothing(node, sub, mqtt_broker):
     assert gaps(set(by_seq), upto) == []
     tel = sub.topic("telemetry")
     assert any(len(m["recs"]) > 1 for m, _ in tel), "store-and-forward must batch records"
+    events = [r for m, _ in sub.topic("event") for r in m["recs"]]
+    assert len(events) >= 10 and all(r["kind"] == "anomaly" and r["model"] == "test-model" for r in events)
     assert all(len(json.dumps(m, separators=(",", ":"))) <= 2048 for m, _ in tel)
 
 
@@ -289,9 +292,12 @@ def test_tls_broker_with_ca_verification(tmp_path):
              "-keyout", str(tmp_path / "o.key"), "-out", str(wrong_ca), "-days", "1", "-subj", "/CN=other"],
             check=True, capture_output=True,
         )  # fmt: skip
-        good = NetNode(tmp_path, "t1", f"mqtts://127.0.0.1:{port}", rate_hz=5)
+        # On an ESP32 mbedtls takes its TLS buffers from the IDF heap, outside MicroPython's; on the unix
+        # port they come out of the MicroPython heap, so these nodes get that on top of the board's heap.
+        extra = 48 * 1024
+        good = NetNode(tmp_path, "t1", f"mqtts://127.0.0.1:{port}", rate_hz=5, heap_extra=extra)
         good.args.append(str(ca))
-        bad = NetNode(tmp_path, "t2", f"mqtts://127.0.0.1:{port}", rate_hz=5)
+        bad = NetNode(tmp_path, "t2", f"mqtts://127.0.0.1:{port}", rate_hz=5, heap_extra=extra)
         bad.args.append(str(wrong_ca))
         good.start()
         bad.start()
