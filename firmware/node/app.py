@@ -66,7 +66,7 @@ def _num(cfg, key, default, lo, hi):
 
 
 class Node:
-    def __init__(self, board, cfg, part, error=None, cfg_path=CONFIG_PATH, now_ms=None, link=None):
+    def __init__(self, board, cfg, part, error=None, cfg_path=CONFIG_PATH, now_ms=None, link=None, flush=None):
         self.board = board
         self.board_name = board.get("name", "?")
         self.cfg = cfg
@@ -85,7 +85,7 @@ class Node:
         # The big buffers first, while the heap is least fragmented.
         gc.collect()
         bufs = [bytearray(_num(cfg, "max_batch_bytes", 2048, 512, 16384)) for _ in range(PUBLISH_WINDOW)]
-        logcfg = cfg.get("log") or {}
+        logcfg = flush or cfg.get("log") or {}  # {"flush_bytes": N, "flush_s": T}
         self.log = FlashLog(
             part,
             flush_bytes=logcfg.get("flush_bytes", FLUSH_BYTES),

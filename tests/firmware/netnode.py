@@ -47,7 +47,6 @@ def main():
         with open(sys.argv[9], "rb") as f:
             ca = f.read()
         cfg["broker"]["ca"] = "ca.crt"
-    cfg["log"] = {"flush_bytes": flush_bytes, "flush_s": flush_s}
     cfg["status_interval_s"] = 2
     board, flash, part = prepare(board_path, image, dev, url, cfg)
     if ca:
@@ -55,7 +54,7 @@ def main():
             f.write(ca)
     with open("config.json") as f:
         cfg = json.load(f)
-    node = app.Node(board, cfg, part)
+    node = app.Node(board, cfg, part, flush={"flush_bytes": flush_bytes, "flush_s": flush_s})
     print("netnode: %s seq=%d acked=%d boot=%d" % (dev, node.log.last_seq(), node.log.acked, node.boot))
     try:
         code = asyncio.run(node.run([source(node.log, rate, event_every)]))
