@@ -322,6 +322,8 @@ class FlashLog:
         if sensor_name not in self.channels:
             self.channels[sensor_name] = tuple(channels)
         size = R.reading_size(sensor_name, n)
+        if size > R.MAX_SIZE:
+            raise ValueError("reading too large for a record: %d channels, name %r" % (n, sensor_name))
         off = self._reserve(size)
         seq = self.next_seq
         R.put_reading(self.buf, off, self.tab, seq, ts_ms, flags, sensor_name, values, n)

@@ -109,15 +109,15 @@ def all_erased(buf: ptr8, off: int, n: int) -> bool:
     return True
 
 
-def _put_str(buf, off, s):
+def _put_str(buf, off, s, maxlen):
+    # Event strings are bounded so an event always fits MAX_SIZE (a longer one is cut, not an overflow).
     if s is None:
         buf[off] = _NONE
         return off + 1
-    n = len(s)
-    if n > 64:
-        raise ValueError("string too long for a record")
+    b = s.encode() if isinstance(s, str) else bytes(s)
+    n = min(len(b), maxlen)
     buf[off] = n
-    copy_into(buf, off + 1, s, n)
+    copy_into(buf, off + 1, b, n)
     return off + 1 + n
 
 
@@ -144,11 +144,11 @@ def put_event(buf, off, tab, seq, ts, flags, kind, label, score, model_id, actio
     p = off + HDR_SIZE
     struct.pack_into("<f", buf, p, score)
     p += 4
-    p = _put_str(buf, p, kind)
-    p = _put_str(buf, p, label)
-    p = _put_str(buf, p, model_id)
-    p = _put_str(buf, p, action)
-    p = _put_str(buf, p, sensor)
+    p = _put_str(buf, p, kind, 16)
+    p = _put_str(buf, p, label, 32)
+    p = _put_str(buf, p, model_id, 64)
+    p = _put_str(buf, p, action, 64)
+    p = _put_str(buf, p, sensor, 16)  # at most 4 + 17 + 33 + 65 + 65 + 17 + 20 = 221 bytes < MAX_SIZE
     size = p - off + CRC_SIZE
     struct.pack_into(HDR, buf, off, size, REC_EVENT, flags, seq, ts)
     crc_seal(buf, off, size - CRC_SIZE, tab)
@@ -171,7 +171,11 @@ def get_str(buf, off):
     n = buf[off]
     if n == _NONE:
         return None, off + 1
-    return str(buf[off + 1 : off + 1 + n], "utf-8"), off + 1 + n
+    try:
+        v = str(buf[off + 1 : off + 1 + n], "utf-8")
+    except UnicodeError:
+        v = "?"  # a cut multi-byte character
+    return v, off + 1 + n
 
 
 def reading_name(buf):

@@ -193,3 +193,23 @@ def _span(log):
         count += 1
         log.skip()
     return first, count
+
+
+def test_event_strings_bounded_and_oversized_reading_refused(flash_image):
+    fl, p = _part(flash_image)
+    log = FlashLog(p)
+    seq = log.event(1, 0, "anomaly" * 5, "x" * 100, 0.5, "m" * 200, "relay:on" * 20, "imu" * 10)
+    log.flush()
+    assert log.peek() and R.header(log.rbuf)[3] == seq
+    kind, label, score, model, action, sensor = R.decode_event(log.rbuf)
+    assert (len(kind), len(label), len(model), len(action), len(sensor)) == (16, 32, 64, 64, 16)
+    assert label == "x" * 32 and 0.49 < score < 0.51
+    big = array("f", [0.0] * 60)
+    try:
+        log.reading("env", 1, 0, ["c"] * 60, big)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a reading larger than a record must be refused")
+    assert log.next_seq == seq + 1  # the refused reading took no seq
+    fl.close()

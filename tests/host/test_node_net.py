@@ -283,6 +283,7 @@ def _tls_broker(tmp_path: Path):
 
 def test_tls_broker_with_ca_verification(tmp_path):
     proc, port, ca = _tls_broker(tmp_path)
+    nodes: list[NetNode] = []
     try:
         wrong_ca = tmp_path / "other.crt"
         import subprocess
@@ -299,6 +300,7 @@ def test_tls_broker_with_ca_verification(tmp_path):
         good.args.append(str(ca))
         bad = NetNode(tmp_path, "t2", f"mqtts://127.0.0.1:{port}", rate_hz=5, heap_extra=extra)
         bad.args.append(str(wrong_ca))
+        nodes += [good, bad]
         good.start()
         bad.start()
         wait_until(lambda: "connected to 127.0.0.1" in good.output(), 20, "TLS connect with the right CA")
@@ -308,5 +310,7 @@ def test_tls_broker_with_ca_verification(tmp_path):
         good.stop()
         bad.stop()
     finally:
+        for n in nodes:
+            n.kill()
         proc.terminate()
         proc.wait(10)
