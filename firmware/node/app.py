@@ -66,7 +66,9 @@ def _num(cfg, key, default, lo, hi):
 
 
 class Node:
-    def __init__(self, board, cfg, part, error=None, cfg_path=CONFIG_PATH, now_ms=None, link=None, flush=None):
+    def __init__(
+        self, board, cfg, part, error=None, cfg_path=CONFIG_PATH, now_ms=None, link=None, flush=None, mqtt_opts=None
+    ):
         self.board = board
         self.board_name = board.get("name", "?")
         self.cfg = cfg
@@ -100,7 +102,7 @@ class Node:
         self.commands = Commands(self)
         self.status = Status(self, _num(cfg, "status_interval_s", 60, 1, 86400))
         broker = cfg.get("broker") or {}
-        mq = cfg.get("mqtt") or {}  # optional tuning: keepalive_s, backoff_max_s (docs/firmware.md)
+        mq = mqtt_opts or cfg.get("mqtt") or {}  # optional tuning: keepalive_s, backoff_max_s (docs/firmware.md)
         try:
             self.mqtt = MQTTClient(
                 self.dev,

@@ -2,7 +2,7 @@
 # commands) on the sim flash, fed by a record source of the test's own instead of the sensors, so these tests
 # do not depend on the sampling side. Run on the unix port:
 #   micropython -X heapsize=H netnode.py BOARD_JSON IMAGE DEVICE_ID BROKER_URL RATE_HZ FLUSH_BYTES FLUSH_S
-#       [EVENT_EVERY [CA_FILE]]
+#       [EVENT_EVERY [CA_FILE|- [KEEPALIVE_S]]]
 import asyncio
 import json
 import sys
@@ -42,7 +42,8 @@ def main():
     event_every = int(sys.argv[8]) if len(sys.argv) > 8 else 0
     cfg = default_config(dev, url)
     ca = None
-    if len(sys.argv) > 9:
+    keepalive = int(sys.argv[10]) if len(sys.argv) > 10 else 30
+    if len(sys.argv) > 9 and sys.argv[9] != "-":
         # The CA goes onto the node's flash, as a deploy puts it there: the node sees only its own files.
         with open(sys.argv[9], "rb") as f:
             ca = f.read()
@@ -54,7 +55,13 @@ def main():
             f.write(ca)
     with open("config.json") as f:
         cfg = json.load(f)
-    node = app.Node(board, cfg, part, flush={"flush_bytes": flush_bytes, "flush_s": flush_s})
+    node = app.Node(
+        board,
+        cfg,
+        part,
+        flush={"flush_bytes": flush_bytes, "flush_s": flush_s},
+        mqtt_opts={"keepalive_s": keepalive, "backoff_max_s": 4},
+    )
     print("netnode: %s seq=%d acked=%d boot=%d" % (dev, node.log.last_seq(), node.log.acked, node.boot))
     try:
         code = asyncio.run(node.run([source(node.log, rate, event_every)]))

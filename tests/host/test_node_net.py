@@ -314,3 +314,29 @@ def test_tls_broker_with_ca_verification(tmp_path):
             n.kill()
         proc.terminate()
         proc.wait(10)
+
+
+def test_dead_connection_detected_by_keepalive(node, sub, mqtt_broker):
+    """A broker that stops answering (SIGSTOP: the TCP connection stays open) is found dead by the keepalive
+    (nothing received for 1.5 x keepalive); the node reconnects once it answers again and loses nothing."""
+    import signal as sig
+
+    node.args += ["-", "2"]  # no CA, keepalive 2 s
+    node.start()
+    wait_until(lambda: sub.max_seq() >= 10, 20, "first records")
+    assert mqtt_broker.proc is not None
+    mqtt_broker.proc.send_signal(sig.SIGSTOP)
+    try:
+        wait_until(lambda: "no packet from the broker" in node.output(), 15, "dead connection detected")
+    finally:
+        mqtt_broker.proc.send_signal(sig.SIGCONT)
+    wait_until(lambda: node.output().count("connected to") >= 2, 30, "reconnect")
+    time.sleep(1)
+    target = sub.max_seq() + 20
+    wait_until(lambda: sub.max_seq() >= target, 20, "records after the reconnect")
+    assert node.stop() == 0
+    upto = sub.max_seq()
+    by_seq, _ = sub.records()
+    assert gaps(set(by_seq), upto) == []
+    reconnects = [m["counters"]["reconnects"] for m, _ in sub.topic("status") if m.get("state") == "online"]
+    assert max(reconnects) >= 1, reconnects
