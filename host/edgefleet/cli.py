@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "edgefleet.flash",
     "edgefleet.deploy",
     "edgefleet.vboard",
+    "edgefleet.node",
 ]
 
 log = logging.getLogger("edgefleet")

@@ -1,0 +1,308 @@
+# The node application: wires the stages together and runs them as asyncio tasks. No stage logic lives here.
+#
+#   sensors -> sampler -> [decision] -> Sink (FlashLog) -> Publisher -> MQTTClient -> broker
+#                                       Status, Commands <-> MQTTClient
+#
+# Boot never loops: a bad or missing config or model puts the node in safe mode (sampling and/or decision
+# off) with the reason in its status; it still connects whenever device id and broker can be read, so the
+# host can fix it with set_config. Reboot (command) = machine.reset() on a board; on the sim board the
+# process exits with REBOOT_EXIT and the host launcher (edgefleet node) starts it again, as a board would.
+import asyncio
+import gc
+import json
+import sys
+import time
+
+from micropython import const
+
+from node import records as R
+from node.commands import CommandError, Commands
+from node.flashlog import FLUSH_BYTES, FLUSH_MS, FlashLog
+from node.mqtt import MQTTClient
+from node.publisher import Publisher
+from node.status import Status, will
+
+FW_VERSION = "0.1.0"
+REBOOT_EXIT = const(75)  # sim: "reboot me" exit code; host/edgefleet/node.py restarts the process on it
+CONFIG_PATH = "config.json"
+BOOT_COUNT_PATH = "boots"
+# Messages of max_batch_bytes in flight. One is enough for a node (~100 B/s of records: a 2 KB message every
+# ~20 s; a 1.5 h backlog drains in ~14 s at 50 ms RTT) and each extra one costs max_batch_bytes of heap.
+PUBLISH_WINDOW = const(1)
+
+
+def _now_ms():
+    try:
+        from node import clock
+
+        return clock.now_ms()[0]
+    except ImportError:
+        return int(time.time() * 1000)
+
+
+def _next_boot():
+    # Boot counter on the filesystem (one small write per boot, not per record).
+    n = 0
+    try:
+        with open(BOOT_COUNT_PATH) as f:
+            n = int(f.read())
+    except (OSError, ValueError):
+        pass
+    n += 1
+    try:
+        with open(BOOT_COUNT_PATH, "w") as f:
+            f.write(str(n))
+    except OSError:
+        pass
+    return n
+
+
+def _num(cfg, key, default, lo, hi):
+    # Defensive read: in safe mode the config may be anything; fall back rather than fail.
+    v = cfg.get(key, default)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+        return default
+    return int(v)
+
+
+class Node:
+    def __init__(
+        self, board, cfg, part, error=None, cfg_path=CONFIG_PATH, now_ms=None, link=None, flush=None, mqtt_opts=None
+    ):
+        self.board = board
+        self.board_name = board.get("name", "?")
+        self.cfg = cfg
+        self.cfg_path = cfg_path
+        self.dev = cfg.get("device_id") or "unconfigured"
+        self.prefix = cfg.get("prefix") or "edgefleet"
+        self.fw = FW_VERSION
+        self.model_id = None
+        self.error = error
+        self.safe_mode = error is not None
+        self.now_ms = now_ms or _now_ms
+        self.boot = _next_boot()
+        self.sampler = None
+        self._t0 = time.ticks_ms()
+        self._reboot = asyncio.Event()
+        # The big buffers first, while the heap is least fragmented.
+        gc.collect()
+        bufs = [bytearray(_num(cfg, "max_batch_bytes", 2048, 512, 16384)) for _ in range(PUBLISH_WINDOW)]
+        logcfg = flush or cfg.get("log") or {}  # {"flush_bytes": N, "flush_s": T}
+        self.log = FlashLog(
+            part,
+            flush_bytes=logcfg.get("flush_bytes", FLUSH_BYTES),
+            flush_ms=int(logcfg.get("flush_s", FLUSH_MS / 1000) * 1000),
+        )
+        for s in board.get("sensors", ()):
+            ch = R.KIND_CHANNELS.get(s.get("type"))
+            if ch:
+                self.log.channels[s["name"]] = ch
+        self.mqtt = None
+        self.publisher = None
+        self.commands = Commands(self)
+        self.status = Status(self, _num(cfg, "status_interval_s", 60, 1, 86400))
+        broker = cfg.get("broker") or {}
+        mq = mqtt_opts or cfg.get("mqtt") or {}  # optional tuning: keepalive_s, backoff_max_s (docs/firmware.md)
+        try:
+            self.mqtt = MQTTClient(
+                self.dev,
+                broker.get("url"),
+                username=broker.get("username"),
+                password=broker.get("password"),
+                ca=broker.get("ca"),
+                will=will(self.dev, self.prefix),
+                window=PUBLISH_WINDOW + 2,  # room for status and acks beside the publisher's messages
+                link=link,
+                keepalive=mq.get("keepalive_s", 30),
+                backoff_max_s=mq.get("backoff_max_s", 60),
+            )
+        except ValueError as e:
+            self._safe("no usable broker: %s" % e)
+        if self.mqtt is not None:
+            self.publisher = Publisher(self.log, self.mqtt, self.dev, self.prefix, bufs=bufs)
+            self.mqtt.subs.append(self.commands.topic)
+            self.mqtt.on_message = self.commands.on_message
+            self.mqtt.on_puback = self.publisher.on_puback
+            self.mqtt.on_connect = self._on_connect
+
+    def _safe(self, why):
+        print("node: safe mode:", why)
+        self.safe_mode = True
+        self.error = why if self.error is None else self.error + "; " + why
+
+    def uptime_s(self):
+        return time.ticks_diff(time.ticks_ms(), self._t0) // 1000
+
+    def sampling_counters(self):
+        # (sampled, rejected) from the sampler, (0, 0) when sampling is off.
+        s = self.sampler
+        if s is None:
+            return 0, 0
+        c = s.counters() if hasattr(s, "counters") else s
+        if isinstance(c, dict):
+            return c.get("sampled", 0), c.get("rejected", 0)
+        return getattr(c, "sampled", 0), getattr(c, "rejected", 0)
+
+    def set_config(self, changes):
+        # Persist through node.config (validated against the board), then apply to the running stages.
+        from node import config
+
+        try:
+            new, err = config.update(self.cfg_path, self.cfg, changes, self.board)
+        finally:
+            _release(config)
+        if err:
+            raise CommandError("set_config: " + err)
+        self.cfg = new
+        if "status_interval_s" in changes:
+            self.status.interval_s = new["status_interval_s"]
+        s = self.sampler
+        if s is not None and hasattr(s, "apply"):
+            s.apply(new)
+        return {k: new[k] for k in changes}
+
+    def request_reboot(self):
+        self._reboot.set()
+
+    async def _on_connect(self):
+        try:
+            from node import clock
+
+            clock.sync(self.cfg.get("ntp_host", "pool.ntp.org"))
+        except Exception as e:  # noqa: no NTP is not fatal, records are flagged "not synced"
+            print("node: clock sync failed: %r" % e)
+        await self.status.publish()
+
+    async def _flush_loop(self):
+        # Time-based half of the flush policy (the size-based half runs inside FlashLog.append).
+        log = self.log
+        while True:
+            await asyncio.sleep_ms(250)
+            if log.flush_due():
+                log.flush()
+
+    async def run(self, tasks=()):
+        # Runs until a reboot is requested. `tasks`: coroutines of the sampling side (or a test's source).
+        running = [asyncio.create_task(self._flush_loop())]
+        if self.mqtt is not None:
+            running.append(asyncio.create_task(self.mqtt.run()))
+            running.append(asyncio.create_task(self.publisher.run()))
+            running.append(asyncio.create_task(self.status.run()))
+        for t in tasks:
+            running.append(asyncio.create_task(t))
+        await self._reboot.wait()
+        for t in running:
+            t.cancel()
+        self.log.close()
+        return REBOOT_EXIT
+
+
+def _load_config(board):
+    # (cfg, error). node.config (fwcore) validates; if even that fails, the raw file may still name the
+    # device and broker, which is enough to connect and report the error.
+    try:
+        from node import config
+
+        try:
+            return config.load(CONFIG_PATH, board)
+        finally:
+            _release(config)
+    except Exception as e:  # noqa: safe mode, never a crash at boot
+        err = "config: %s" % (str(e) or repr(e))
+    cfg = {}
+    try:
+        with open(CONFIG_PATH) as f:
+            raw = json.load(f)
+        for k in ("device_id", "prefix", "broker", "wifi"):
+            if k in raw:
+                cfg[k] = raw[k]
+    except Exception:
+        pass
+    return cfg, err
+
+
+def _release(config):
+    # node.config costs ~10 KB of heap and is needed only at boot and for set_config: drop it after use.
+    rel = getattr(config, "release", None)
+    if rel is not None:
+        rel()
+
+
+def _log_partition(board):
+    import esp32
+
+    found = esp32.Partition.find(esp32.Partition.TYPE_DATA, label="log")
+    if not found:
+        raise OSError("no 'log' partition on this board's flash (see boards/%s.json)" % board.get("name"))
+    return found[0]
+
+
+def _pipeline(node, board, cfg, scenario):
+    # The seam to fwcore's and model's modules (INTERFACES.md): sensors, sampler and decision stage feeding
+    # node.log (the Sink). Returns the coroutines to run. A failure turns sampling off (safe mode); a model
+    # failure turns the decision stage off. Both keep the node connected with the error in its status.
+    tasks = []
+    try:
+        from node import hw as hwmod
+        from node import sampler as sampmod
+
+        hw = hwmod.build(board, cfg, scenario)
+        node.sampler = sampmod.Sampler(hw, cfg, node.log)
+        tasks.append(node.sampler.run())
+    except Exception as e:  # noqa
+        node._safe("sampling off: %s" % (str(e) or repr(e)))
+        return tasks
+    if cfg.get("model"):
+        try:
+            from node import decision
+
+            d = decision.Decision(hw, cfg, node.log, node.sampler)
+            node.model_id = getattr(d, "model_id", None)
+            tasks.append(d.run())
+        except Exception as e:  # noqa
+            node._safe("decision off: %s" % (str(e) or repr(e)))
+    return tasks
+
+
+async def _boot(part, scenario):
+    from node import board as boardmod
+
+    board = boardmod.load("board.json")
+    cfg, err = _load_config(board)
+    if part is None:
+        part = _log_partition(board)
+    link = None
+    if not boardmod.is_sim(board):
+        from node.wifi import link_for
+
+        link = link_for(board, cfg)
+    node = Node(board, cfg, part, error=err, link=link)
+    global current
+    current = node
+    tasks = [] if err else _pipeline(node, board, cfg, scenario)
+    return await node.run(tasks)
+
+
+current = None
+
+
+def main(part=None, scenario=None, sim=False):
+    # Board entry (main.py) and sim entry (node/sim/launch.py). Returns only on the sim board.
+    try:
+        code = asyncio.run(_boot(part, scenario))
+    except KeyboardInterrupt:
+        if current is not None:
+            current.log.close()
+        raise
+    except Exception as e:
+        # Nothing on the node's flash can make us loop: report and stay down until someone looks.
+        sys.print_exception(e)
+        print("node: fatal error at boot, halted (no reboot loop)")
+        code = 1
+    if code == REBOOT_EXIT:
+        if sim:
+            sys.exit(REBOOT_EXIT)
+        import machine
+
+        machine.reset()
+    return code

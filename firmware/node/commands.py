@@ -1,0 +1,125 @@
+# Commands on <prefix>/<dev>/cmd, each answered on /ack (docs/protocol.md "cmd and ack").
+# Nothing a host sends can crash the node: malformed JSON, a missing id/cmd, an unknown command, bad args or
+# a handler that fails all become {"ok": false, "error": ...}.
+import asyncio
+import json
+
+CONFIG_KEYS = ("rates", "status_interval_s", "rule")
+
+
+class CommandError(Exception):
+    pass
+
+
+def _error_text(e):
+    return str(e) or e.__class__.__name__
+
+
+class Commands:
+    def __init__(self, node):
+        self.node = node
+        self.topic = "%s/%s/cmd" % (node.prefix, node.dev)
+        self.ack_topic = "%s/%s/ack" % (node.prefix, node.dev)
+        self.handled = 0
+        self.errors = 0
+        self.handlers = {
+            "ping": self.ping,
+            "set_config": self.set_config,
+            "flush": self.flush,
+            "reboot": self.reboot,
+        }
+
+    def on_message(self, topic, payload):
+        if topic == self.topic:
+            asyncio.create_task(self.handle(payload))
+
+    @staticmethod
+    def parse(payload):
+        # (id or None, cmd, args); raises CommandError with the message the ack carries.
+        try:
+            msg = json.loads(payload)
+        except (ValueError, UnicodeError):
+            raise CommandError("command is not JSON")
+        if not isinstance(msg, dict):
+            raise CommandError("command must be a JSON object")
+        cid = msg.get("id")
+        if not isinstance(cid, str) or not 0 < len(cid) <= 32:
+            raise CommandError("command needs an id (string of 1 to 32 characters)")
+        if msg.get("v", 1) != 1:
+            raise CommandError("unsupported command version %r" % (msg.get("v"),), cid)
+        cmd = msg.get("cmd")
+        if not isinstance(cmd, str):
+            raise CommandError("command needs a cmd (string)", cid)
+        args = msg.get("args", {})
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise CommandError("args must be a JSON object", cid)
+        return cid, cmd, args
+
+    async def handle(self, payload):
+        cid = None
+        try:
+            try:
+                cid, cmd, args = self.parse(payload)
+            except CommandError as e:
+                if len(e.args) > 1:
+                    cid = e.args[1]
+                raise
+            fn = self.handlers.get(cmd)
+            if fn is None:
+                raise CommandError("unknown command '%s'" % cmd[:32])
+            result = await fn(args)
+            ack = {"v": 1, "dev": self.node.dev, "id": cid, "ok": True, "result": result}
+        except Exception as e:  # noqa: every failure becomes an error ack
+            self.errors += 1
+            msg = e.args[0] if isinstance(e, CommandError) else "command failed: " + _error_text(e)
+            ack = {"v": 1, "dev": self.node.dev, "id": cid, "ok": False, "error": msg}
+        self.handled += 1
+        try:
+            pid = await self.node.mqtt.publish(self.ack_topic, json.dumps(ack), 1)
+        except Exception as e:
+            print("commands: ack failed: %r" % e)
+            return
+        if ack.get("ok") and ack["result"] == {"rebooting": True}:
+            await self._wait_acked(pid, 5000)
+            self.node.request_reboot()
+
+    async def _wait_acked(self, pid, timeout_ms):
+        t = 0
+        while pid in self.node.mqtt._inflight and t < timeout_ms:
+            await asyncio.sleep_ms(50)
+            t += 50
+
+    # ---- handlers ----
+
+    async def ping(self, args):
+        if args:
+            raise CommandError("ping takes no args")
+        return {"uptime_s": self.node.uptime_s(), "seq": self.node.log.last_seq()}
+
+    async def set_config(self, args):
+        if not args:
+            raise CommandError("set_config needs args: a subset of %s" % ", ".join(CONFIG_KEYS))
+        for k in args:
+            if k not in CONFIG_KEYS:
+                raise CommandError("set_config: '%s' cannot be set remotely (allowed: %s)" % (k, ", ".join(CONFIG_KEYS)))
+        return self.node.set_config(args)
+
+    async def flush(self, args):
+        if args:
+            raise CommandError("flush takes no args")
+        node = self.node
+        node.log.flush()
+        target = node.log.durable
+        # Publish what the log holds (bounded wait: the broker may be slow or gone again).
+        t = 0
+        while node.log.acked < target and t < 30000:
+            await asyncio.sleep_ms(100)
+            t += 100
+        return {"pending": node.log.pending()}
+
+    async def reboot(self, args):
+        if args:
+            raise CommandError("reboot takes no args")
+        return {"rebooting": True}

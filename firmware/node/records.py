@@ -1,0 +1,201 @@
+# Binary record format of the flash log (readings, events, ack markers), encoded into preallocated buffers.
+#
+# Record, little-endian:  u16 len | u8 type | u8 flags | u32 seq | i64 ts_ms | payload | u32 crc32
+# (len counts the whole record; crc32 is binascii.crc32 of everything before it). An erased length (0xFFFF)
+# ends the data of a sector. Payloads:
+#   reading: u8 name_len, name, u8 n, n x f32 (channel values in the order of the sensor's channels)
+#   event:   f32 score, then 5 strings kind, label, model, action, sensor, each u8 len + bytes (255 = None)
+#   ack:     none; seq is the highest seq the broker acknowledged (ack markers take no seq of their own)
+#   close:   none; written by a clean shutdown, seq = the last seq used (no seq of its own)
+# Channel names are not stored: they follow from the sensor (KIND_CHANNELS, or what the sampler registered).
+import struct
+
+import micropython
+from micropython import const
+
+REC_READING = const(1)
+REC_EVENT = const(2)
+REC_ACK = const(3)
+REC_CLOSE = const(4)
+
+HDR = "<HBBIq"
+HDR_SIZE = const(16)
+CRC_SIZE = const(4)
+MIN_SIZE = const(20)  # header + crc
+MAX_SIZE = const(256)
+MIN_DATA_SIZE = const(27)  # smallest reading (1-char name, 1 channel); events are larger
+_NONE = const(255)
+
+# Channels per sensor kind (INTERFACES.md), so records stay decodable after a reboot.
+KIND_CHANNELS = {
+    "bme280": ("temperature", "humidity", "pressure"),
+    "mpu6050": ("ax", "ay", "az", "gx", "gy", "gz"),
+    "dht22": ("temperature", "humidity"),
+    "adc": ("value",),
+}
+
+
+def crc_table():
+    # Kept for the callers' signature: the CRC is computed bitwise (no 1 KB table on the heap).
+    return None
+
+
+@micropython.viper
+def crc_seal(buf: ptr8, off: int, n: int, tab):
+    # Writes crc32(buf[off:off+n]) little-endian at buf[off+n]. The loop is inlined (not a call to _crc) so
+    # no int object is created: on a 32-bit board a CRC above 2**30 would be a heap-allocated long.
+    m = (uint(0xFFFF) << 16) | uint(0xFFFF)
+    poly = (uint(0xEDB8) << 16) | uint(0x8320)
+    c = m
+    i = off
+    end = off + n
+    while i < end:
+        c = c ^ uint(buf[i])
+        k = 0
+        while k < 8:
+            if c & 1:
+                c = (c >> 1) ^ poly
+            else:
+                c = c >> 1
+            k += 1
+        i += 1
+    c = c ^ m
+    p = off + n
+    buf[p] = c & 0xFF
+    buf[p + 1] = (c >> 8) & 0xFF
+    buf[p + 2] = (c >> 16) & 0xFF
+    buf[p + 3] = (c >> 24) & 0xFF
+
+
+@micropython.viper
+def crc_check(buf: ptr8, off: int, n: int, tab) -> bool:
+    m = (uint(0xFFFF) << 16) | uint(0xFFFF)
+    poly = (uint(0xEDB8) << 16) | uint(0x8320)
+    c = m
+    i = off
+    end = off + n
+    while i < end:
+        c = c ^ uint(buf[i])
+        k = 0
+        while k < 8:
+            if c & 1:
+                c = (c >> 1) ^ poly
+            else:
+                c = c >> 1
+            k += 1
+        i += 1
+    c = c ^ m
+    p = off + n
+    s = uint(buf[p]) | (uint(buf[p + 1]) << 8) | (uint(buf[p + 2]) << 16) | (uint(buf[p + 3]) << 24)
+    return c == s
+
+
+@micropython.viper
+def copy_into(dst: ptr8, doff: int, src: ptr8, n: int):
+    i = 0
+    while i < n:
+        dst[doff + i] = src[i]
+        i += 1
+
+
+@micropython.viper
+def all_erased(buf: ptr8, off: int, n: int) -> bool:
+    i = off
+    end = off + n
+    while i < end:
+        if buf[i] != 0xFF:
+            return False
+        i += 1
+    return True
+
+
+def _put_str(buf, off, s, maxlen):
+    # Event strings are bounded so an event always fits MAX_SIZE (a longer one is cut, not an overflow).
+    if s is None:
+        buf[off] = _NONE
+        return off + 1
+    b = s.encode() if isinstance(s, str) else bytes(s)
+    n = min(len(b), maxlen)
+    buf[off] = n
+    copy_into(buf, off + 1, b, n)
+    return off + 1 + n
+
+
+def reading_size(name, n):
+    return MIN_SIZE + 2 + len(name) + 4 * n
+
+
+def put_reading(buf, off, tab, seq, ts, flags, name, values, n):
+    # Encodes a reading at buf[off:], returns its length. values: array('f'), n channels.
+    ln = len(name)
+    size = MIN_SIZE + 2 + ln + 4 * n
+    struct.pack_into(HDR, buf, off, size, REC_READING, flags, seq, ts)
+    p = off + HDR_SIZE
+    buf[p] = ln
+    copy_into(buf, p + 1, name, ln)
+    p += 1 + ln
+    buf[p] = n
+    copy_into(buf, p + 1, values, 4 * n)
+    crc_seal(buf, off, size - CRC_SIZE, tab)
+    return size
+
+
+def put_event(buf, off, tab, seq, ts, flags, kind, label, score, model_id, action, sensor):
+    p = off + HDR_SIZE
+    struct.pack_into("<f", buf, p, score)
+    p += 4
+    p = _put_str(buf, p, kind, 16)
+    p = _put_str(buf, p, label, 32)
+    p = _put_str(buf, p, model_id, 64)
+    p = _put_str(buf, p, action, 64)
+    p = _put_str(buf, p, sensor, 16)  # at most 4 + 17 + 33 + 65 + 65 + 17 + 20 = 221 bytes < MAX_SIZE
+    size = p - off + CRC_SIZE
+    struct.pack_into(HDR, buf, off, size, REC_EVENT, flags, seq, ts)
+    crc_seal(buf, off, size - CRC_SIZE, tab)
+    return size
+
+
+def put_ack(buf, off, tab, seq, typ=REC_ACK):
+    struct.pack_into(HDR, buf, off, MIN_SIZE, typ, 0, seq, 0)
+    crc_seal(buf, off, HDR_SIZE, tab)
+    return MIN_SIZE
+
+
+def header(buf, off=0):
+    # (len, type, flags, seq, ts)
+    return struct.unpack_from(HDR, buf, off)
+
+
+def get_str(buf, off):
+    # (str or None, next offset)
+    n = buf[off]
+    if n == _NONE:
+        return None, off + 1
+    try:
+        v = str(buf[off + 1 : off + 1 + n], "utf-8")
+    except UnicodeError:
+        v = "?"  # a cut multi-byte character
+    return v, off + 1 + n
+
+
+def reading_name(buf):
+    n = buf[HDR_SIZE]
+    return str(buf[HDR_SIZE + 1 : HDR_SIZE + 1 + n], "utf-8")
+
+
+def reading_values(buf):
+    # (n, offset of the first f32)
+    n = buf[HDR_SIZE]
+    p = HDR_SIZE + 1 + n
+    return buf[p], p + 1
+
+
+def decode_event(buf):
+    score = struct.unpack_from("<f", buf, HDR_SIZE)[0]
+    p = HDR_SIZE + 4
+    kind, p = get_str(buf, p)
+    label, p = get_str(buf, p)
+    model, p = get_str(buf, p)
+    action, p = get_str(buf, p)
+    sensor, p = get_str(buf, p)
+    return kind, label, score, model, action, sensor

@@ -1,0 +1,157 @@
+"""`edgefleet node`: run one simulated node on the MicroPython unix port, in the foreground.
+
+The node is the same firmware a board runs (compiled to .mpy, heap limited with -X heapsize to the board's
+plus what the simulated hardware itself needs, SIM_HEAP_EXTRA),
+started through node/sim/launch.py, which mounts the simulated flash image as the node's filesystem. A
+`reboot` command makes the firmware exit with REBOOT_EXIT; like a board's reset, we start it again on the
+same flash. Ctrl-C stops it: the node flushes its log and the broker publishes its last will (offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .boards import Board, load_board
+from .errors import EdgefleetError
+from .runtime import find_micropython, micropython_env
+
+log = logging.getLogger(__name__)
+
+# Must equal REBOOT_EXIT in firmware/node/app.py: the firmware's "reset me" on the sim board.
+REBOOT_EXIT = 75
+# Heap on top of the board's. The sim board spends RAM a board does not: the simulated I2C bus, device models,
+# pins and scenario (~28 KB as .mpy, ~35 KB once hw.build ran), the simulated flash chip, its littlefs mount
+# and the launcher (~16 KB). Measured with main's sensor side merged: the whole sim node uses ~162 KB after
+# boot, so the firmware alone is above the devkitc's 110 KB as plain .mpy files (see docs/firmware.md, Heap).
+SIM_HEAP_EXTRA = 96 * 1024
+DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def check_broker_url(url: str) -> str:
+    """The node's MQTT client takes mqtt://host[:port] or mqtts://host[:port]; refuse anything else early."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise EdgefleetError(
+            f"bad broker URL {url!r}",
+            hint="use mqtt://HOST:PORT (or mqtts://HOST:PORT for TLS), e.g. mqtt://127.0.0.1:1883",
+        )
+    try:
+        _ = parts.port
+    except ValueError as e:
+        raise EdgefleetError(f"bad port in broker URL {url!r}: {e}") from None
+    if parts.path not in ("", "/") or parts.query:
+        raise EdgefleetError(f"broker URL {url!r} must not have a path or query")
+    return url
+
+
+def check_flash_path(path: Path, board: Board) -> Path:
+    """The flash image is created erased when missing; an existing one must be a readable, writable file."""
+    if path.exists():
+        if not path.is_file():
+            raise EdgefleetError(f"flash image {path} is not a regular file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise EdgefleetError(
+                f"flash image {path} is not readable and writable", hint=f"check permissions of {path}"
+            )
+        size = path.stat().st_size
+        if size and size != board.flash_size:
+            raise EdgefleetError(
+                f"flash image {path} is {size} bytes, board {board.name} has {board.flash_size}",
+                hint="use another --flash path for this board (a node's flash is kept between runs)",
+            )
+    else:
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise EdgefleetError(f"cannot create flash image {path}: {parent} is not a writable directory")
+    return path
+
+
+def node_argv(board: Board, flash: Path, device_id: str, broker: str, scenario: Path | None) -> list[str]:
+    args = [str(board.path), str(flash.resolve()), device_id, broker]
+    if scenario is not None:
+        args.append(str(scenario.resolve()))
+    heap = board.heap_bytes + SIM_HEAP_EXTRA
+    return [find_micropython(), "-X", f"heapsize={heap}", "-m", "node.sim.launch", *args]
+
+
+def supervise(argv: Sequence[str], env: dict[str, str], max_reboots: int | None = None, cwd: str | None = None) -> int:
+    """Runs the node process until it exits for good; restarts it on REBOOT_EXIT, as a board resets.
+
+    Ctrl-C reaches the node too (same process group); we wait for it to stop cleanly and return 0.
+    """
+    reboots = 0
+    while True:
+        proc = subprocess.Popen(list(argv), env=env, cwd=cwd)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            try:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.info("node stopped")
+            return 0
+        if rc == REBOOT_EXIT and (max_reboots is None or reboots < max_reboots):
+            reboots += 1
+            log.info("node rebooted (%d), starting it again", reboots)
+            continue
+        return rc
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    board = load_board(args.board)
+    if not board.is_sim:
+        raise EdgefleetError(
+            f"board {board.name} is real hardware ({board.chip}); `edgefleet node` runs the sim board only",
+            hint="use --board sim here; flash and deploy a real board with `edgefleet flash` / `edgefleet deploy`",
+        )
+    if not DEVICE_ID.match(args.device_id):
+        raise EdgefleetError(f"bad device id {args.device_id!r}", hint="1 to 32 of A-Z a-z 0-9 _ -")
+    broker = check_broker_url(args.broker)
+    flash = check_flash_path(Path(args.flash), board)
+    scenario = None
+    if args.scenario:
+        scenario = Path(args.scenario)
+        if not scenario.is_file() or not os.access(scenario, os.R_OK):
+            raise EdgefleetError(f"scenario file {scenario} does not exist or is not readable")
+    argv = node_argv(board, flash, args.device_id, broker, scenario)
+    log.info(
+        "node %s on %s, broker %s, flash %s (heap: board %d + sim hardware %d bytes)",
+        args.device_id,
+        board.name,
+        broker,
+        flash,
+        board.heap_bytes,
+        SIM_HEAP_EXTRA,
+    )
+    # MicroPython looks in the current directory first: run from an empty one, so a node.py or node/ in the
+    # user's directory cannot shadow the firmware (the firmware's tree must stay on the absolute MICROPYPATH:
+    # the node changes directory to its flash).
+    with tempfile.TemporaryDirectory(prefix="edgefleet-node-") as cwd:
+        rc = supervise(argv, micropython_env(), cwd=cwd)
+    if rc not in (0, REBOOT_EXIT):
+        raise EdgefleetError(f"node exited with code {rc}", hint="see the node's output above")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "node", help="run one simulated node (sim board) on the MicroPython unix port, in the foreground"
+    )
+    p.add_argument("--board", default="sim", help="board definition (only sim runs on this machine)")
+    p.add_argument("--device-id", required=True, help="the node's device id (topic <prefix>/<id>/...)")
+    p.add_argument("--broker", required=True, help="MQTT broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument("--flash", required=True, help="flash image file (created erased if missing, kept between runs)")
+    p.add_argument("--scenario", help="scenario JSON for the simulated sensors (default: built-in signals)")
+    p.set_defaults(func=_cmd_node)
