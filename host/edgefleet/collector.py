@@ -113,7 +113,10 @@ class Collector:
         self.error: BaseException | None = None
         self._refused: str | None = None
 
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        from .mqttfast import FAST_IO, FastClient
+
+        cls = FastClient if FAST_IO else mqtt.Client
+        c = cls(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
         if self.url.username:
             c.username_pw_set(self.url.username, self.url.password)
         if self.url.tls or ca or cert:
@@ -236,9 +239,13 @@ class Collector:
                 log.warning("dead letter: %s on %r (%d bytes)", d[2], d[1][:80], d[3])
         with self._gen_lock:
             gen = self._gen
-            for g, msg, _ in items:
-                if g == gen and msg.qos == 1:
-                    self.client.ack(msg.mid, 1)
+            mids = [msg.mid for g, msg, _ in items if g == gen and msg.qos == 1]
+            ack_many = getattr(self.client, "ack_many", None)
+            if ack_many is not None:
+                ack_many(mids)
+            else:
+                for mid in mids:
+                    self.client.ack(mid, 1)
         s.busy_s += time.perf_counter() - t0
         self.on_committed(items, committed)
 
