@@ -1,17 +1,19 @@
 """Collector throughput: publishers -> mosquitto -> collector -> committed SQLite rows, against the raw receive
-rate of `mosquitto_sub -q 1` in the same run.
+rate of `mosquitto_sub -q 1` on the same messages in the same run.
 
 Publishers are CPython processes sending the nodes' telemetry format (--per-msg readings per message, QoS 1, at
-most --pub-inflight unacknowledged each: paho silently loses messages past 65,535 queued). The same messages go
-first to `mosquitto_sub -q 1` (the physical baseline: receive and PUBACK, no parsing, no storage), then to the
-collector (the same `Collector` class `edgefleet collect` runs, in this process). Printed: readings/s committed,
-p50/p99 publish-to-commit latency, the baseline in readings/s, the ratio, and the loss check.
+most --pub-inflight unacknowledged each: paho silently loses messages past 65,535 queued). The collector is the
+same `Collector` class `edgefleet collect` runs, in this process. Two modes (--mode both by default):
 
-    PYTHONPATH=host .venv/bin/python bench/collector.py [--readings 400000] [--per-msg 20] [--publishers 2]
+- live: the same messages go first to `mosquitto_sub -q 1` while the publishers send, then to the collector.
+  Printed: readings/s, p50/p99 publish-to-commit latency. By default the publishers send as fast as they can
+  (the latency then includes the backlog); with --rate R they pace themselves to R readings/s in total, which
+  shows the latency of a collector that keeps up. --collectors N adds N-1 `edgefleet collect --group` processes.
+- drain: both consumers' persistent sessions exist; the publishers send everything while both are offline; then
+  mosquitto_sub, and after it the collector, resume their sessions alone and are timed until the backlog is
+  received / committed. No publisher competes for the CPU while a consumer is timed.
 
-By default the publishers send as fast as they can (throughput; the latency then includes the backlog the
-collector works through). With --rate R they pace themselves to R readings/s in total, which shows the
-publish-to-commit latency of a collector that keeps up.
+    PYTHONPATH=host .venv/bin/python bench/collector.py [--mode both] [--readings 400000] [--per-msg 20]
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ reconnect, and (device, seq) keys turn the redelivered records into counted dupl
 the connection the message arrived on: after a reconnect the broker redelivers the unacknowledged messages
 anyway, and an ack with a stale packet id could acknowledge a different, uncommitted message.
 
-The broker never has more than --inflight unacknowledged messages out to us (MQTT 5 Receive Maximum), which is
-what bounds the queue and the batch size.
+--inflight is the MQTT 5 Receive Maximum asked of the broker (mosquitto 2.0.11 was seen to exceed it under a
+burst; see docs/collect.md). The MQTT client is `mqttfast.FastClient`, paho with batched I/O (the figures are in
+docs/collect.md, "Benchmark").
 """
 
 from __future__ import annotations
