@@ -117,6 +117,10 @@ class Collector:
 
         from .mqttfast import FAST_IO, FastClient
 
+        if not FAST_IO:
+            import paho.mqtt
+
+            log.warning("paho-mqtt %s: mqttfast does not apply, using the stock (slower) client", paho.mqtt.__version__)
         cls = FastClient if FAST_IO else mqtt.Client
         c = cls(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
         if self.url.username:

@@ -119,3 +119,27 @@ def test_unacknowledged_messages_are_redelivered(mqtt_broker):
     pub.disconnect()
     pub.loop_stop()
     assert sorted(t for t, _, _, _ in again) == sorted(f"fast/x{i}" for i in range(20, 50))
+
+
+@pytest.mark.skipif(not mqttfast.FAST_IO, reason="installed paho-mqtt lacks the private I/O methods")
+def test_topic_callbacks_still_route(mqtt_broker):
+    """The direct on_message path is only taken while no per-topic callback exists."""
+    got: list = []
+    special: list = []
+    done = threading.Event()
+    sub = _subscriber(mqtt_broker, "fast-sub3", got, done, 2)
+    sub.message_callback_add("fast/special", lambda client, userdata, msg: special.append(msg.payload))
+    time.sleep(0.5)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fast-pub3", protocol=mqtt.MQTTv5)
+    pub.connect(mqtt_broker.host, mqtt_broker.port)
+    pub.loop_start()
+    for t, p in (("fast/a", b"1"), ("fast/special", b"2"), ("fast/b", b"3")):
+        pub.publish(t, p, qos=1).wait_for_publish(10)
+    assert done.wait(10)
+    time.sleep(0.3)
+    sub.disconnect()
+    sub.loop_stop()
+    pub.disconnect()
+    pub.loop_stop()
+    assert [(t, p) for t, p, _, _ in got] == [("fast/a", b"1"), ("fast/b", b"3")]
+    assert special == [b"2"]
