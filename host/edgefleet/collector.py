@@ -9,8 +9,9 @@ reconnect, and (device, seq) keys turn the redelivered records into counted dupl
 the connection the message arrived on: after a reconnect the broker redelivers the unacknowledged messages
 anyway, and an ack with a stale packet id could acknowledge a different, uncommitted message.
 
-The broker never has more than --inflight unacknowledged messages out to us (MQTT 5 Receive Maximum), which is
-what bounds the queue and the batch size.
+--inflight is the MQTT 5 Receive Maximum asked of the broker (mosquitto 2.0.11 was seen to exceed it under a
+burst; see docs/collect.md). The MQTT client is `mqttfast.FastClient`, paho with batched I/O (the figures are in
+docs/collect.md, "Benchmark").
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Stats:
     dead: int = 0
     batches: int = 0
     busy_s: float = 0.0  # worker time spent validating and writing (the rest is waiting for messages)
+    busy_cpu_s: float = 0.0  # CPU time of the worker thread in that (the benchmark's split of CPU per message)
     max_batch: int = 0
 
 
@@ -113,7 +115,14 @@ class Collector:
         self.error: BaseException | None = None
         self._refused: str | None = None
 
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        from .mqttfast import FAST_IO, FastClient
+
+        if not FAST_IO:
+            import paho.mqtt
+
+            log.warning("paho-mqtt %s: mqttfast does not apply, using the stock (slower) client", paho.mqtt.__version__)
+        cls = FastClient if FAST_IO else mqtt.Client
+        c = cls(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
         if self.url.username:
             c.username_pw_set(self.url.username, self.url.password)
         if self.url.tls or ca or cert:
@@ -220,7 +229,7 @@ class Collector:
         return batch
 
     def _process(self, items: list) -> None:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         batch = self.build_batch(items)
         res = self.storage.write(batch)
         committed = now_ms()
@@ -236,10 +245,15 @@ class Collector:
                 log.warning("dead letter: %s on %r (%d bytes)", d[2], d[1][:80], d[3])
         with self._gen_lock:
             gen = self._gen
-            for g, msg, _ in items:
-                if g == gen and msg.qos == 1:
-                    self.client.ack(msg.mid, 1)
+            mids = [msg.mid for g, msg, _ in items if g == gen and msg.qos == 1]
+            ack_many = getattr(self.client, "ack_many", None)
+            if ack_many is not None:
+                ack_many(mids)
+            else:
+                for mid in mids:
+                    self.client.ack(mid, 1)
         s.busy_s += time.perf_counter() - t0
+        s.busy_cpu_s += time.thread_time() - cpu0
         self.on_committed(items, committed)
 
     def on_committed(self, items: list, committed_ms: int) -> None:

@@ -103,14 +103,22 @@ def wait_count(db_url: str, table: str, want: int, timeout: float = 120) -> dict
         time.sleep(0.2)
 
 
-def publish_run(pub: Publisher, devices: list[str], n_readings: int, progress: list[int] | None = None) -> int:
-    """Publish n_readings per device list in PER_MSG batches, round robin; seq starts at 1 per device."""
+def publish_run(
+    pub: Publisher, devices: list[str], n_readings: int, progress: list[int] | None = None, duration_s: float = 0
+) -> int:
+    """Publish n_readings per device list in PER_MSG batches, round robin; seq starts at 1 per device.
+    `duration_s` paces the run to take at least that long."""
     msgs = n_readings // PER_MSG // len(devices)
+    t0 = time.monotonic()
     for i in range(msgs):
         for d in devices:
             pub.publish(f"edgefleet/{d}/telemetry", telemetry_payload(d, 1 + i * PER_MSG, PER_MSG))
         if progress is not None:
             progress[0] = (i + 1) * PER_MSG * len(devices)
+        if duration_s:
+            delay = t0 + (i + 1) * duration_s / msgs - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
     return msgs * PER_MSG * len(devices)
 
 
@@ -137,7 +145,9 @@ def test_kill9_three_times_loses_nothing(mqtt_broker, db_url, collector) -> None
     c = collector("collector-1").start()
     pub = Publisher(mqtt_broker.host, mqtt_broker.port, "pub-kill", inflight=200)
     progress = [0]
-    t = threading.Thread(target=publish_run, args=(pub, devices, total, progress))
+    # Paced over 8 s: the collector drains a restart's backlog faster than a restart takes, so an unpaced run
+    # could end before the third kill and the test would no longer kill mid-run.
+    t = threading.Thread(target=publish_run, args=(pub, devices, total, progress, 8.0))
     t.start()
     rng = random.Random(4)
     stored_at_kill = []
