@@ -50,6 +50,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "rule": {"output": "led", "on_anomaly_over": 0.8},
 }
 
+# Config entries a config file replaces whole instead of merging into the default.
+REPLACED_KEYS = {"rule"}
+
 # The snippet that runs ON the board: sha256 of each named file (None if absent) and, for the directories we
 # own, every file that is there, so stale modules from an older firmware can be removed.
 HASH_SNIPPET = """
@@ -215,7 +218,10 @@ def node_config(device_id: str, config_file: Path | None, broker: str | None, mo
         if not isinstance(user, dict):
             raise EdgefleetError(f"config file {config_file} must hold a JSON object")
         for k, v in user.items():
-            cfg[k] = {**cfg[k], **v} if isinstance(cfg.get(k), dict) and isinstance(v, dict) else v
+            # settings groups (broker, wifi, rates, ...) merge key by key; a rule is one choice, so it replaces
+            # the default whole ({"on_class": ...} must not inherit the default's "on_anomaly_over")
+            merge = k not in REPLACED_KEYS and isinstance(cfg.get(k), dict) and isinstance(v, dict)
+            cfg[k] = {**cfg[k], **v} if merge else v
     cfg["device_id"] = device_id
     if broker:
         if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", broker):
