@@ -116,7 +116,9 @@ class MpremoteLink:
 
         try:
             self.t = SerialTransport(port, baudrate=baud)
-            self.t.enter_raw_repl(soft_reset=False)  # Ctrl-C stops main.py; no reset, the node keeps its state
+            # Ctrl-C stops main.py, then a soft reset in the raw REPL (which runs boot.py, not main.py) frees the
+            # heap the stopped node still holds: on a 110 KB board the hashing and copying need it.
+            self.t.enter_raw_repl(soft_reset=True)
         except TransportError as e:
             raise EdgefleetError(f"cannot get a MicroPython REPL on {port}: {e}",
                                  hint="is MicroPython flashed (`edgefleet flash`)? is another program using the port?") from None  # fmt: skip

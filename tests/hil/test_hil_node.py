@@ -53,6 +53,7 @@ def test_boot_status_and_telemetry_reach_broker_and_collector(hil_board, hil_bro
     st = node.wait_status(online())
     assert st["dev"] == node.device_id and st["v"] == 1
     assert not st["safe_mode"] and st["error"] is None, st
+    print(f"{hil_board.board.name}: node heap_free after boot {st['heap_free']} bytes")
     # the status is retained: a client that subscribes later still gets it from the broker
     late = Collector(hil_broker.host, hil_broker.port)
     try:

@@ -104,7 +104,7 @@ class HilBoard:
     def put(self, files: dict[str, Path]) -> None:
         """Copy host files onto the board's filesystem (`mpremote fs cp`), e.g. {"scenario.json": path}."""
         for remote, local in files.items():
-            self.mpremote("resume", "fs", "cp", str(local), ":" + remote)
+            self.mpremote("fs", "cp", str(local), ":" + remote)
 
 
 @dataclass
