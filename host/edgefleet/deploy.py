@@ -50,6 +50,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "rule": {"output": "led", "on_anomaly_over": 0.8},
 }
 
+# Config entries a config file replaces whole instead of merging into the default.
+REPLACED_KEYS = {"rule"}
+
 # The snippet that runs ON the board: sha256 of each named file (None if absent) and, for the directories we
 # own, every file that is there, so stale modules from an older firmware can be removed.
 HASH_SNIPPET = """
@@ -113,7 +116,9 @@ class MpremoteLink:
 
         try:
             self.t = SerialTransport(port, baudrate=baud)
-            self.t.enter_raw_repl(soft_reset=False)  # Ctrl-C stops main.py; no reset, the node keeps its state
+            # Ctrl-C stops main.py, then a soft reset in the raw REPL (which runs boot.py, not main.py) frees the
+            # heap the stopped node still holds: on a 110 KB board the hashing and copying need it.
+            self.t.enter_raw_repl(soft_reset=True)
         except TransportError as e:
             raise EdgefleetError(f"cannot get a MicroPython REPL on {port}: {e}",
                                  hint="is MicroPython flashed (`edgefleet flash`)? is another program using the port?") from None  # fmt: skip
@@ -215,7 +220,10 @@ def node_config(device_id: str, config_file: Path | None, broker: str | None, mo
         if not isinstance(user, dict):
             raise EdgefleetError(f"config file {config_file} must hold a JSON object")
         for k, v in user.items():
-            cfg[k] = {**cfg[k], **v} if isinstance(cfg.get(k), dict) and isinstance(v, dict) else v
+            # settings groups (broker, wifi, rates, ...) merge key by key; a rule is one choice, so it replaces
+            # the default whole ({"on_class": ...} must not inherit the default's "on_anomaly_over")
+            merge = k not in REPLACED_KEYS and isinstance(cfg.get(k), dict) and isinstance(v, dict)
+            cfg[k] = {**cfg[k], **v} if merge else v
     cfg["device_id"] = device_id
     if broker:
         if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", broker):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.hil
 
 
 def board_sha256(hil_board, path: str) -> str:
-    out = hil_board.mpremote("resume", "fs", "sha256sum", ":" + path).stdout
+    out = hil_board.mpremote("fs", "sha256sum", ":" + path).stdout
     return re.findall(r"\b[0-9a-f]{64}\b", out)[0]
 
 
@@ -31,10 +31,10 @@ def test_deploy_puts_every_file_with_the_right_hash(hil_board, deployed_node):
     plan = build_plan(hil_board.board, node_config(deployed_node.device_id, None, None, False), None, [])
     for path in ["/board.json", *[p for p in plan.files if p.startswith("/node/")][:5]]:
         assert board_sha256(hil_board, path) == hashlib.sha256(plan.files[path]).hexdigest(), path
-    cfg = json.loads(hil_board.mpremote("resume", "fs", "cat", ":config.json").stdout)
+    cfg = json.loads(hil_board.mpremote("fs", "cat", ":config.json").stdout)
     assert cfg["device_id"] == deployed_node.device_id
     assert cfg["broker"]["url"] == deployed_node.broker_url
-    on_board = json.loads(hil_board.mpremote("resume", "fs", "cat", ":board.json").stdout)
+    on_board = json.loads(hil_board.mpremote("fs", "cat", ":board.json").stdout)
     assert on_board["name"] == hil_board.board.name
 
 
@@ -44,8 +44,8 @@ def test_redeploy_copies_nothing_then_only_what_changed(hil_board, deploy_node, 
     assert again.result.copied == [] and again.result.removed == []
     assert sorted(again.result.unchanged) == sorted(first.result.copied + first.result.unchanged)
     (tmp_path / "junk.txt").write_text("not the deployed board.json")
-    hil_board.mpremote("resume", "fs", "cp", str(tmp_path / "junk.txt"), ":board.json")
-    hil_board.mpremote("resume", "fs", "cp", str(tmp_path / "junk.txt"), ":node/stale.mpy")
+    hil_board.mpremote("fs", "cp", str(tmp_path / "junk.txt"), ":board.json")
+    hil_board.mpremote("fs", "cp", str(tmp_path / "junk.txt"), ":node/stale.mpy")
     third = deploy_node(device_id="hil-same")
     assert third.result.copied == ["/board.json"]
     assert third.result.removed == ["/node/stale.mpy"]
@@ -64,7 +64,7 @@ def test_deploy_to_another_board_type_is_refused(hil_board, deploy_node):
 
 def test_fresh_board_of_another_chip_is_refused(hil_board, deploy_node):
     """No board.json yet: the interpreter's machine string decides."""
-    hil_board.mpremote("resume", "exec", "import os\ntry:\n os.remove('board.json')\nexcept OSError:\n pass")
+    hil_board.mpremote("exec", "import os\ntry:\n os.remove('board.json')\nexcept OSError:\n pass")
     other = "esp32-c3" if hil_board.board.chip != "esp32c3" else "esp32-devkitc"
     with pytest.raises(EdgefleetError, match="runs MicroPython for"):
         deploy_node(device_id="hil-fresh", board=other)

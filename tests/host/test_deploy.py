@@ -46,6 +46,11 @@ def test_node_config_merges_file_and_flags(tmp_path):
     cfg = node_config("n1", f, "mqtts://broker.example:8883", model=True)
     assert cfg["broker"] == {"url": "mqtts://broker.example:8883", "username": "n1", "password": "pw", "ca": None}
     assert cfg["wifi"]["ssid"] == "x" and cfg["model"] == "model.efm" and cfg["device_id"] == "n1"
+    # a rule replaces the default rule: merged, it would hold both on_anomaly_over and on_class (invalid)
+    f.write_text(json.dumps({"rule": {"output": "relay", "on_class": "running"}, "rates": {"imu": 20}}))
+    cfg = node_config("n1", f, None, model=True)
+    assert cfg["rule"] == {"output": "relay", "on_class": "running"}
+    assert cfg["rates"]["imu"] == 20 and cfg["rates"]["env"] == 1
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--board-port", default=None, help="serial port of a real board (default: a virtual board)")
     g.addoption("--board", default=None, help="board definition of the board under test (default: sim)")
     g.addoption("--hil-config", default=None, help="JSON with Wi-Fi and broker settings for a real board (docs/hil.md)")
+    g.addoption(
+        "--vboard-heap",
+        type=int,
+        default=None,
+        help="heap bytes of the virtual board's interpreter (default: the board's heap, scaled for the 64-bit unix "
+        "port); for finding out how far the node is from fitting, not for passing tests",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -86,6 +93,19 @@ class HilBoard:
                 data += s.read(4096)
             return data
 
+    def soft_reset(self) -> bytes:
+        """Ctrl-C (stops main.py if it runs) then Ctrl-D in the friendly REPL: a soft reset, which runs boot.py
+        and main.py, as after `edgefleet deploy`. Returns the console up to the reboot banner."""
+        out = self.read_console(b"soft reboot", timeout=20, send=b"\r\x03\x04")
+        if b"soft reboot" not in out:
+            raise AssertionError(f"no soft reboot on {self.port}; console: {out[-500:]!r}")
+        return out
+
+    def put(self, files: dict[str, Path]) -> None:
+        """Copy host files onto the board's filesystem (`mpremote fs cp`), e.g. {"scenario.json": path}."""
+        for remote, local in files.items():
+            self.mpremote("fs", "cp", str(local), ":" + remote)
+
 
 @dataclass
 class HilSettings:
@@ -93,6 +113,7 @@ class HilSettings:
     broker_listen: str = "127.0.0.1"
     broker_address: str | None = None  # host/IP of this machine as the board sees it
     broker_url: str | None = None  # an external broker instead of ours
+    event_class: str | None = None  # real board: the class the model must report (the board at rest: "standing")
 
 
 def load_settings(path: str | None, real: bool) -> HilSettings:
@@ -110,6 +131,7 @@ def load_settings(path: str | None, real: bool) -> HilSettings:
         broker_listen=b.get("listen", "0.0.0.0" if real else "127.0.0.1"),
         broker_address=b.get("address"),
         broker_url=b.get("url"),
+        event_class=data.get("event_class"),
     )
 
 
@@ -130,7 +152,7 @@ def hil_board(pytestconfig: pytest.Config, tmp_path: Path):
     from ..vboard.board import VirtualBoard
 
     flash = tmp_path / "flash.img"
-    vb = VirtualBoard(board, flash)
+    vb = VirtualBoard(board, flash, pytestconfig.getoption("vboard_heap"))
     path = vb.start()
     try:
         yield HilBoard(port=path, board=board, virtual=vb, flash_path=flash)
@@ -185,6 +207,7 @@ class Collector:
     def __init__(self, host: str, port: int, prefix: str = "edgefleet") -> None:
         import paho.mqtt.client as mqtt
 
+        self.host, self.port = host, port
         self.messages: list[tuple[str, bytes, bool]] = []
         self.cond = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-{secrets.token_hex(4)}")
@@ -265,3 +288,139 @@ def deploy_node(hil_board: HilBoard, hil_settings: HilSettings, tmp_path: Path):
 @pytest.fixture
 def deployed_node(deploy_node, hil_broker: HilBroker) -> DeployedNode:
     return deploy_node(broker_url=hil_broker.node_url)
+
+
+class FleetCollector:
+    """The real `edgefleet collect` as a child process, storing into SQLite: what the fleet's collector makes
+    of the node's records (each stored once by (device, seq); a seq that went back would count as a duplicate)."""
+
+    def __init__(self, broker_url: str, db: Path, log: Path) -> None:
+        self.db = db
+        self.log = log
+        self.argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", broker_url, "--db",
+                     f"sqlite:///{db}", "--client-id", f"hil-collector-{secrets.token_hex(3)}"]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> FleetCollector:
+        import os
+
+        from ..paths import project_root
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(project_root() / "host") + os.pathsep + env.get("PYTHONPATH", "")
+        with self.log.open("ab") as f:
+            self.proc = subprocess.Popen(self.argv, env=env, stdout=f, stderr=subprocess.STDOUT)
+        end = time.monotonic() + 30
+        while b"connected to" not in (self.log.read_bytes() if self.log.exists() else b""):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                raise AssertionError(f"edgefleet collect did not connect:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        return self
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        import sqlite3
+
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def wait_rows(self, sql: str, args: tuple = (), predicate=bool, timeout: float = 60.0) -> list[tuple]:
+        """Poll a query until predicate(rows) holds (the collector commits in small batches)."""
+        end = time.monotonic() + timeout
+        rows: list[tuple] = []
+        while time.monotonic() < end:
+            rows = self.query(sql, args)
+            if predicate(rows):
+                return rows
+            time.sleep(0.25)
+        raise AssertionError(
+            f"the collector's database never satisfied the check within {timeout} s: {sql} -> {rows[-5:]}"
+        )
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def fleet_collector(hil_broker: HilBroker, tmp_path: Path):
+    c = FleetCollector(f"mqtt://{hil_broker.host}:{hil_broker.port}", tmp_path / "fleet.db", tmp_path / "collect.log")
+    c.start()
+    yield c
+    c.stop()
+
+
+@dataclass
+class RunningNode:
+    """A node deployed and booted on the board under test, seen through the broker and the fleet collector."""
+
+    device_id: str
+    board: HilBoard
+    messages: Collector
+    fleet: FleetCollector
+    prefix: str = "edgefleet"
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.prefix}/{self.device_id}/{suffix}"
+
+    def wait_status(self, predicate=lambda st: True, timeout: float = 60.0) -> dict[str, Any]:
+        """The first status message of this node (retained or not) whose JSON body satisfies predicate."""
+        _, payload, _ = self.messages.wait_for(
+            "/" + self.device_id + "/status", lambda m: predicate(json.loads(m[1])), timeout=timeout
+        )
+        return json.loads(payload)
+
+    def cmd(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """Publish a command on /cmd (QoS 1) and return the node's /ack for its id."""
+        import paho.mqtt.client as mqtt
+
+        cid = f"hil-{secrets.token_hex(4)}"
+        body: dict[str, Any] = {"v": 1, "id": cid, "cmd": cmd}
+        if args is not None:
+            body["args"] = args
+        host, port = self.messages.host, self.messages.port
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-cmd-{secrets.token_hex(3)}")
+        pub.connect(host, port)
+        pub.loop_start()
+        try:
+            pub.publish(self.topic("cmd"), json.dumps(body), qos=1).wait_for_publish(10)
+            _, payload, _ = self.messages.wait_for(
+                "/" + self.device_id + "/ack", lambda m: json.loads(m[1]).get("id") == cid, timeout=timeout
+            )
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        return json.loads(payload)
+
+    def seqs(self) -> list[int]:
+        """Every seq the fleet collector stored for this node (readings and events), in order."""
+        rows = self.fleet.query(
+            "SELECT seq FROM readings WHERE device = ? UNION ALL SELECT seq FROM events WHERE device = ? ORDER BY 1",
+            (self.device_id, self.device_id),
+        )
+        return [r[0] for r in rows]
+
+
+@pytest.fixture
+def start_node(deploy_node, hil_board: HilBoard, hil_broker: HilBroker, collector: Collector, fleet_collector):
+    """start_node(model=None, config=None, files=None) -> RunningNode: deploy (no reset), copy `files`
+    ({board path: host path}, e.g. a scenario for the virtual board), then soft-reset so the node boots."""
+
+    def start(model: str | None = None, config: dict[str, Any] | None = None,
+              files: dict[str, Path] | None = None) -> RunningNode:  # fmt: skip
+        node = deploy_node(model=model, broker_url=hil_broker.node_url, config=config, reset=False)
+        if files:
+            hil_board.put(files)
+        hil_board.soft_reset()
+        return RunningNode(node.device_id, hil_board, collector, fleet_collector)
+
+    return start
