@@ -19,6 +19,12 @@ from .errors import EdgefleetError
 log = logging.getLogger(__name__)
 
 IMU_CHANNELS = ("ax", "ay", "az", "gx", "gy", "gz")
+# BasicMotions records acceleration in m/s^2 and rotation in rad/s (standing shows ~1 g of gravity spread over
+# the axes, badminton reaches 29 m/s^2 and 35 rad/s). The node's MPU6050 driver reports g and deg/s, so the
+# dataset is converted to the node's units before anything else sees it: a model trained here then reads the
+# same numbers a node computes, and a replay on the sim board drives the simulated chip within its range.
+G = 9.80665
+BASICMOTIONS_TO_NODE_UNITS = np.array([1 / G] * 3 + [180 / np.pi] * 3).reshape(1, 6, 1)
 FIXED = ("device", "seq", "ts_ms", "sensor", "flags", "label")
 
 
@@ -96,13 +102,18 @@ def parse_ts(path: Path) -> tuple[np.ndarray, list[str]]:
     return np.asarray(cases, dtype=np.float64), labels
 
 
+def basicmotions_cases(part: str) -> tuple[np.ndarray, list[str]]:
+    """One split ("train" or "test") of BasicMotions as (cases, 6 channels, 100 samples) in node units."""
+    cases, labels = parse_ts(basicmotions_dir() / f"BasicMotions_{part.upper()}.ts")
+    return cases * BASICMOTIONS_TO_NODE_UNITS, labels
+
+
 def load_basicmotions(window: int, hop: int) -> Windows:
     """Both splits of BasicMotions, windowed; `split` keeps the dataset's own train/test division."""
     _check_window(window, hop)
-    d = basicmotions_dir()
     xs, ys, groups, split, nxt = [], [], [], [], []
     for part in ("train", "test"):
-        cases, labels = parse_ts(d / f"BasicMotions_{part.upper()}.ts")
+        cases, labels = basicmotions_cases(part)
         if window > cases.shape[2]:
             raise EdgefleetError(f"window {window} longer than BasicMotions' {cases.shape[2]} samples per case")
         for i, (case, label) in enumerate(zip(cases, labels, strict=True)):

@@ -294,10 +294,9 @@ def test_signed_training_end_to_end(tmp_path, monkeypatch):
 
 def _basicmotions_csv(path: Path, labelled: bool = True) -> Path:
     """BasicMotions as a collector export: one device per case, 10 Hz readings, labels in the label column."""
-    d = datasets.basicmotions_dir()
     lines = ["device,seq,ts_ms,sensor,flags,label,ax,ay,az,gx,gy,gz,temperature"]
     for part in ("TRAIN", "TEST"):
-        cases, labels = datasets.parse_ts(d / f"BasicMotions_{part}.ts")
+        cases, labels = datasets.basicmotions_cases(part)
         for i, (case, label) in enumerate(zip(cases, labels, strict=True)):
             dev = f"{part.lower()}-{i:02d}"
             for s in range(case.shape[1]):

@@ -23,7 +23,9 @@ class MPU6050:
     kind = "mpu6050"
     channels = ("ax", "ay", "az", "gx", "gy", "gz")
 
-    def __init__(self, name, i2c, address=0x68, accel_g=4, gyro_dps=500, rate_hz=100):
+    # Defaults +-8 g and +-2000 deg/s: wrist-worn activity reaches ~3 g and ~2000 deg/s (BasicMotions'
+    # badminton), and a clipped signal would classify differently from the data the model was trained on.
+    def __init__(self, name, i2c, address=0x68, accel_g=8, gyro_dps=2000, rate_hz=100):
         if accel_g not in ACCEL_RANGES or gyro_dps not in GYRO_RANGES:
             raise ValueError("accel_g must be one of %s, gyro_dps one of %s" % (ACCEL_RANGES, GYRO_RANGES))
         self.name = name
