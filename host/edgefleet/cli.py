@@ -30,6 +30,8 @@ COMMAND_MODULES = [
     "edgefleet.deploy",
     "edgefleet.vboard",
     "edgefleet.node",
+    # fleet simulation and the demo
+    "edgefleet.simulate",
 ]
 
 log = logging.getLogger("edgefleet")
