@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "edgefleet.node",
     # fleet simulation and the demo
     "edgefleet.simulate",
+    "edgefleet.demo",
 ]
 
 log = logging.getLogger("edgefleet")
