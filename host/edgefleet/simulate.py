@@ -111,18 +111,18 @@ def activity_scenario(replay: Path, seed: int) -> dict:
 
 
 def fault_scenario(seed: int, duration_s: float) -> dict:
-    """Sensor faults on env (spike, stuck, dropout, unplugged) at seeded times inside the run."""
+    """Sensor faults on env at seeded times: a spike (cleaned away: R_noise), an unplugged sensor (8 s: a fault
+    event), a 2 s dropout (transient: counted missing, no event) and, when the run is long enough, a stuck sensor
+    (30 s: the cleaner flags ~20 s of identical readings at 1 Hz as stuck)."""
     rnd = random.Random(seed)
-    d = max(40.0, duration_s)
-    slots = sorted(rnd.sample(range(8, int(d) - 10, 4), 4))
-    kinds = ["spike", "stuck", "dropout", "unplugged"]
-    rnd.shuffle(kinds)
-    faults = []
-    for kind, at in zip(kinds, slots, strict=True):
-        if kind == "spike":
-            faults.append({"kind": "spike", "channel": "temperature", "at_s": at, "value": 85.0})
-        else:
-            faults.append({"kind": kind, "from_s": at, "to_s": at + rnd.choice([4, 6, 8])})
+    j = rnd.uniform(0, 2)
+    faults = [
+        {"kind": "spike", "channel": "temperature", "at_s": round(5 + j, 1), "value": 85.0},
+        {"kind": "unplugged", "from_s": round(9 + j, 1), "to_s": round(17 + j, 1)},
+        {"kind": "dropout", "from_s": round(20 + j, 1), "to_s": round(22 + j, 1)},
+    ]
+    if duration_s >= 55:
+        faults.append({"kind": "stuck", "from_s": round(24 + j, 1), "to_s": round(min(24 + j + 30, duration_s - 1), 1)})
     return {"seed": seed, "sensors": {"env": {"channels": env_channels(seed), "faults": faults}}}
 
 
@@ -506,7 +506,8 @@ class Fleet:
         k = secs.index(row)
         first = row[2]
         last = secs[k + 1][2] - 1 if k + 1 < len(secs) else info["durable"]
-        off = self.log_offset() + sector * SECTOR + SECTOR // 2
+        end = row[3] if len(row) > 3 else SECTOR
+        off = self.log_offset() + sector * SECTOR + max(24, end // 2)  # inside the written records
         with open(self.nodes[i].image, "r+b") as f:
             f.seek(off)
             old = f.read(8)

@@ -32,7 +32,8 @@ def inspect(board_path, image):
     flash = open_board_flash(board, image)
     off, size = boardmod.partition(board, "log")
     log = FlashLog(flash.partition(off, size))
-    secs = [[s, log.cnt[s], log.base[s]] for s in range(log.n) if log.cnt[s]]
+    # per sector with data: [index, counter, first seq, end of valid data]
+    secs = [[s, log.cnt[s], log.base[s], log.woff if s == log.head else log.end[s]] for s in range(log.n) if log.cnt[s]]
     out = {"durable": log.durable, "acked": log.acked, "next_seq": log.next_seq, "clean": log.clean,
            "corrupt": log.corrupt, "head": log.head, "log_offset": off, "sectors": secs}
     print(json.dumps(out))
