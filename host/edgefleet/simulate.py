@@ -72,15 +72,15 @@ def basicmotions_replay(path: Path, seed: int, cases: int = 16, rate_hz: float =
     rnd.shuffle(classes)
     order = [rnd.choice(by_class[classes[k % len(classes)]]) for k in range(cases)]
     segments = []
-    t = 0.0
     lines = ["t_s," + ",".join(IMU_CHANNELS) + ",label"]
+    k = 0  # sample index: times from it, not by summing 0.1 s steps
     for i in order:
         case = data[i]
-        segments.append((t, labels[i]))
+        segments.append((round(k / rate_hz, 6), labels[i]))
         for j in range(case.shape[1]):
             vals = ",".join(f"{case[c, j]:.6g}" for c in range(case.shape[0]))
-            lines.append(f"{t:.2f},{vals},{labels[i]}")
-            t += 1.0 / rate_hz
+            lines.append(f"{k / rate_hz:.2f},{vals},{labels[i]}")
+            k += 1
     path.write_text("\n".join(lines) + "\n")
     return segments
 
