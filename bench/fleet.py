@@ -16,7 +16,8 @@ N grows (--start, x --factor) while a step passes and the total time stays under
 the answer. Printed per step: nodes, stored records/s, loss, p50/p99 latencies, RSS per node process (mean of
 VmRSS, and the private part of it), CPU of the nodes and of the collector as a share of the machine (all cores).
 
-Run: PYTHONPATH=host python bench/fleet.py [--start 10] [--factor 2] [--max 320] [--run-s 40] [--budget-s 900]
+Run: PYTHONPATH=host python bench/fleet.py [--start 20] [--factor 2] [--max 2560] [--run-s 40] [--budget-s 1200]
+(it takes the whole machine for several minutes at the top steps)
 """
 
 from __future__ import annotations
@@ -141,11 +142,11 @@ def step(n: int, run_s: float, work: Path) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--start", type=int, default=10)
+    p.add_argument("--start", type=int, default=20)
     p.add_argument("--factor", type=float, default=2.0)
-    p.add_argument("--max", type=int, default=320)
+    p.add_argument("--max", type=int, default=2560)
     p.add_argument("--run-s", type=float, default=40)
-    p.add_argument("--budget-s", type=float, default=900)
+    p.add_argument("--budget-s", type=float, default=1200)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.monotonic()
