@@ -668,7 +668,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model directory or .efm file put on every node (e.g. models/basicmotions-rf)")
     p.add_argument("--scenario", help="scenario JSON for every node (default: half replay activities, half faults)")
     p.add_argument("--duration", type=float, default=0, help="seconds to run (default: until Ctrl-C)")
-    p.add_argument("--workdir", default="var/sim", help="flash images, scenarios, logs, broker data (default ./var/sim)")
+    p.add_argument(
+        "--workdir", default="var/sim", help="flash images, scenarios, logs, broker data (default ./var/sim)"
+    )
     p.add_argument("--status-interval", type=int, default=10, help="node status interval in s (default 10)")
     p.add_argument(
         "--heap-extra",
