@@ -501,9 +501,10 @@ def run_demo(args: argparse.Namespace) -> dict:
             plans.append(NodePlan(dev, "faults", fault_scenario(100 + i, args.duration)))
     broker = Fleet.secure_broker(work, ids).start()
     collector = None
-    fleet = Fleet(work, n, broker=broker, model=model_dir, scenarios=[p.scenario for p in plans],
-                  heap_extra=SIM_HARDWARE_HEAP, status_interval_s=5)  # fmt: skip
+    fleet = None
     try:
+        fleet = Fleet(work, n, broker=broker, model=model_dir, scenarios=[p.scenario for p in plans],
+                      heap_extra=SIM_HARDWARE_HEAP, status_interval_s=5)  # fmt: skip
         collector = start_collector(fleet.collector_url(), db, work / "collector.log")
         log.info("collector -> %s (log %s)", db, work / "collector.log")
         fleet.start()
@@ -535,7 +536,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         flash = drain(fleet, db)
         wait_collector_idle(db)
     finally:
-        fleet.close()
+        if fleet is not None:
+            fleet.close()
         if collector is not None:
             stop_process(collector)
         broker.stop()

@@ -613,20 +613,27 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     else:
         (workdir / "nodes").mkdir(exist_ok=True)
         scenarios = default_scenarios(workdir, args.devices, args.duration or 60)
+    if args.devices < 1:
+        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
+    if model is not None:
+        Fleet._check_model(model)  # before anything is started
     ids = [f"node-{i + 1:03d}" for i in range(args.devices)]
-    broker = None
-    if args.broker == "auto":
-        broker = Fleet.secure_broker(workdir, ids).start()
-    fleet = Fleet(
-        workdir,
-        args.devices,
-        broker=broker,
-        broker_url=None if broker else args.broker,
-        model=model,
-        scenarios=scenarios,
-        heap_extra=args.heap_extra,
-        status_interval_s=args.status_interval,
-    )
+    broker = Fleet.secure_broker(workdir, ids).start() if args.broker == "auto" else None
+    try:
+        fleet = Fleet(
+            workdir,
+            args.devices,
+            broker=broker,
+            broker_url=None if broker else args.broker,
+            model=model,
+            scenarios=scenarios,
+            heap_extra=args.heap_extra,
+            status_interval_s=args.status_interval,
+        )
+    except BaseException:
+        if broker:
+            broker.stop()
+        raise
     try:
         fleet.start()
         if broker:

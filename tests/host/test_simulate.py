@@ -67,6 +67,19 @@ def test_simulate_user_errors_are_one_line(tmp_path: Path, args: list[str], mess
     r = _cli("simulate", "--workdir", str(tmp_path / "w"), "--duration", "1", *args, timeout=60)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert _processes_under(tmp_path) == [], "a refused run must not leave a broker (or anything) running"
+
+
+def _processes_under(path: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmd:
+            found.append(cmd)
+    return found
 
 
 def test_corrupt_model_file_is_refused_before_any_node_starts(tmp_path: Path) -> None:

@@ -137,12 +137,13 @@ def run_chaos(
         events.append(f"t={time.monotonic() - t0:5.1f}s  {msg}")
         log.info("chaos: %s", msg)
 
-    # imu logged at 10 Hz: ~12 records/s per node, so a 30 s outage fills whole log sectors (one to corrupt)
-    fleet = Fleet(work, n_nodes, broker=broker, model=model, scenarios=default_scenarios(work, n_nodes, run_s, seed),
-                  heap_extra=heap_extra, status_interval_s=5, config={"log_every": {"imu": 1}})  # fmt: skip
     collector = None
     corrupted = None
+    fleet = None
     try:
+        # imu logged at 10 Hz: ~12 records/s per node, so a 30 s outage fills whole log sectors (one to corrupt)
+        fleet = Fleet(work, n_nodes, broker=broker, model=model, scenarios=default_scenarios(work, n_nodes, run_s, seed),
+                      heap_extra=heap_extra, status_interval_s=5, config={"log_every": {"imu": 1}})  # fmt: skip
         url = fleet.collector_url()
         collector = start_collector(url, db, work / "collector.log", client_id="chaos-collector")
         fleet.start()
@@ -199,7 +200,8 @@ def run_chaos(
         note("drained")
         figures = check(fleet, db, flash, corrupted)
     finally:
-        fleet.close()
+        if fleet is not None:
+            fleet.close()
         if collector is not None:
             stop_process(collector)
         broker.stop()
