@@ -30,6 +30,9 @@ COMMAND_MODULES = [
     "edgefleet.deploy",
     "edgefleet.vboard",
     "edgefleet.node",
+    # fleet simulation and the demo
+    "edgefleet.simulate",
+    "edgefleet.demo",
 ]
 
 log = logging.getLogger("edgefleet")

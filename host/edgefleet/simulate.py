@@ -1,0 +1,688 @@
+"""`edgefleet simulate`: a fleet of simulated nodes, each the real firmware on the MicroPython unix port.
+
+Every node is its own `micropython` process started through node/sim/launch.py (as `edgefleet node` does), with
+its own flash image, device id, broker credentials and scenario. Before a node's first boot its flash is
+provisioned by node/sim/provision.py (board.json, config.json, and the model file as model.efm), as `edgefleet
+deploy` would put them on a board. A node that exits with REBOOT_EXIT is started again on the same flash, like a
+board that resets; a node we SIGKILL stays down until restarted (a power cut).
+
+`Fleet` is the API the demo, the fault-injection test and the benchmarks share:
+
+    with Fleet(workdir, n=5, broker=Mosquitto(...)) as fleet:   # or broker_url="mqtt://..."
+        fleet.start()
+        fleet.kill(2); fleet.restart(2)          # power-cut node 2, boot it again
+        fleet.stop_node(3); fleet.corrupt_block(3); fleet.restart(3)
+        fleet.counters()                         # last status counters per device (MQTT)
+        fleet.stop()                              # SIGINT: each node flushes and closes its log
+        fleet.inspect(0)                          # what node 0's flash log holds (stopped node)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import protocol
+from .boards import Board, load_board
+from .broker import Mosquitto, render_acl
+from .errors import EdgefleetError
+from .node import REBOOT_EXIT, check_broker_url
+from .paths import project_root
+from .runtime import find_micropython, micropython_env, unix_heap_bytes
+
+log = logging.getLogger(__name__)
+
+COLLECTOR_USER = "collector"
+SECTOR = 4096
+# What a node's RAM batch can lose in a power cut (docs/firmware.md, flash log): flush_bytes // 27 + 1.
+POWER_CUT_WINDOW = 256 // 27 + 1
+IMU_CHANNELS = ("ax", "ay", "az", "gx", "gy", "gz")
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def basicmotions_replay(path: Path, seed: int, cases: int = 16, rate_hz: float = 10.0) -> list[tuple[float, str]]:
+    """Writes a replay CSV of BasicMotions test cases (10 s each, labelled) in a seeded order.
+
+    Returns the label segments (start_s, label). The test split is used so the shipped model (trained on the
+    train split) is judged on recordings it never saw.
+    """
+    from .datasets import basicmotions_cases
+
+    data, labels = basicmotions_cases("test")  # in the node's units (g, deg/s), as the MPU6050 reports
+    rnd = random.Random(seed)
+    # Balanced: cycle through the classes, a random case of each, so a 60 s run sees every activity.
+    by_class: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    classes = sorted(by_class)
+    rnd.shuffle(classes)
+    order = [rnd.choice(by_class[classes[k % len(classes)]]) for k in range(cases)]
+    segments = []
+    lines = ["t_s," + ",".join(IMU_CHANNELS) + ",label"]
+    k = 0  # sample index: times from it, not by summing 0.1 s steps
+    for i in order:
+        case = data[i]
+        segments.append((round(k / rate_hz, 6), labels[i]))
+        for j in range(case.shape[1]):
+            vals = ",".join(f"{case[c, j]:.6g}" for c in range(case.shape[0]))
+            lines.append(f"{k / rate_hz:.2f},{vals},{labels[i]}")
+            k += 1
+    path.write_text("\n".join(lines) + "\n")
+    return segments
+
+
+def env_channels(seed: int) -> dict:
+    """A room temperature with a slow cycle and drift, different per node: the data the forecast is trained on."""
+    rnd = random.Random(seed)
+    return {
+        "temperature": {
+            "level": round(rnd.uniform(18, 26), 2),
+            "amp": round(rnd.uniform(1.0, 3.0), 2),
+            "period_s": rnd.choice([60, 90, 120]),
+            "noise": 0.05,
+            "drift_per_h": round(rnd.uniform(-2, 2), 2),
+        },
+        "humidity": {"level": round(rnd.uniform(35, 60), 1), "amp": 2.0, "period_s": 120, "noise": 0.2},
+    }
+
+
+def activity_scenario(replay: Path, seed: int) -> dict:
+    return {
+        "seed": seed,
+        "sensors": {
+            "env": {"channels": env_channels(seed)},
+            "imu": {"replay": {"file": str(replay.resolve()), "rate_hz": 10, "loop": True}},
+        },
+    }
+
+
+def fault_scenario(seed: int, duration_s: float) -> dict:
+    """Sensor faults on env at seeded times: a spike (cleaned away: R_noise), an unplugged sensor (8 s: a fault
+    event), a 2 s dropout (transient: counted missing, no event) and, when the run is long enough, a stuck sensor
+    (30 s: the cleaner flags ~20 s of identical readings at 1 Hz as stuck)."""
+    rnd = random.Random(seed)
+    j = rnd.uniform(0, 2)
+    faults = [
+        {"kind": "spike", "channel": "temperature", "at_s": round(5 + j, 1), "value": 85.0},
+        {"kind": "unplugged", "from_s": round(9 + j, 1), "to_s": round(17 + j, 1)},
+        {"kind": "dropout", "from_s": round(20 + j, 1), "to_s": round(22 + j, 1)},
+    ]
+    if duration_s >= 55:
+        faults.append({"kind": "stuck", "from_s": round(24 + j, 1), "to_s": round(min(24 + j + 30, duration_s - 1), 1)})
+    return {"seed": seed, "sensors": {"env": {"channels": env_channels(seed), "faults": faults}}}
+
+
+# ---------------------------------------------------------------- one node
+
+
+@dataclass
+class SimNode:
+    index: int
+    device_id: str
+    image: Path
+    scenario: Path | None
+    password: str | None
+    log_path: Path
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    want_up: bool = False
+    boots: int = 0
+    reboots: int = 0
+    kills: int = 0
+    crashes: int = 0
+    started_ms: list[int] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.running and self.proc else None
+
+
+# ---------------------------------------------------------------- the fleet
+
+
+class Fleet:
+    """N simulated nodes on one broker. Thread-safe for the calls the demo and tests make from one thread while the
+    monitor thread restarts rebooting nodes."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        n: int,
+        broker: Mosquitto | None = None,
+        broker_url: str | None = None,
+        model: Path | None = None,
+        scenarios: Sequence[dict | None] | Callable[[int], dict | None] | None = None,
+        board: str = "sim",
+        heap_bytes: int | None = None,
+        heap_extra: int = 0,
+        status_interval_s: int = 10,
+        prefix: str = protocol.DEFAULT_PREFIX,
+        config: dict | None = None,
+        id_format: str = "node-{:03d}",
+        seed: int = 1,
+    ) -> None:
+        if n < 1:
+            raise EdgefleetError(f"--devices must be at least 1 (got {n})")
+        self.workdir = Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.board: Board = load_board(board)
+        if not self.board.is_sim:
+            raise EdgefleetError(f"board {self.board.name} is not a simulated board", hint="use --board sim")
+        self.broker = broker
+        if broker is None and not broker_url:
+            raise EdgefleetError("a fleet needs a broker", hint="give --broker mqtt://HOST:PORT or let it start one")
+        self.broker_url = check_broker_url(broker.url if broker else str(broker_url))
+        self.model = self._check_model(model) if model else None
+        self.prefix = prefix
+        self.status_interval_s = status_interval_s
+        self.extra_config = config or {}
+        self.heap = (heap_bytes or unix_heap_bytes(self.board.heap_bytes)) + heap_extra
+        self.seed = seed
+        self._lock = threading.RLock()
+        self._stop_monitor = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._status: dict[str, dict] = {}
+        self._sub = None
+        self.secure = broker is not None and broker.password_file is not None
+        (self.workdir / "nodes").mkdir(exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        self.nodes = [self._make_node(i, id_format.format(i + 1), scenarios) for i in range(n)]
+
+    # -- setup
+
+    @staticmethod
+    def _check_model(model: Path) -> Path:
+        model = Path(model)
+        efm = model / "model.efm" if model.is_dir() else model
+        if not efm.is_file():
+            raise EdgefleetError(
+                f"no model file at {efm}", hint="train and convert one: edgefleet train ... ; edgefleet convert ..."
+            )
+        from .modelfile import decode  # a corrupt or foreign file is refused here, not on 20 nodes
+
+        try:
+            decode(efm.read_bytes())
+        except EdgefleetError as e:
+            raise EdgefleetError(f"{efm}: {e}", hint="convert the model again: edgefleet convert --name NAME") from None
+        return efm.resolve()
+
+    def _make_node(self, i: int, dev: str, scenarios) -> SimNode:
+        spec = scenarios(i) if callable(scenarios) else (scenarios[i % len(scenarios)] if scenarios else None)
+        scen = None
+        if spec is not None:
+            scen = self.workdir / "nodes" / f"{dev}.scenario.json"
+            scen.write_text(json.dumps(spec, indent=1))
+        return SimNode(
+            index=i,
+            device_id=dev,
+            image=self.workdir / "nodes" / f"{dev}.img",
+            scenario=scen,
+            password=None,
+            log_path=self.workdir / "logs" / f"{dev}.log",
+        )
+
+    def credentials(self) -> dict[str, str]:
+        """Per-device passwords (and the collector's), created once and kept in the workdir."""
+        path = self.workdir / "credentials.json"
+        creds = json.loads(path.read_text()) if path.is_file() else {}
+        for user in [COLLECTOR_USER, *(nd.device_id for nd in self.nodes)]:
+            creds.setdefault(user, secrets.token_urlsafe(12))
+        path.write_text(json.dumps(creds, indent=1))
+        path.chmod(0o600)
+        return creds
+
+    @staticmethod
+    def write_password_file(creds: dict[str, str], path: Path) -> Path:
+        """A mosquitto password file: plain user:password lines hashed in place by `mosquitto_passwd -U`."""
+        path.write_text("".join(f"{u}:{p}\n" for u, p in creds.items()))
+        path.chmod(0o600)
+        try:
+            subprocess.run(["mosquitto_passwd", "-U", str(path)], check=True, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise EdgefleetError(
+                "mosquitto_passwd not found", hint="sudo apt-get install mosquitto mosquitto-clients"
+            ) from None
+        except subprocess.CalledProcessError as e:
+            raise EdgefleetError(f"mosquitto_passwd failed: {e.stderr.strip()}") from None
+        return path
+
+    @classmethod
+    def secure_broker(
+        cls, workdir: Path, device_ids: Sequence[str], prefix: str = protocol.DEFAULT_PREFIX
+    ) -> Mosquitto:
+        """A mosquitto with a password per device and the per-device ACL (docs/collect.md), data in workdir/broker."""
+        workdir = Path(workdir).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "credentials.json"
+        creds = json.loads(path.read_text()) if path.is_file() else {}
+        for user in [COLLECTOR_USER, *device_ids]:
+            creds.setdefault(user, secrets.token_urlsafe(12))
+        path.write_text(json.dumps(creds, indent=1))
+        path.chmod(0o600)
+        bdir = workdir / "broker"
+        bdir.mkdir(exist_ok=True)
+        pw = cls.write_password_file(creds, bdir / "passwd")
+        acl = bdir / "acl"
+        acl.write_text(render_acl(prefix, COLLECTOR_USER))
+        return Mosquitto(data_dir=bdir, password_file=pw, acl_file=acl)
+
+    def collector_url(self) -> str:
+        """Broker URL with the collector's login when the broker requires one."""
+        if not self.secure:
+            return self.broker_url
+        pw = self.credentials()[COLLECTOR_USER]
+        u = urlsplit(self.broker_url)
+        return f"{u.scheme}://{COLLECTOR_USER}:{pw}@{u.hostname}:{u.port}"
+
+    def node_config(self, nd: SimNode) -> dict:
+        cfg = {
+            "device_id": nd.device_id,
+            "prefix": self.prefix,
+            "broker": {"url": self.broker_url, "username": None, "password": None, "ca": None},
+            "status_interval_s": self.status_interval_s,
+            "model": "model.efm" if self.model else None,
+            "rule": {"output": "relay", "on_class": "running"} if self.model else None,
+        }
+        if self.secure:
+            cfg["broker"]["username"] = nd.device_id
+            cfg["broker"]["password"] = self.credentials()[nd.device_id]
+        cfg.update(self.extra_config)
+        if self.model and "rule" not in self.extra_config:
+            cfg["rule"] = self._rule_for_model()
+        return cfg
+
+    def _rule_for_model(self) -> dict | None:
+        manifest = self.model.parent / "manifest.json" if self.model else None
+        if manifest and manifest.is_file():
+            m = json.loads(manifest.read_text())
+            if m.get("task") == "classify" and m.get("classes"):
+                on = "running" if "running" in m["classes"] else m["classes"][0]
+                return {"output": "relay", "on_class": on}
+            if m.get("task") == "anomaly":
+                return {"output": "led", "on_anomaly_over": 0.8}
+        return None
+
+    def _mpy(self, args: Sequence[str], timeout: float = 60) -> str:
+        argv = [find_micropython(), "-X", f"heapsize={max(self.heap, 256 * 1024)}", *args]
+        r = subprocess.run(
+            argv, env=micropython_env(), cwd=self.workdir / "nodes", capture_output=True, text=True, timeout=timeout
+        )
+        if r.returncode:
+            raise EdgefleetError(f"{' '.join(args[:3])} failed: {(r.stdout + r.stderr).strip()[-500:]}")
+        return r.stdout
+
+    def provision(self, i: int | None = None) -> None:
+        """Writes board.json, config.json and the model onto node flash images (all nodes, or node i)."""
+        targets = self.nodes if i is None else [self.nodes[i]]
+        for nd in targets:
+            cfgfile = self.workdir / "nodes" / f"{nd.device_id}.config.json"
+            cfgfile.write_text(json.dumps(self.node_config(nd)))
+            files = [f"model.efm={self.model}"] if self.model else []
+            self._mpy(["-m", "node.sim.provision", str(self.board.path), str(nd.image), str(cfgfile), *files])
+            cfgfile.unlink()  # it holds the node's password; the flash keeps the copy
+        log.info("provisioned %d node(s) (model %s)", len(targets), self.model or "none")
+
+    # -- processes
+
+    def _argv(self, nd: SimNode) -> list[str]:
+        args = [str(self.board.path), str(nd.image), nd.device_id, self.broker_url]
+        if nd.scenario is not None:
+            args.append(str(nd.scenario))
+        return [find_micropython(), "-X", f"heapsize={self.heap}", "-m", "node.sim.launch", *args]
+
+    def _spawn(self, nd: SimNode) -> None:
+        out = nd.log_path.open("ab")
+        out.write(f"--- boot {nd.boots + 1} at {time.strftime('%H:%M:%S')}\n".encode())
+        out.flush()
+        # cwd: an empty directory of our own, so nothing on the host shadows the firmware (see node.py)
+        nd.proc = subprocess.Popen(
+            self._argv(nd), env=self._env, cwd=self._cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        out.close()
+        nd.boots += 1
+        nd.started_ms.append(int(time.time() * 1000))
+
+    def start(self, provision: bool = True, stagger_s: float = 0.05) -> Fleet:
+        if provision:
+            self.provision()
+        self._env = micropython_env()
+        self._cwd = str(self.workdir / "run")
+        Path(self._cwd).mkdir(exist_ok=True)
+        self._subscribe_status()
+        for nd in self.nodes:
+            with self._lock:
+                nd.want_up = True
+                self._spawn(nd)
+            time.sleep(stagger_s)
+        self._stop_monitor.clear()
+        self._monitor = threading.Thread(target=self._watch, name="fleet-monitor", daemon=True)
+        self._monitor.start()
+        log.info(
+            "fleet of %d nodes started (heap %d bytes each, broker %s)", len(self.nodes), self.heap, self.broker_url
+        )
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop_monitor.wait(0.2):
+            with self._lock:
+                for nd in self.nodes:
+                    if not nd.want_up or nd.proc is None or nd.proc.poll() is None:
+                        continue
+                    rc = nd.proc.returncode
+                    if rc == REBOOT_EXIT:
+                        nd.reboots += 1
+                        log.info("%s rebooted, starting it again", nd.device_id)
+                        self._spawn(nd)
+                    else:
+                        # The firmware halts on a fatal boot error rather than loop; so do we.
+                        nd.crashes += 1
+                        nd.want_up = False
+                        log.warning("%s exited with code %s (see %s)", nd.device_id, rc, nd.log_path)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node i (a power cut): it stays down until restart(i)."""
+        nd = self.nodes[i]
+        with self._lock:
+            nd.want_up = False
+            if nd.running and nd.proc:
+                nd.proc.kill()
+                nd.proc.wait()
+                nd.kills += 1
+                log.info("%s killed (SIGKILL)", nd.device_id)
+
+    def stop_node(self, i: int, timeout: float = 15) -> int | None:
+        """SIGINT node i: it flushes and closes its log (a clean shutdown) and stays down."""
+        nd = self.nodes[i]
+        with self._lock:
+            nd.want_up = False
+            proc = nd.proc
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc else None
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop on SIGINT within %.0f s, killed", nd.device_id, timeout)
+            proc.kill()
+            proc.wait()
+            nd.kills += 1
+            return proc.returncode
+
+    def restart(self, i: int) -> None:
+        """Boot node i again on its flash (power-cycling it first when it is running)."""
+        nd = self.nodes[i]
+        if nd.running:
+            self.kill(i)
+        with self._lock:
+            nd.want_up = True
+            self._spawn(nd)
+        log.info("%s started again (boot %d)", nd.device_id, nd.boots)
+
+    def stop(self, timeout: float = 15) -> None:
+        """Stops every node cleanly (SIGINT, all at once, then wait)."""
+        self._stop_monitor.set()
+        if self._monitor:
+            self._monitor.join()
+        with self._lock:
+            procs = []
+            for nd in self.nodes:
+                nd.want_up = False
+                if nd.running and nd.proc:
+                    nd.proc.send_signal(signal.SIGINT)
+                    procs.append((nd, nd.proc))
+        deadline = time.monotonic() + timeout
+        for nd, p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s, killed", nd.device_id, timeout)
+                p.kill()
+                p.wait()
+                nd.kills += 1
+        if procs:
+            log.info("fleet stopped (%d nodes)", len(procs))
+
+    def close(self) -> None:
+        self.stop()
+        if self._sub is not None:
+            self._sub.disconnect()
+            self._sub.loop_stop()
+            self._sub = None
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- flash
+
+    def inspect(self, i: int) -> dict:
+        """The flash log of a stopped node: durable (last seq on flash), acked, next_seq, corrupt, sectors."""
+        nd = self.nodes[i]
+        if nd.running:
+            raise EdgefleetError(f"{nd.device_id} is running; stop it before reading its flash")
+        return json.loads(self._mpy(["-m", "node.sim.provision", "--inspect", str(self.board.path), str(nd.image)]))
+
+    def log_offset(self) -> int:
+        return self.board.partition("log").offset
+
+    def corrupt_block(self, i: int, sector: int | None = None) -> dict:
+        """Clears bits in the middle of one log sector of stopped node i, as a failing flash block would.
+
+        Default: the sector holding the oldest unacknowledged records (so real records are at stake), else the
+        newest full sector. Returns the sector and the seq range it held (the records that may be lost).
+        """
+        info = self.inspect(i)
+        secs = sorted(info["sectors"], key=lambda s: s[1])  # by counter: oldest first
+        if not secs:
+            raise EdgefleetError(f"{self.nodes[i].device_id}: the log is empty, nothing to corrupt")
+        if sector is None:
+            full = secs[:-1] or secs
+            cand = [
+                s for k, s in enumerate(full) if (secs[k + 1][2] if k + 1 < len(secs) else 1 << 62) > info["acked"] + 1
+            ]
+            sector = (cand[0] if cand else full[-1])[0]
+        row = next((s for s in secs if s[0] == sector), None)
+        if row is None:
+            raise EdgefleetError(f"sector {sector} of {self.nodes[i].device_id} holds no log data")
+        k = secs.index(row)
+        first = row[2]
+        last = secs[k + 1][2] - 1 if k + 1 < len(secs) else info["durable"]
+        end = row[3] if len(row) > 3 else SECTOR
+        off = self.log_offset() + sector * SECTOR + max(24, end // 2)  # inside the written records
+        with open(self.nodes[i].image, "r+b") as f:
+            f.seek(off)
+            old = f.read(8)
+            f.seek(off)
+            f.write(bytes(b & 0x0F for b in old))
+        log.info("%s: corrupted log sector %d (seq %d-%d)", self.nodes[i].device_id, sector, first, last)
+        return {"device": self.nodes[i].device_id, "sector": sector, "first_seq": first, "last_seq": last,
+                "acked": info["acked"]}  # fmt: skip
+
+    # -- counters
+
+    def _subscribe_status(self) -> None:
+        if self._sub is not None:
+            return
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        u = urlsplit(self.broker_url)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgefleet-simulate-{os.getpid()}-{id(self)}")
+        if self.secure:
+            c.username_pw_set(COLLECTOR_USER, self.credentials()[COLLECTOR_USER])
+        if u.scheme == "mqtts":
+            c.tls_set()
+
+        def on_connect(cl, ud, flags, rc, props):
+            if not rc.is_failure:
+                cl.subscribe(f"{self.prefix}/+/status", qos=1)
+
+        def on_message(cl, ud, msg):
+            try:
+                body = json.loads(msg.payload)
+            except ValueError:
+                return
+            dev = msg.topic.split("/")[-2]
+            with self._lock:
+                prev = self._status.get(dev, {})
+                if body.get("state") == "online" or not prev:
+                    self._status[dev] = body
+                else:
+                    self._status[dev] = {**prev, "state": body.get("state")}
+
+        c.on_connect = on_connect
+        c.on_message = on_message
+        c.reconnect_delay_set(0.5, 2)
+        c.connect_async(u.hostname, u.port or 1883, keepalive=10)
+        c.loop_start()
+        self._sub = c
+
+    def status(self) -> dict[str, dict]:
+        """The last status each node published (retained, so also after a restart of this process)."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._status.items()}
+
+    def counters(self) -> dict[str, dict]:
+        """Counters per device from its last status: sampled, rejected, logged, dropped, published, ..."""
+        return {dev: st.get("counters", {}) for dev, st in self.status().items()}
+
+    def summary(self) -> dict:
+        st = self.status()
+        up = sum(1 for nd in self.nodes if nd.running)
+        online = sum(1 for s in st.values() if s.get("state") == "online")
+        tot: dict[str, int] = {}
+        for s in st.values():
+            for k, v in s.get("counters", {}).items():
+                tot[k] = tot.get(k, 0) + int(v)
+        return {"processes": up, "online": online, **tot}
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def default_scenarios(workdir: Path, n: int, duration_s: float, seed: int = 1) -> list[dict]:
+    """Half the nodes replay labelled activities, the other half have sensor faults on env."""
+    out = []
+    for i in range(n):
+        if i % 2 == 0:
+            replay = workdir / "nodes" / f"replay-{i + 1:03d}.csv"
+            replay.parent.mkdir(parents=True, exist_ok=True)
+            basicmotions_replay(replay, seed * 1000 + i)
+            out.append(activity_scenario(replay, seed * 1000 + i))
+        else:
+            out.append(fault_scenario(seed * 1000 + i, duration_s))
+    return out
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = Path(args.model) if args.model else None
+    if model is not None and not model.exists() and (project_root() / model).exists():
+        model = project_root() / model
+    if args.scenario:
+        sp = Path(args.scenario)
+        try:
+            spec = json.loads(sp.read_text())
+        except OSError as e:
+            raise EdgefleetError(f"cannot read scenario {sp}: {e.strerror}") from None
+        except ValueError as e:
+            raise EdgefleetError(f"scenario {sp} is not valid JSON: {e}") from None
+        scenarios = [spec]
+    else:
+        (workdir / "nodes").mkdir(exist_ok=True)
+        scenarios = default_scenarios(workdir, args.devices, args.duration or 60)
+    if args.devices < 1:
+        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
+    if model is not None:
+        Fleet._check_model(model)  # before anything is started
+    ids = [f"node-{i + 1:03d}" for i in range(args.devices)]
+    broker = Fleet.secure_broker(workdir, ids).start() if args.broker == "auto" else None
+    try:
+        fleet = Fleet(
+            workdir,
+            args.devices,
+            broker=broker,
+            broker_url=None if broker else args.broker,
+            model=model,
+            scenarios=scenarios,
+            heap_extra=args.heap_extra,
+            status_interval_s=args.status_interval,
+        )
+    except BaseException:
+        if broker:
+            broker.stop()
+        raise
+    try:
+        fleet.start()
+        if broker:
+            print(
+                f"broker {broker.url}; collect with: edgefleet collect --broker '{fleet.collector_url()}'", flush=True
+            )
+        t0 = time.monotonic()
+        total = args.duration or None
+        with tqdm(total=total, unit="s", desc="fleet", dynamic_ncols=True) as bar:
+            while total is None or time.monotonic() - t0 < total:
+                time.sleep(1)
+                bar.update(1)
+                s = fleet.summary()
+                bar.set_postfix(up=s["processes"], online=s["online"], logged=s.get("logged", 0),
+                                published=s.get("published", 0))  # fmt: skip
+    except KeyboardInterrupt:
+        print("stopping the fleet", flush=True)
+    finally:
+        fleet.close()
+        if broker:
+            broker.stop()
+    for nd in fleet.nodes:
+        st = fleet.status().get(nd.device_id, {})
+        c = st.get("counters", {})
+        print(f"{nd.device_id}: boots {nd.boots} kills {nd.kills} logged {c.get('logged', '-')} published "
+              f"{c.get('published', '-')} safe_mode {st.get('safe_mode')} {st.get('error') or ''}")  # fmt: skip
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="run N simulated nodes (real firmware on the MicroPython unix port)")
+    p.add_argument("--devices", type=int, default=5, help="number of nodes (default 5)")
+    p.add_argument(
+        "--broker",
+        default="auto",
+        help="mqtt://HOST:PORT of a broker that accepts anonymous nodes, or 'auto' (default): start a mosquitto "
+        "with a password per device and per-device ACLs in the workdir",
+    )
+    p.add_argument("--model", help="model directory or .efm file put on every node (e.g. models/basicmotions-rf)")
+    p.add_argument("--scenario", help="scenario JSON for every node (default: half replay activities, half faults)")
+    p.add_argument("--duration", type=float, default=0, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument(
+        "--workdir", default="var/sim", help="flash images, scenarios, logs, broker data (default ./var/sim)"
+    )
+    p.add_argument("--status-interval", type=int, default=10, help="node status interval in s (default 10)")
+    p.add_argument(
+        "--heap-extra",
+        type=int,
+        default=0,
+        help="bytes of heap on top of the board's (scaled for the 64-bit unix port), e.g. for the sim hardware",
+    )
+    p.set_defaults(func=_cmd_simulate)
