@@ -15,24 +15,23 @@ from .errors import EdgefleetError
 
 # Modules with a `register(subparsers)` function, in the order --help lists them.
 COMMAND_MODULES = [
-    "edgefleet.boards",
+    # the main job and its parts
+    "edgefleet.demo",
+    "edgefleet.simulate",
+    "edgefleet.node",
     "edgefleet.broker",
-    # model (issue 5)
-    "edgefleet.train",
-    "edgefleet.convert",
-    "edgefleet.build_module",
-    # collector
     "edgefleet.collector",
     "edgefleet.fleet",
     "edgefleet.export",
-    # tooling: flash, deploy/repl, virtual boards
+    # models
+    "edgefleet.train",
+    "edgefleet.convert",
+    "edgefleet.build_module",
+    # boards
+    "edgefleet.boards",
     "edgefleet.flash",
     "edgefleet.deploy",
     "edgefleet.vboard",
-    "edgefleet.node",
-    # fleet simulation and the demo
-    "edgefleet.simulate",
-    "edgefleet.demo",
 ]
 
 log = logging.getLogger("edgefleet")
