@@ -89,4 +89,6 @@ from node import decision  # noqa: E402
 d = decision.Decision(h, cfg, node.log, node.sampler)
 node.model_id = d.model_id
 part("decision + model runner + features + model", "board")
+del board
+part("board.json dict released after boot (node.app keeps its name only)", "board")
 print("total %d free %d" % (gc.mem_alloc(), gc.mem_free()))
