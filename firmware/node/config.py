@@ -194,17 +194,20 @@ def _validate(cfg, board):
 
 
 def _check_tuning(cfg):
+    # A section or field left out means its default (the app falls back to the same values).
     for sec in ("log", "mqtt"):
-        d = cfg.get(sec)
+        d = cfg.get(sec, {})
         if not isinstance(d, dict):
             return "%s: must be an object (%s)" % (sec, ", ".join(DEFAULTS[sec]))
         for k in d:
             if k not in DEFAULTS[sec]:
                 return "%s.%s: unknown field (known: %s)" % (sec, k, ", ".join(DEFAULTS[sec]))
     for sec, k, lo, hi, whole in _TUNING:
-        v = cfg[sec].get(k)
-        if not (_is_int(v) if whole else _is_num(v)) or not lo <= v <= hi:
-            return "%s.%s: %r must be %s in %s..%s" % (sec, k, v, "an integer" if whole else "a number", lo, hi)
+        d = cfg.get(sec, {})
+        if k in d:
+            v = d[k]
+            if not (_is_int(v) if whole else _is_num(v)) or not lo <= v <= hi:
+                return "%s.%s: %r must be %s in %s..%s" % (sec, k, v, "an integer" if whole else "a number", lo, hi)
     return None
 
 
