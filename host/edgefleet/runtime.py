@@ -76,16 +76,17 @@ def micropython_env(
 # An ESP32 is a 32-bit machine; the pip-provided unix port is 64-bit, where every pointer, every GC block
 # (32 bytes instead of 16) and every boxed float is twice the size, so the same firmware objects need more
 # heap there. Measured on the whole node (tests/firmware/fullnode.py: sampling, decision with
-# models/basicmotions-rf, flash log, MQTT to mosquitto, status, commands; .mpy): in use after boot 172 KB on
-# the 64-bit port vs 120 KB on a 32-bit unix build of MicroPython 1.29 (1.43); smallest -X heapsize it runs
-# in 203.8 KB vs 144.4 KB (1.41); the sampling stack alone, as source, 83.3 vs 53.7 KB (1.55). A board's
-# heap is emulated on a 64-bit interpreter as heap_bytes x HEAP_FACTOR_64BIT, exact on a 32-bit one. The
-# factor is the smallest ratio measured, so what fits the scaled heap on 64-bit fits the board's on 32-bit.
-HEAP_FACTOR_64BIT = 1.4
+# models/basicmotions-rf, flash log, MQTT to mosquitto, status, commands; .mpy; KB = 1024 bytes): in use
+# 167.9 KB on the 64-bit port vs 116.5 KB on a 32-bit unix build of MicroPython 1.29 (1.44); smallest
+# -X heapsize it runs a minute in, bisected to 1 KB: 196-198 KB vs 141-142 KB (1.38-1.40); the sampling
+# stack alone, as source, 83.3 vs 53.7 KB (1.55). A board's heap is emulated on a 64-bit interpreter as
+# heap_bytes x HEAP_FACTOR_64BIT, exact on a 32-bit one. The factor is the smallest ratio measured, so what
+# fits the scaled heap on 64-bit also fits the board's heap on 32-bit.
+HEAP_FACTOR_64BIT = 1.38
 # What the sim board keeps in the MicroPython heap and an ESP32 does not, measured on the 32-bit build
 # (bench/node_heap.py, `sim` rows, in use after boot): the simulated flash chip's and launcher's code and the
-# chip's two 4 KB sector buffers (16.2 KB), the simulated I2C bus, device models, pins and scenario code
-# and objects (17.7 KB): 33.9 KB, rounded up to 35 KB. Given on top of the board's heap (and scaled with it
+# chip's two 4 KB sector buffers (15.8 KB), the simulated I2C bus, device models, pins and scenario code
+# and objects (17.3 KB): 33.1 KB, rounded up to 35 KB. Given on top of the board's heap (and scaled with it
 # on 64-bit) to every process that runs the sim hardware: `edgefleet node`, the fleet simulator, node tests.
 SIM_MACHINERY_BYTES = 35 * 1024
 # The unix port's ssl (mbedtls) takes its record buffers (16 KB in, 4+ KB out) and handshake state from the
