@@ -3,7 +3,7 @@ smallest -X heapsize it runs in. The figures behind runtime.HEAP_FACTOR_64BIT an
 
     PYTHONPATH=host .venv/bin/python bench/node_heap.py [--mp32 /tmp/micropython32] [--min-heap] [--run-s 15]
 
-Table: one row per boot step (bench/mpy/node_heap_parts.py: gc.mem_alloc() after gc.collect(), minus the
+Table: one row per boot step (tests/firmware/heap_parts.py: gc.mem_alloc() after gc.collect(), minus the
 step before), marked `sim` (only the sim board spends it) or `board` (an ESP32 spends it too), then the
 sums, the ratio 64/32, and with --min-heap the smallest heap (bisected to 1 KB) at which the whole node
 (tests/firmware/fullnode.py: sampling, decision with models/basicmotions-rf, flash log, MQTT to mosquitto,
@@ -27,7 +27,7 @@ from edgefleet.boards import load_board  # noqa: E402
 from edgefleet.broker import Mosquitto  # noqa: E402
 from edgefleet.runtime import find_micropython, interpreter_bits, micropython_env  # noqa: E402
 
-PARTS = ROOT / "bench" / "mpy" / "node_heap_parts.py"
+PARTS = ROOT / "tests" / "firmware" / "heap_parts.py"
 FULLNODE = ROOT / "tests" / "firmware" / "fullnode.py"
 MODEL = ROOT / "models" / "basicmotions-rf" / "model.efm"
 BOARD = load_board("sim")
@@ -91,13 +91,18 @@ def main() -> None:
     total = {b: sums[b]["sim"] + sums[b]["board"] for b in bits}
     print(f"{'total in use after boot':<72} " + " ".join(f"{total[b]:>7}" for b in bits))
     if len(bits) == 2:
-        print(f"ratio 64/32 of what is in use: {total[64] / total[32]:.2f} (board parts {sums[64]['board'] / sums[32]['board']:.2f})")
+        print(
+            f"ratio 64/32 of what is in use: {total[64] / total[32]:.2f} (board parts {sums[64]['board'] / sums[32]['board']:.2f})"
+        )
     if args.min_heap:
         with tempfile.TemporaryDirectory() as d:
             broker = Mosquitto(data_dir=Path(d))
             broker.start()
             try:
-                found = {b: min_heap(mp, broker.url, args.run_s, total[b], 2 * total[b]) for b, mp in zip(bits, mps, strict=True)}
+                found = {
+                    b: min_heap(mp, broker.url, args.run_s, total[b], 2 * total[b])
+                    for b, mp in zip(bits, mps, strict=True)
+                }
             finally:
                 broker.stop()
         for b in bits:

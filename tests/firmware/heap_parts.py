@@ -2,7 +2,7 @@
 # "part <name> <sim|board> <bytes>" per step (gc.mem_alloc after gc.collect, minus the step before).
 # `sim` parts exist only on the sim board (simulated flash chip, littlefs mount of it, launcher, simulated
 # I2C bus / devices / pins / scenario); `board` parts are what an ESP32 spends from its heap too.
-#   micropython -X heapsize=H node_heap_parts.py BOARD_JSON IMAGE MODEL_EFM
+#   micropython -X heapsize=H heap_parts.py BOARD_JSON IMAGE MODEL_EFM
 import gc
 import sys
 
