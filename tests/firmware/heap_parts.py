@@ -54,9 +54,13 @@ from node import app  # noqa: E402
 part("node.app + records flashlog mqtt publisher status commands (code)", "board")
 board = boardmod.load("board.json")
 part("board.json dict", "board")
-cfg, err = app._load_config(board)
+from node import appboot  # noqa: E402
+
+cfg, err = appboot.load_config(board)
 assert err is None, err
 part("config (loaded, module released) + cfg dict", "board")
+del appboot
+app._release_module("appboot")
 node = app.Node(board, cfg, part_log)
 app.current = node
 part("Node: log, buffers, client, publisher, status, commands", "board")
