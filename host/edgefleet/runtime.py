@@ -77,11 +77,12 @@ def micropython_env(
 # (32 bytes instead of 16) and every boxed float is twice the size, so the same firmware objects need more
 # heap there. Measured on the whole node (tests/firmware/fullnode.py: sampling, decision with
 # models/basicmotions-rf, flash log, MQTT to mosquitto, status, commands; .mpy; KB = 1024 bytes): in use
-# 167.9 KB on the 64-bit port vs 116.5 KB on a 32-bit unix build of MicroPython 1.29 (1.44); smallest
-# -X heapsize it runs a minute in, bisected to 1 KB: 196-198 KB vs 141-142 KB (1.38-1.40); the sampling
-# stack alone, as source, 83.3 vs 53.7 KB (1.55). A board's heap is emulated on a 64-bit interpreter as
-# heap_bytes x HEAP_FACTOR_64BIT, exact on a 32-bit one. The factor is the smallest ratio measured, so what
-# fits the scaled heap on 64-bit also fits the board's heap on 32-bit.
+# 167.6 KB on the 64-bit port vs 117.9 KB on a 32-bit unix build of MicroPython 1.29 (1.42); smallest
+# -X heapsize it runs a minute in, bisected to 1 KB: 192 KB vs 133 KB (1.44-1.46), and before the status
+# buffer change 196-198 KB vs 141-142 KB (1.38-1.40); the sampling stack alone, as source, 83.3 vs 53.7 KB
+# (1.55). A board's heap is emulated on a 64-bit interpreter as heap_bytes x HEAP_FACTOR_64BIT, exact on a
+# 32-bit one. The factor is the smallest ratio measured, so what fits the scaled heap on 64-bit also fits
+# the board's heap on 32-bit.
 HEAP_FACTOR_64BIT = 1.38
 # What the sim board keeps in the MicroPython heap and an ESP32 does not, measured on the 32-bit build
 # (bench/node_heap.py, `sim` rows, in use after boot): the simulated flash chip's and launcher's code and the
