@@ -96,7 +96,7 @@ def step(n: int, run_s: float, work: Path) -> dict:
     db = work / "fleet.db"
     ids = [f"node-{i + 1:03d}" for i in range(n)]
     broker = Fleet.secure_broker(work, ids).start()
-    fleet = Fleet(work, n, broker=broker, heap_extra=32 * 1024, status_interval_s=30, config=CONFIG)
+    fleet = Fleet(work, n, broker=broker, status_interval_s=30, config=CONFIG)
     collector = start_collector(fleet.collector_url(), db, work / "collector.log", client_id="bench-collector")
     try:
         fleet.start(stagger_s=0.02)

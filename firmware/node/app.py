@@ -9,14 +9,12 @@
 # process exits with REBOOT_EXIT and the host launcher (edgefleet node) starts it again, as a board would.
 import asyncio
 import gc
-import json
 import sys
 import time
 
 from micropython import const
 
 from node import records as R
-from node.commands import CommandError, Commands
 from node.flashlog import FLUSH_BYTES, FLUSH_MS, FlashLog
 from node.mqtt import MQTTClient
 from node.publisher import Publisher
@@ -25,6 +23,7 @@ from node.status import Status, will
 FW_VERSION = "0.1.0"
 REBOOT_EXIT = const(75)  # sim: "reboot me" exit code; host/edgefleet/node.py restarts the process on it
 CONFIG_PATH = "config.json"
+BOARD_PATH = "board.json"
 BOOT_COUNT_PATH = "boots"
 # Messages of max_batch_bytes in flight. One is enough for a node (~100 B/s of records: a 2 KB message every
 # ~20 s; a 1.5 h backlog drains in ~14 s at 50 ms RTT) and each extra one costs max_batch_bytes of heap.
@@ -57,6 +56,41 @@ def _next_boot():
     return n
 
 
+class _Commands:
+    # The /cmd side, kept small: node.commands (~3 KB of heap as .mpy on a 32-bit board) is imported for each
+    # command and released after it, like node.config, so a node that gets no commands does not pay for it
+    # and one that does pays once at a time (the same transient room set_config needs for node.config).
+    def __init__(self, node):
+        self.node = node
+        self.topic = "%s/%s/cmd" % (node.prefix, node.dev)
+        self.handled = 0
+        self.errors = 0
+
+    def on_message(self, topic, payload):
+        if topic == self.topic:
+            asyncio.create_task(self.handle(payload))
+
+    async def handle(self, payload):
+        from node import commands
+
+        try:
+            c = commands.Commands(self.node)
+            await c.handle(payload)
+            self.handled += c.handled
+            self.errors += c.errors
+        finally:
+            c = None
+            _release_module("commands")
+
+
+def _release_module(name):
+    import node
+
+    sys.modules.pop("node." + name, None)
+    if getattr(node, name, None) is not None:
+        delattr(node, name)
+
+
 def _num(cfg, key, default, lo, hi):
     # Defensive read: in safe mode the config may be anything; fall back rather than fail.
     v = cfg.get(key, default)
@@ -69,7 +103,8 @@ class Node:
     def __init__(
         self, board, cfg, part, error=None, cfg_path=CONFIG_PATH, now_ms=None, link=None, flush=None, mqtt_opts=None
     ):
-        self.board = board
+        # Only the board's name stays: the parsed board.json (~3.4 KB of heap on a 32-bit board) is released
+        # after boot, and set_config reads the file again (BOARD_PATH) for the validation it needs.
         self.board_name = board.get("name", "?")
         self.cfg = cfg
         self.cfg_path = cfg_path
@@ -99,7 +134,7 @@ class Node:
                 self.log.channels[s["name"]] = ch
         self.mqtt = None
         self.publisher = None
-        self.commands = Commands(self)
+        self.commands = _Commands(self)
         self.status = Status(self, _num(cfg, "status_interval_s", 60, 1, 86400))
         broker = cfg.get("broker") or {}
         mq = mqtt_opts or cfg.get("mqtt") or {}  # optional tuning: keepalive_s, backoff_max_s (docs/firmware.md)
@@ -148,10 +183,14 @@ class Node:
         from node import config
 
         try:
-            new, err = config.update(self.cfg_path, self.cfg, changes, self.board)
+            from node import board as boardmod
+
+            new, err = config.update(self.cfg_path, self.cfg, changes, boardmod.load(BOARD_PATH))
         finally:
             _release(config)
         if err:
+            from node.commands import CommandError  # loaded: set_config runs inside a command
+
             raise CommandError("set_config: " + err)
         self.cfg = new
         if "status_interval_s" in changes:
@@ -197,30 +236,6 @@ class Node:
         return REBOOT_EXIT
 
 
-def _load_config(board):
-    # (cfg, error). node.config (fwcore) validates; if even that fails, the raw file may still name the
-    # device and broker, which is enough to connect and report the error.
-    try:
-        from node import config
-
-        try:
-            return config.load(CONFIG_PATH, board)
-        finally:
-            _release(config)
-    except Exception as e:  # noqa: safe mode, never a crash at boot
-        err = "config: %s" % (str(e) or repr(e))
-    cfg = {}
-    try:
-        with open(CONFIG_PATH) as f:
-            raw = json.load(f)
-        for k in ("device_id", "prefix", "broker", "wifi"):
-            if k in raw:
-                cfg[k] = raw[k]
-    except Exception:
-        pass
-    return cfg, err
-
-
 def _release(config):
     # node.config costs ~10 KB of heap and is needed only at boot and for set_config: drop it after use.
     rel = getattr(config, "release", None)
@@ -228,58 +243,16 @@ def _release(config):
         rel()
 
 
-def _log_partition(board):
-    import esp32
-
-    found = esp32.Partition.find(esp32.Partition.TYPE_DATA, label="log")
-    if not found:
-        raise OSError("no 'log' partition on this board's flash (see boards/%s.json)" % board.get("name"))
-    return found[0]
-
-
-def _pipeline(node, board, cfg, scenario):
-    # The seam to fwcore's and model's modules (INTERFACES.md): sensors, sampler and decision stage feeding
-    # node.log (the Sink). Returns the coroutines to run. A failure turns sampling off (safe mode); a model
-    # failure turns the decision stage off. Both keep the node connected with the error in its status.
-    tasks = []
-    try:
-        from node import hw as hwmod
-        from node import sampler as sampmod
-
-        hw = hwmod.build(board, cfg, scenario)
-        node.sampler = sampmod.Sampler(hw, cfg, node.log)
-        tasks.append(node.sampler.run())
-    except Exception as e:  # noqa
-        node._safe("sampling off: %s" % (str(e) or repr(e)))
-        return tasks
-    if cfg.get("model"):
-        try:
-            from node import decision
-
-            d = decision.Decision(hw, cfg, node.log, node.sampler)
-            node.model_id = getattr(d, "model_id", None)
-            tasks.append(d.run())
-        except Exception as e:  # noqa
-            node._safe("decision off: %s" % (str(e) or repr(e)))
-    return tasks
-
-
 async def _boot(part, scenario):
-    from node import board as boardmod
+    # The setup runs in node.appboot, a plain function released after it: its code is needed once, and the
+    # board and config dicts it parsed are garbage once it returns (a coroutine's locals live as long as it
+    # runs).
+    from node import appboot
 
-    board = boardmod.load("board.json")
-    cfg, err = _load_config(board)
-    if part is None:
-        part = _log_partition(board)
-    link = None
-    if not boardmod.is_sim(board):
-        from node.wifi import link_for
-
-        link = link_for(board, cfg)
-    node = Node(board, cfg, part, error=err, link=link)
-    global current
-    current = node
-    tasks = [] if err else _pipeline(node, board, cfg, scenario)
+    try:
+        node, tasks = appboot.setup(part, scenario)
+    finally:
+        _release_module("appboot")
     return await node.run(tasks)
 
 

@@ -24,8 +24,17 @@ DEFAULTS = {
     "ntp_host": "pool.ntp.org",
     "model": "model.efm",
     "rule": {"output": "relay", "on_class": "running"},
+    "log": {"flush_bytes": 256, "flush_s": 5},
+    "mqtt": {"keepalive_s": 30, "backoff_max_s": 60},
 }
-MERGED = ("broker", "wifi", "rates", "log_every")
+MERGED = ("broker", "wifi", "rates", "log_every", "log", "mqtt")
+# numeric tuning fields of the dict sections: (section, field, lo, hi, integer?)
+_TUNING = (
+    ("log", "flush_bytes", 32, 4096, True),
+    ("log", "flush_s", 0.1, 3600, False),
+    ("mqtt", "keepalive_s", 5, 3600, True),
+    ("mqtt", "backoff_max_s", 1, 3600, False),
+)
 # highest sampling rate per sensor kind when the board file gives no max_rate_hz
 MAX_RATE = {"dht22": 0.5, "bme280": 25, "adc": 100, "mpu6050": 100}
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
@@ -175,10 +184,31 @@ def _validate(cfg, board):
     v = cfg.get("ntp_host")
     if not (v is None or (isinstance(v, str) and v and " " not in v)):
         return "ntp_host: %r must be a host name or null" % (v,)
+    err = _check_tuning(cfg)
+    if err:
+        return err
     v = cfg.get("model")
     if not (v is None or (isinstance(v, str) and v and len(v) <= 64)):
         return "model: %r must be a file name or null (decision stage off)" % (v,)
     return _check_rule(cfg.get("rule"), board)
+
+
+def _check_tuning(cfg):
+    # A section or field left out means its default (the app falls back to the same values).
+    for sec in ("log", "mqtt"):
+        d = cfg.get(sec, {})
+        if not isinstance(d, dict):
+            return "%s: must be an object (%s)" % (sec, ", ".join(DEFAULTS[sec]))
+        for k in d:
+            if k not in DEFAULTS[sec]:
+                return "%s.%s: unknown field (known: %s)" % (sec, k, ", ".join(DEFAULTS[sec]))
+    for sec, k, lo, hi, whole in _TUNING:
+        d = cfg.get(sec, {})
+        if k in d:
+            v = d[k]
+            if not (_is_int(v) if whole else _is_num(v)) or not lo <= v <= hi:
+                return "%s.%s: %r must be %s in %s..%s" % (sec, k, v, "an integer" if whole else "a number", lo, hi)
+    return None
 
 
 def _check_rule(rule, board):

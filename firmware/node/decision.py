@@ -140,9 +140,10 @@ def attach(runner, cfg, hw, sink, sampler):
     return d, None
 
 
-def setup(cfg, hw, sink, sampler, model_dir=""):
-    # The stage from the config: (None, None) when no model is configured (stage off), (Decision, None)
-    # when running, (None, error) when the model cannot be used (the app then runs in safe mode).
+def load_runner(cfg, model_dir=""):
+    # (runner, None); (None, None) when no model is configured; (None, error) when it cannot be used. The app
+    # calls this early in boot, while the heap is least fragmented: loading needs the loader's code in one
+    # piece (node.modelload, released afterwards).
     name = cfg.get("model")
     if not name:
         return None, None
@@ -152,9 +153,19 @@ def setup(cfg, hw, sink, sampler, model_dir=""):
         return None, "model runner (node.model) is not installed on this node"
     path = model_dir + "/" + name if model_dir else name
     try:
-        runner = model.load(path)
+        return model.load(path), None
     except Exception as e:  # noqa: BLE001 - ModelError, and OSError for a missing file: both a clear error
         return None, "model %s: %s" % (path, e)
+
+
+def setup(cfg, hw, sink, sampler, model_dir="", runner=None):
+    # The stage from the config: (None, None) when no model is configured (stage off), (Decision, None)
+    # when running, (None, error) when the model cannot be used (the app then runs in safe mode).
+    # runner: one already loaded by load_runner(cfg).
+    if runner is None:
+        runner, err = load_runner(cfg, model_dir)
+        if runner is None:
+            return None, err
     return attach(runner, cfg, hw, sink, sampler)
 
 
@@ -162,8 +173,8 @@ class Decision:
     # The app's handle on the stage: built from the config, raises DecisionError with a clear message when
     # the model cannot be used. The stage runs inside the sampler's task (it is a listener), so run() only
     # keeps the app's task list uniform.
-    def __init__(self, hw, cfg, sink, sampler, model_dir=""):
-        stage, err = setup(cfg, hw, sink, sampler, model_dir)
+    def __init__(self, hw, cfg, sink, sampler, model_dir="", runner=None):
+        stage, err = setup(cfg, hw, sink, sampler, model_dir, runner)
         if err:
             raise DecisionError(err)
         self.stage = stage

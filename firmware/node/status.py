@@ -2,8 +2,31 @@
 # status_interval_s. The last will (state offline) is built here too, so both sides of the pair live together.
 import asyncio
 import gc
+import io
 import json
 import time
+
+from micropython import const
+
+# A status message is ~400 bytes of JSON. Encoded into this preallocated buffer, not into a new string (and
+# its bytes copy): on a heap fragmented by the .mpy loader, a few hundred contiguous bytes can be the one
+# thing that is missing (measured: the node then failed only its status publish).
+STATUS_BUF = const(768)
+
+
+class _Into(io.IOBase):
+    # A stream json.dump writes into, piece by piece, filling a preallocated bytearray.
+    def __init__(self, buf):
+        self.buf = buf
+        self.n = 0
+
+    def write(self, s):
+        n = len(s)
+        if self.n + n > len(self.buf):
+            raise ValueError("status longer than %d bytes" % len(self.buf))
+        self.buf[self.n : self.n + n] = s
+        self.n += n
+        return n
 
 
 def will(dev, prefix):
@@ -16,6 +39,9 @@ class Status:
         self.interval_s = interval_s
         self.topic = "%s/%s/status" % (node.prefix, node.dev)
         self.sent = 0
+        self._out = _Into(bytearray(STATUS_BUF))
+        self._pid = None  # the status message in flight, whose bytes are the buffer's
+        self._busy = False
 
     def payload(self):
         n = self.node
@@ -52,10 +78,24 @@ class Status:
         }
 
     async def publish(self):
-        if self.node.mqtt is None:
+        mq = self.node.mqtt
+        if mq is None:
             return
-        await self.node.mqtt.publish(self.topic, json.dumps(self.payload()), 1, True)
-        self.sent += 1
+        if self._busy or (self._pid is not None and self._pid in mq._inflight):
+            return  # the last status is being sent or not acknowledged yet (resent on reconnect): buffer busy
+        self._busy = True
+        try:
+            out = self._out
+            out.n = 0
+            try:
+                json.dump(self.payload(), out)
+                payload = memoryview(out.buf)[: out.n]
+            except ValueError:  # a very long error text: a one-off string
+                payload = json.dumps(self.payload())
+            self._pid = await mq.publish(self.topic, payload, 1, True)
+            self.sent += 1
+        finally:
+            self._busy = False
 
     async def run(self):
         # Periodic status; the one on connect is sent by the node's on_connect.

@@ -44,7 +44,6 @@ FAULT_LABELS = ("stuck", "unplugged", "range")
 # Heap on top of the board's (scaled for the 64-bit unix port) for what the sim board runs and a board does not:
 # the simulated I2C bus and device models, the scenario/replay and the file-backed flash. Without it the node
 # with the model does not fit (docs/demo.md, Heap).
-SIM_HARDWARE_HEAP = 32 * 1024
 
 
 # ---------------------------------------------------------------- setup
@@ -504,7 +503,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     fleet = None
     try:
         fleet = Fleet(work, n, broker=broker, model=model_dir, scenarios=[p.scenario for p in plans],
-                      heap_extra=SIM_HARDWARE_HEAP, status_interval_s=5)  # fmt: skip
+                      status_interval_s=5)  # fmt: skip
         collector = start_collector(fleet.collector_url(), db, work / "collector.log")
         log.info("collector -> %s (log %s)", db, work / "collector.log")
         fleet.start()

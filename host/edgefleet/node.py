@@ -1,7 +1,7 @@
 """`edgefleet node`: run one simulated node on the MicroPython unix port, in the foreground.
 
 The node is the same firmware a board runs (compiled to .mpy, heap limited with -X heapsize to the board's
-plus what the simulated hardware itself needs, SIM_HEAP_EXTRA),
+plus the measured cost of the simulated hardware, scaled for a 64-bit interpreter: runtime.unix_heap_bytes),
 started through node/sim/launch.py, which mounts the simulated flash image as the node's filesystem. A
 `reboot` command makes the firmware exit with REBOOT_EXIT; like a board's reset, we start it again on the
 same flash. Ctrl-C stops it: the node flushes its log and the broker publishes its last will (offline).
@@ -22,17 +22,12 @@ from urllib.parse import urlsplit
 
 from .boards import Board, load_board
 from .errors import EdgefleetError
-from .runtime import find_micropython, micropython_env
+from .runtime import find_micropython, micropython_env, unix_heap_bytes
 
 log = logging.getLogger(__name__)
 
 # Must equal REBOOT_EXIT in firmware/node/app.py: the firmware's "reset me" on the sim board.
 REBOOT_EXIT = 75
-# Heap on top of the board's. The sim board spends RAM a board does not: the simulated I2C bus, device models,
-# pins and scenario (~28 KB as .mpy, ~35 KB once hw.build ran), the simulated flash chip, its littlefs mount
-# and the launcher (~16 KB). Measured with main's sensor side merged: the whole sim node uses ~162 KB after
-# boot, so the firmware alone is above the devkitc's 110 KB as plain .mpy files (see docs/firmware.md, Heap).
-SIM_HEAP_EXTRA = 96 * 1024
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -75,11 +70,17 @@ def check_flash_path(path: Path, board: Board) -> Path:
     return path
 
 
+def node_heap_bytes(board: Board, broker: str) -> int:
+    """The board's heap, plus the sim hardware (and TLS buffers the unix port keeps in the heap): one policy,
+    runtime.unix_heap_bytes, for every process that runs a sim node."""
+    return unix_heap_bytes(board.heap_bytes, sim_machinery=True, tls=broker.startswith("mqtts://"))
+
+
 def node_argv(board: Board, flash: Path, device_id: str, broker: str, scenario: Path | None) -> list[str]:
     args = [str(board.path), str(flash.resolve()), device_id, broker]
     if scenario is not None:
         args.append(str(scenario.resolve()))
-    heap = board.heap_bytes + SIM_HEAP_EXTRA
+    heap = node_heap_bytes(board, broker)
     return [find_micropython(), "-X", f"heapsize={heap}", "-m", "node.sim.launch", *args]
 
 
@@ -127,13 +128,13 @@ def _cmd_node(args: argparse.Namespace) -> int:
             raise EdgefleetError(f"scenario file {scenario} does not exist or is not readable")
     argv = node_argv(board, flash, args.device_id, broker, scenario)
     log.info(
-        "node %s on %s, broker %s, flash %s (heap: board %d + sim hardware %d bytes)",
+        "node %s on %s, broker %s, flash %s (heap: board %d bytes -> -X heapsize=%d with the sim hardware)",
         args.device_id,
         board.name,
         broker,
         flash,
         board.heap_bytes,
-        SIM_HEAP_EXTRA,
+        node_heap_bytes(board, broker),
     )
     # MicroPython looks in the current directory first: run from an empty one, so a node.py or node/ in the
     # user's directory cannot shadow the firmware (the firmware's tree must stay on the absolute MICROPYPATH:

@@ -193,7 +193,9 @@ class Fleet:
         self.prefix = prefix
         self.status_interval_s = status_interval_s
         self.extra_config = config or {}
-        self.heap = (heap_bytes or unix_heap_bytes(self.board.heap_bytes)) + heap_extra
+        # the board's heap on this interpreter plus the sim hardware a board does not carry (runtime's policy)
+        tls = self.broker_url.startswith("mqtts://")
+        self.heap = (heap_bytes or unix_heap_bytes(self.board.heap_bytes, sim_machinery=True, tls=tls)) + heap_extra
         self.seed = seed
         self._lock = threading.RLock()
         self._stop_monitor = threading.Event()

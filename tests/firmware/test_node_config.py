@@ -33,6 +33,14 @@ BAD = (
     ({"rule": {"output": "led", "on_class": "a", "on_anomaly_over": 0.5}}, "rule"),
     ({"rule": {"output": "led", "on_anomaly_over": "high"}}, "rule.on_anomaly_over"),
     ({"colour": "red"}, "colour"),
+    ({"log": {"flush_bytes": 8}}, "log.flush_bytes"),
+    ({"log": {"flush_bytes": 256.5}}, "log.flush_bytes"),
+    ({"log": {"flush_s": 0}}, "log.flush_s"),
+    ({"log": {"size": 1}}, "log.size"),
+    ({"log": 5}, "log"),
+    ({"mqtt": {"keepalive_s": 1}}, "mqtt.keepalive_s"),
+    ({"mqtt": {"backoff_max_s": "x"}}, "mqtt.backoff_max_s"),
+    ({"mqtt": {"qos": 2}}, "mqtt.qos"),
 )
 
 
@@ -46,6 +54,11 @@ def test_defaults_are_valid_and_merge(sim_board, workdir):
     assert cfg["device_id"] == "node-042" and cfg["rates"]["imu"] == 50 and cfg["rates"]["env"] == 1
     assert cfg["broker"]["url"] == "mqtts://broker.example:8883" and cfg["broker"]["username"] is None
     assert cfg["rule"] == {"output": "relay", "on_class": "running"}
+    # the app's tuning sections (docs/firmware.md) merge key by key like the others
+    write_json(p, {"log": {"flush_s": 1}, "mqtt": {"keepalive_s": 60}})
+    cfg, err = config.load(p, b)
+    assert err is None, err
+    assert cfg["log"] == {"flush_bytes": 256, "flush_s": 1} and cfg["mqtt"] == {"keepalive_s": 60, "backoff_max_s": 60}
 
 
 def test_each_bad_config_names_its_field(sim_board):

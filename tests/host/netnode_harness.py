@@ -17,17 +17,13 @@ import paho.mqtt.client as mqtt
 
 from edgefleet.boards import load_board
 from edgefleet.node import REBOOT_EXIT
-from edgefleet.runtime import find_micropython, micropython_env
+from edgefleet.runtime import find_micropython, micropython_env, unix_heap_bytes
 
 HERE = Path(__file__).parent
 HELPER = HERE.parent / "firmware" / "netnode.py"  # MicroPython, beside the firmware tests
 SIM = load_board("sim")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 EVENT_KINDS = {"class", "anomaly", "forecast", "fault"}
-# What the simulated flash chip (two 4 KB buffers), its littlefs mount and the launcher cost (~16 KB measured):
-# heap a board does not spend, given on top of the board's so the node has what a board has. The log+publish
-# path alone is held to the board's heap without it (tests/firmware/test_net_heap.py).
-SIM_FLASH_HEAP = 16 * 1024
 
 
 class NetNode:
@@ -42,9 +38,11 @@ class NetNode:
         flush_bytes: int = 256,
         flush_s: float = 0.5,
         event_every: int = 0,
-        heap_extra: int = 0,
     ) -> None:
-        self.heap = SIM.heap_bytes + SIM_FLASH_HEAP + heap_extra
+        # The one heap policy (runtime.unix_heap_bytes): the board's heap plus the sim machinery (this node
+        # runs the simulated flash, not the simulated sensors) and, over TLS, the mbedtls buffers the unix port
+        # takes from the MicroPython heap; scaled on a 64-bit interpreter.
+        self.heap = unix_heap_bytes(SIM.heap_bytes, sim_machinery=True, tls=url.startswith("mqtts://"))
         self.image = workdir / f"{dev}.img"
         self.dev = dev
         self.url = url

@@ -294,11 +294,10 @@ def test_tls_broker_with_ca_verification(tmp_path):
             check=True, capture_output=True,
         )  # fmt: skip
         # On an ESP32 mbedtls takes its TLS buffers from the IDF heap, outside MicroPython's; on the unix
-        # port they come out of the MicroPython heap, so these nodes get that on top of the board's heap.
-        extra = 48 * 1024
-        good = NetNode(tmp_path, "t1", f"mqtts://127.0.0.1:{port}", rate_hz=5, heap_extra=extra)
+        # port they come out of the MicroPython heap: NetNode gives mqtts:// nodes runtime.TLS_HEAP_BYTES more.
+        good = NetNode(tmp_path, "t1", f"mqtts://127.0.0.1:{port}", rate_hz=5)
         good.args.append(str(ca))
-        bad = NetNode(tmp_path, "t2", f"mqtts://127.0.0.1:{port}", rate_hz=5, heap_extra=extra)
+        bad = NetNode(tmp_path, "t2", f"mqtts://127.0.0.1:{port}", rate_hz=5)
         bad.args.append(str(wrong_ca))
         nodes += [good, bad]
         good.start()

@@ -18,7 +18,6 @@ from edgefleet.paths import models_dir
 from edgefleet.simulate import POWER_CUT_WINDOW, Fleet, activity_scenario, basicmotions_replay, fault_scenario
 
 MODEL = models_dir() / "basicmotions-rf"
-HEAP_EXTRA = 32 * 1024
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -38,7 +37,7 @@ def _wait(pred, timeout: float, what: str) -> None:
 def test_simulate_cli_runs_nodes_with_the_model_and_per_device_logins(tmp_path: Path) -> None:
     work = tmp_path / "sim"
     r = _cli("simulate", "--devices", "2", "--duration", "15", "--model", str(MODEL), "--workdir", str(work),
-             "--status-interval", "3", "--heap-extra", str(HEAP_EXTRA))  # fmt: skip
+             "--status-interval", "3")  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     lines = {ln.split(":")[0]: ln for ln in r.stdout.splitlines() if ln.startswith("node-")}
     assert set(lines) == {"node-001", "node-002"}, r.stdout
@@ -111,7 +110,7 @@ def test_replay_scenario_has_labelled_segments(tmp_path: Path) -> None:
 def test_fleet_reboot_command_restarts_node_and_kill_restart_keep_seq(mqtt_broker, tmp_path: Path) -> None:
     """A `reboot` command makes the node exit 75; the fleet boots it again on the same flash. A SIGKILL leaves it
     down until restart(); after both, seq continues (never goes back) and the flash log is readable."""
-    fleet = Fleet(tmp_path / "w", 1, broker=mqtt_broker, status_interval_s=2, heap_extra=HEAP_EXTRA)
+    fleet = Fleet(tmp_path / "w", 1, broker=mqtt_broker, status_interval_s=2)
     try:
         fleet.start()
         _wait(lambda: fleet.counters().get("node-001", {}).get("published", 0) > 3, 30, "first records published")

@@ -67,7 +67,6 @@ class SimADC:
 class World:
     # The simulated board: what a test pokes at (scenario time, unplugging, output pins, device models).
     def __init__(self, board, scenario):
-        self.board = board
         self.scenario = scenario
         self._kinds = {s["name"]: s["type"] for s in board["sensors"]}
         self.buses = {}

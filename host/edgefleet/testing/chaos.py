@@ -122,7 +122,7 @@ def run_chaos(
     outage_s: float = 30,
     seed: int = 7,
     model: Path | None = None,
-    heap_extra: int = 32 * 1024,
+    heap_extra: int = 0,
 ) -> ChaosResult:
     """One fleet run with every fault; returns the figures (callers assert / print them)."""
     rnd = random.Random(seed)

@@ -47,7 +47,7 @@ class VirtualBoard:
         self.board = board
         self.flash_path = Path(flash_path)
         # the unix port's heap for this board (scaled on a 64-bit interpreter, see runtime.unix_heap_bytes)
-        self.heap_bytes = heap_bytes or unix_heap_bytes(board.heap_bytes)
+        self.heap_bytes = heap_bytes or unix_heap_bytes(board.heap_bytes, source=True)  # a REPL compiles source
         self.banner = (
             f"MicroPython v1.29.0 on virtual board {board.name}; {board.chip} with unix\r\n"
             'Type "help()" for more information.\r\n'
