@@ -25,33 +25,19 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
+from . import nodeconfig
 from .boards import Board, load_board
 from .errors import EdgefleetError
 from .paths import firmware_dir, project_root
 
 log = logging.getLogger(__name__)
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 CHUNK = 512  # bytes per raw-REPL write; a few hundred bytes keep each exec well inside a 110 KB heap
 # Firmware trees that are not node code on a board: C sources (built separately into .mpy modules).
 SKIP_DIRS = {"cmodule", "lib_src"}
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "device_id": "node-001",
-    "prefix": "edgefleet",
-    "broker": {"url": "mqtt://127.0.0.1:1883", "username": None, "password": None, "ca": None},
-    "wifi": {"ssid": "", "password": ""},
-    "rates": {"env": 1, "imu": 10, "soil": 1, "air": 0.5},
-    "log_every": {"env": 1, "imu": 10, "soil": 10, "air": 2},
-    "status_interval_s": 60,
-    "max_batch_bytes": 2048,
-    "ntp_host": "pool.ntp.org",
-    "model": None,
-    "rule": {"output": "led", "on_anomaly_over": 0.8},
-}
 
 # Config entries a config file replaces whole instead of merging into the default.
-REPLACED_KEYS = {"rule"}
 
 # The snippet that runs ON the board: sha256 of each named file (None if absent) and, for the directories we
 # own, every file that is there, so stale modules from an older firmware can be removed.
@@ -206,32 +192,25 @@ class Plan:
     owned_dirs: tuple[str, ...] = ("/node",)
 
 
-def node_config(device_id: str, config_file: Path | None, broker: str | None, model: bool) -> dict[str, Any]:
-    if not DEVICE_ID.match(device_id):
-        raise EdgefleetError(f"invalid device id {device_id!r}", hint="1-32 characters of A-Z a-z 0-9 _ -")
-    cfg = json.loads(json.dumps(DEFAULT_CONFIG))
+def node_config(
+    board: Board, device_id: str, config_file: Path | None, broker: str | None, model: Path | None
+) -> dict[str, Any]:
+    """config.json for the board: the node's defaults, the user's file, the flags; checked by the node's rules."""
+    overrides: dict[str, Any] = {}
     if config_file is not None:
         try:
-            user = json.loads(config_file.read_text())
+            overrides = json.loads(config_file.read_text())
         except FileNotFoundError:
             raise EdgefleetError(f"no such config file: {config_file}") from None
         except json.JSONDecodeError as e:
             raise EdgefleetError(f"config file {config_file} is not valid JSON: line {e.lineno}: {e.msg}") from None
-        if not isinstance(user, dict):
+        if not isinstance(overrides, dict):
             raise EdgefleetError(f"config file {config_file} must hold a JSON object")
-        for k, v in user.items():
-            # settings groups (broker, wifi, rates, ...) merge key by key; a rule is one choice, so it replaces
-            # the default whole ({"on_class": ...} must not inherit the default's "on_anomaly_over")
-            merge = k not in REPLACED_KEYS and isinstance(cfg.get(k), dict) and isinstance(v, dict)
-            cfg[k] = {**cfg[k], **v} if merge else v
-    cfg["device_id"] = device_id
     if broker:
         if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", broker):
             raise EdgefleetError(f"invalid broker URL {broker!r}", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
-        cfg["broker"]["url"] = broker
-    if model:
-        cfg["model"] = "model.efm"
-    return cfg
+        overrides["broker"] = {**overrides.get("broker", {}), "url": broker}
+    return nodeconfig.build(board, device_id, overrides, model)
 
 
 def model_file(model: str) -> Path:
@@ -361,7 +340,7 @@ def deploy(link: Link, plan: Plan, progress: bool = True) -> DeployResult:
 def run_deploy(args: argparse.Namespace) -> DeployResult:
     board = load_board(args.board)
     model = model_file(args.model) if args.model else None
-    cfg = node_config(args.device_id, Path(args.config) if args.config else None, args.broker, model is not None)
+    cfg = node_config(board, args.device_id, Path(args.config) if args.config else None, args.broker, model)
     plan = build_plan(board, cfg, model, [Path(m) for m in args.cmodule or []])
     link = open_link(args.transport, args.port, args.baud)
     ok = False

@@ -7,25 +7,17 @@ shared file under CPython, and tests/firmware/test_features_node.py that the nod
 
 from __future__ import annotations
 
-import importlib.util
 from array import array
-from functools import cache
 from types import ModuleType
 
 import numpy as np
 
-from .paths import firmware_dir
+from .firmware_shared import firmware_module
 
 
-@cache
 def shared() -> ModuleType:
     """firmware/node/features.py imported under CPython (the same file the node runs)."""
-    path = firmware_dir() / "node" / "features.py"
-    spec = importlib.util.spec_from_file_location("edgefleet_node_features", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return firmware_module("node/features.py")
 
 
 def names(channels: list[str] | tuple[str, ...]) -> list[str]:

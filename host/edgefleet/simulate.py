@@ -39,6 +39,7 @@ from .boards import Board, load_board
 from .broker import Mosquitto, render_acl
 from .errors import EdgefleetError
 from .node import REBOOT_EXIT, check_broker_url
+from .nodeconfig import rule_for_model
 from .paths import project_root
 from .runtime import find_micropython, micropython_env, unix_heap_bytes
 
@@ -307,19 +308,8 @@ class Fleet:
             cfg["broker"]["password"] = self.credentials()[nd.device_id]
         cfg.update(self.extra_config)
         if self.model and "rule" not in self.extra_config:
-            cfg["rule"] = self._rule_for_model()
+            cfg["rule"] = rule_for_model(self.model)
         return cfg
-
-    def _rule_for_model(self) -> dict | None:
-        manifest = self.model.parent / "manifest.json" if self.model else None
-        if manifest and manifest.is_file():
-            m = json.loads(manifest.read_text())
-            if m.get("task") == "classify" and m.get("classes"):
-                on = "running" if "running" in m["classes"] else m["classes"][0]
-                return {"output": "relay", "on_class": on}
-            if m.get("task") == "anomaly":
-                return {"output": "led", "on_anomaly_over": 0.8}
-        return None
 
     def _mpy(self, args: Sequence[str], timeout: float = 60) -> str:
         argv = [find_micropython(), "-X", f"heapsize={max(self.heap, 256 * 1024)}", *args]

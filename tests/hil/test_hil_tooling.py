@@ -28,7 +28,9 @@ def test_deploy_puts_every_file_with_the_right_hash(hil_board, deployed_node):
     result = deployed_node.result
     if hil_board.is_virtual:
         assert result.copied and not result.unchanged  # a fresh flash image: everything was sent
-    plan = build_plan(hil_board.board, node_config(deployed_node.device_id, None, None, False), None, [])
+    plan = build_plan(
+        hil_board.board, node_config(hil_board.board, deployed_node.device_id, None, None, None), None, []
+    )
     for path in ["/board.json", *[p for p in plan.files if p.startswith("/node/")][:5]]:
         assert board_sha256(hil_board, path) == hashlib.sha256(plan.files[path]).hexdigest(), path
     cfg = json.loads(hil_board.mpremote("fs", "cat", ":config.json").stdout)

@@ -39,18 +39,39 @@ def test_deploy_with_ampy_then_mpremote_sees_nothing_to_copy(vboard, tmp_path, c
 
 
 def test_node_config_merges_file_and_flags(tmp_path):
-    from edgefleet.deploy import node_config
+    from edgefleet.boards import load_board
+    from edgefleet.deploy import model_file, node_config
 
+    board = load_board("esp32-devkitc")
+    model = model_file("models/basicmotions-rf")
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"broker": {"username": "n1", "password": "pw"}, "wifi": {"ssid": "x", "password": "y"}}))
-    cfg = node_config("n1", f, "mqtts://broker.example:8883", model=True)
+    cfg = node_config(board, "n1", f, "mqtts://broker.example:8883", model)
     assert cfg["broker"] == {"url": "mqtts://broker.example:8883", "username": "n1", "password": "pw", "ca": None}
     assert cfg["wifi"]["ssid"] == "x" and cfg["model"] == "model.efm" and cfg["device_id"] == "n1"
+    assert cfg["rule"] == {"output": "relay", "on_class": "running"}  # from the model's manifest
     # a rule replaces the default rule: merged, it would hold both on_anomaly_over and on_class (invalid)
-    f.write_text(json.dumps({"rule": {"output": "relay", "on_class": "running"}, "rates": {"imu": 20}}))
-    cfg = node_config("n1", f, None, model=True)
-    assert cfg["rule"] == {"output": "relay", "on_class": "running"}
+    f.write_text(json.dumps({"rule": {"output": "led", "on_anomaly_over": 0.5}, "rates": {"imu": 20}}))
+    cfg = node_config(board, "n1", f, None, model)
+    assert cfg["rule"] == {"output": "led", "on_anomaly_over": 0.5}
     assert cfg["rates"]["imu"] == 20 and cfg["rates"]["env"] == 1
+    # without a model the decision stage is off
+    assert node_config(board, "n1", None, None, None)["model"] is None
+
+
+def test_node_config_is_checked_by_the_nodes_own_rules(tmp_path):
+    """A config the node would reject (and boot into safe mode with) is refused on the host, same message."""
+    from edgefleet.boards import load_board
+    from edgefleet.deploy import node_config
+    from edgefleet.errors import EdgefleetError
+
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"rates": {"air": 5}}))  # a DHT22 cannot be read 5 times a second
+    with pytest.raises(EdgefleetError, match="rates"):
+        node_config(load_board("esp32-devkitc"), "n1", f, None, None)
+    f.write_text(json.dumps({"rates": {"nosuch": 1}}))
+    with pytest.raises(EdgefleetError, match="nosuch"):
+        node_config(load_board("esp32-devkitc"), "n1", f, None, None)
 
 
 @pytest.mark.parametrize(

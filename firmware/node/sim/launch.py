@@ -12,20 +12,9 @@ from node.sim.flash import mount_vfs, open_board_flash
 
 
 def default_config(device_id, broker_url):
-    # The documented defaults (INTERFACES.md); node.config validates it like any config.
-    return {
-        "device_id": device_id,
-        "prefix": "edgefleet",
-        "broker": {"url": broker_url, "username": None, "password": None, "ca": None},
-        "wifi": {"ssid": "", "password": ""},
-        "rates": {"env": 1, "imu": 10, "soil": 1, "air": 0.5},
-        "log_every": {"env": 1, "imu": 10, "soil": 10, "air": 2},
-        "status_interval_s": 60,
-        "max_batch_bytes": 2048,
-        "ntp_host": "pool.ntp.org",
-        "model": None,
-        "rule": None,
-    }
+    # Only what the command line decides; node.config merges the file over its own DEFAULTS at boot, so the
+    # defaults stay defined once. No model: the decision stage is off until one is provisioned.
+    return {"device_id": device_id, "broker": {"url": broker_url}, "model": None, "rule": None}
 
 
 def _exists(path):
