@@ -54,7 +54,7 @@ def load_model(cfg):
 
 
 def pipeline(node, board, cfg, scenario, runner=None, model_err=None):
-    # The seam to fwcore's and model's modules (INTERFACES.md): sensors, sampler and decision stage feeding
+    # The seam to the sensing and model modules: sensors, sampler and decision stage feeding
     # node.log (the Sink). Returns the coroutines to run. A failure turns sampling off (safe mode); a model
     # failure turns the decision stage off. Both keep the node connected with the error in its status.
     tasks = []

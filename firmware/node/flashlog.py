@@ -317,7 +317,7 @@ class FlashLog:
             self.flush()
 
     def reading(self, sensor_name, ts_ms, flags, channels, values):
-        # Sink API (INTERFACES.md): log one reading, return its seq.
+        # Sink API (docs/architecture.md): log one reading, return its seq.
         n = len(channels)
         if sensor_name not in self.channels:
             self.channels[sensor_name] = tuple(channels)

@@ -26,7 +26,7 @@ MAX_SIZE = const(256)
 MIN_DATA_SIZE = const(27)  # smallest reading (1-char name, 1 channel); events are larger
 _NONE = const(255)
 
-# Channels per sensor kind (INTERFACES.md), so records stay decodable after a reboot.
+# Channels per sensor kind (docs/sensors.md), so records stay decodable after a reboot.
 KIND_CHANNELS = {
     "bme280": ("temperature", "humidity", "pressure"),
     "mpu6050": ("ax", "ay", "az", "gx", "gy", "gz"),

@@ -2,7 +2,7 @@
 
 What goes on the board (paths on the board's flash root): boot.py, main.py, the node package as .mpy compiled
 for the board's arch (firmware_build, the same tree the unix-port runs use), board.json (the board definition,
-which the node reads and which the next deploy checks), config.json (the node config, see INTERFACES "Node
+which the node reads and which the next deploy checks), config.json (the node config, see docs/sensors.md "Node
 config"), model.efm when --model is given, and C module .mpy files built for the board's arch (from
 build/cmodule/<arch>/) into /lib. Only files whose sha256 differs from the board's copy are sent, and every
 file is hashed again on the board afterwards: a deploy that reports success has verified every byte.

@@ -1,6 +1,6 @@
 """`edgefleet export`: readings from the collector's database to the training CSV (docs/data-format.md).
 
-Format (INTERFACES.md "Export CSV"): UTF-8, header `device,seq,ts_ms,sensor,flags,label,<channel>...`, one row per
+Format (docs/data-format.md): UTF-8, header `device,seq,ts_ms,sensor,flags,label,<channel>...`, one row per
 reading record sorted by device then seq, channel columns = union over the exported sensors (empty where a record
 has no such channel), label empty (the user fills it). Two passes over the database: the first finds the channel
 columns, the second streams rows, so memory stays flat for any export size.

@@ -1,4 +1,4 @@
-# Helpers shared by fwcore's MicroPython tests: a recording sink (the sink contract of INTERFACES.md, kept
+# Helpers shared by the sensing MicroPython tests: a recording sink (the sink contract in docs/architecture.md, kept
 # in memory), a sink that discards, and building the sim hardware with a scenario dict.
 import gc
 import json

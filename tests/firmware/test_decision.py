@@ -1,4 +1,4 @@
-# The decision stage with runner stubs that honour node.model's interface (INTERFACES.md: model_id, task,
+# The decision stage with runner stubs that honour node.model's interface (docs/model-file.md: model_id, task,
 # classes, sensor, channels, window, hop, threshold, infer(window) -> (index, score)).
 from fwcore_helpers import CountSink, sim_hw
 from node import decision
