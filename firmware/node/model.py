@@ -61,6 +61,36 @@ def _tree_leaves(nodes: ptr16, roots: ptr16, n_trees: int, q: ptr16, out: ptr16)
 
 
 @micropython.viper
+def _tree_vote(nodes: ptr16, roots: ptr16, n_trees: int, q: ptr16, leaves: ptr8, votes: ptr16, n_classes: int) -> int:
+    # Hard vote over emlearn's expanded nodes (4 x int16 each, as _tree_leaves walks them); the format a
+    # model file has when its trees are too large for the compact 6-byte nodes.
+    for c in range(n_classes):
+        votes[c] = 0
+    for t in range(n_trees):
+        i = int(roots[t])
+        while True:
+            b = i << 2
+            f = int(nodes[b]) & 0xFF
+            if (int(q[f]) ^ 0x8000) < (int(nodes[b + 1]) ^ 0x8000):
+                c = int(nodes[b + 2])
+            else:
+                c = int(nodes[b + 3])
+            if c & 0x8000:
+                leaf = 0xFFFF - c
+                break
+            i += c
+        cls = int(leaves[leaf])
+        votes[cls] = int(votes[cls]) + 1
+    best = -1
+    most = 0
+    for c in range(n_classes):
+        if int(votes[c]) > most:
+            most = int(votes[c])
+            best = c
+    return best
+
+
+@micropython.viper
 def _tree_vote6(nodes: ptr8, roots: ptr16, n_trees: int, q: ptr16, leaves: ptr8, votes: ptr16, n_classes: int) -> int:
     # _tree_vote on compact nodes, in place: 6 bytes each (u8 feature, u8 left leaf or 0xFF = next node,
     # i16 threshold, i16 right); same decisions as emlearn's expanded nodes.

@@ -328,7 +328,7 @@ def test_train_from_export_csv(tmp_path):
         train(_args(tmp_path, "rf", data=str(csv_path)))
 
 
-def _digits_forest(tmp_path: Path, trees: int):
+def _digits_forest(tmp_path: Path, trees: int, compact: bool = True):
     import emlearn
     from sklearn.datasets import load_digits
     from sklearn.ensemble import RandomForestClassifier
@@ -338,13 +338,26 @@ def _digits_forest(tmp_path: Path, trees: int):
     rf = RandomForestClassifier(n_estimators=trees, max_leaf_nodes=100, random_state=2)
     rf.fit(scaling.apply(x).astype(float), y)
     conv = modelfile.integer_thresholds(rf)
-    body = modelfile.trees_body(conv)
+    body = modelfile.trees_body(conv, compact=compact)
     mf = modelfile.ModelFile("big", "classify", "bench", (), 0, 0, 64, scaling, modelfile.KIND_TREES, body,
                              tuple(map(str, rf.classes_)))  # fmt: skip
-    efm = tmp_path / f"forest{trees}.efm"
+    efm = tmp_path / f"forest{trees}{'' if compact else '-expanded'}.efm"
     modelfile.write(efm, mf)
     emlearn.convert(conv, method="loadable", dtype="int16_t").save(name="efm_model", file=str(tmp_path / "model.h"))
     return x.astype(np.float32), scaling, efm, len(body)
+
+
+def test_expanded_tree_nodes_predict_like_compact_ones(tmp_path):
+    """Node format 0 (emlearn's 8-byte nodes, for trees too large for compact nodes) runs on the node runner
+    and gives the same classes as the compact format and as emlearn's C code."""
+    x, scaling, compact, _ = _digits_forest(tmp_path, 10)
+    _, _, expanded, _ = _digits_forest(tmp_path, 10, compact=False)
+    exe = parity.build_emlearn_harness(tmp_path, tmp_path, int16_input=True, float_output=False)
+    b = parity.run_emlearn(exe, scaling.apply(x[:200]).astype("<i2"), tmp_path, False)
+    node_c = parity.run_node(compact, x[:200], 64)
+    node_e = parity.run_node(expanded, x[:200], 64)
+    np.testing.assert_array_equal(node_e.index, b)
+    np.testing.assert_array_equal(node_e.index, node_c.index)
 
 
 def test_large_forest_runs_within_devkitc_heap(tmp_path):
