@@ -4,7 +4,6 @@
 #   micropython -X heapsize=H netnode.py BOARD_JSON IMAGE DEVICE_ID BROKER_URL RATE_HZ FLUSH_BYTES FLUSH_S
 #       [EVENT_EVERY [CA_FILE|- [KEEPALIVE_S]]]
 import asyncio
-import json
 import sys
 import time
 from array import array
@@ -53,8 +52,13 @@ def main():
     if ca:
         with open("ca.crt", "wb") as f:
             f.write(ca)
-    with open("config.json") as f:
-        cfg = json.load(f)
+    # the config as the app gets it: the file merged over node.config's defaults and validated
+    from node import config as nodeconfig
+
+    cfg, err = nodeconfig.load("config.json", board)
+    if err:
+        raise ValueError(err)
+    nodeconfig.release()
     node = app.Node(
         board,
         cfg,
