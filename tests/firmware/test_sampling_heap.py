@@ -14,6 +14,9 @@ from fwcore_helpers import NullSink, sim_hw
 from node.sampler import Sampler
 
 TIMEOUT = 240
+# Literally the issue's -X heapsize=110K (esp32-devkitc's heap), not the 64-bit-scaled policy heap: the
+# sampling path fits it even with 64-bit objects, which is stricter than the board itself.
+HEAPSIZE = 112640
 CYCLES = 10000
 NOISE = 256
 
