@@ -12,6 +12,8 @@ from node.sim.flash import open_board_flash
 
 MARKS = ("slow",)
 TIMEOUT = 400
+# Literally esp32-devkitc's 110 KB, not the 64-bit-scaled policy heap (stricter than the board itself).
+HEAPSIZE = 112640
 N = 10000
 CH = ("temperature", "humidity", "pressure")
 
