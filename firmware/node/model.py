@@ -61,25 +61,13 @@ def _tree_leaves(nodes: ptr16, roots: ptr16, n_trees: int, q: ptr16, out: ptr16)
 
 
 @micropython.viper
-def _tree_vote(nodes: ptr16, roots: ptr16, n_trees: int, q: ptr16, leaves: ptr8, votes: ptr16, n_classes: int) -> int:
-    # Hard vote over emlearn's expanded nodes (4 x int16 each, as _tree_leaves walks them); the format a
-    # model file has when its trees are too large for the compact 6-byte nodes.
+def _vote(leafidx: ptr16, n_trees: int, leaves: ptr8, votes: ptr16, n_classes: int) -> int:
+    # Hard vote over the leaves _tree_leaves reached (expanded nodes, the format of trees too large for the
+    # compact 6-byte nodes); the compact path votes inside its walk (_tree_vote6).
     for c in range(n_classes):
         votes[c] = 0
     for t in range(n_trees):
-        i = int(roots[t])
-        while True:
-            b = i << 2
-            f = int(nodes[b]) & 0xFF
-            if (int(q[f]) ^ 0x8000) < (int(nodes[b + 1]) ^ 0x8000):
-                c = int(nodes[b + 2])
-            else:
-                c = int(nodes[b + 3])
-            if c & 0x8000:
-                leaf = 0xFFFF - c
-                break
-            i += c
-        cls = int(leaves[leaf])
+        cls = int(leaves[int(leafidx[t])])
         votes[cls] = int(votes[cls]) + 1
     best = -1
     most = 0
@@ -201,8 +189,11 @@ class Runner:
             return self._result(idx)
         k = self._kind
         if k == _KIND_TREES and not self._regress:
-            vote = _tree_vote6 if self._fmt else _tree_vote
-            best = vote(self._nodes, self._roots, self._n_trees, q, self._leaves, self._votes, len(self._out))
+            if self._fmt:
+                best = _tree_vote6(self._nodes, self._roots, self._n_trees, q, self._leaves, self._votes, len(self._out))
+            else:
+                _tree_leaves(self._nodes, self._roots, self._n_trees, q, self._leafidx)
+                best = _vote(self._leafidx, self._n_trees, self._leaves, self._votes, len(self._out))
             return best, self._votes[best] / self._n_trees
         if k == _KIND_TREES:  # regression: mean of the trees' leaf values
             (_tree_leaves6 if self._fmt else _tree_leaves)(self._nodes, self._roots, self._n_trees, q, self._leafidx)
