@@ -52,8 +52,8 @@ class WriteResult:
 
 @dataclass
 class DeviceRow:
-    """Fleet status of one device: state from the retained status / last will, counters from the last status,
-    record bookkeeping and seq gaps from the stored records."""
+    """Fleet status of one device: state from the retained status / last will, counters from the last *online*
+    status (kept when the node goes offline), record bookkeeping and seq gaps from the stored records."""
 
     device: str
     state: str | None
@@ -159,10 +159,17 @@ class Storage:
                     ),
                     (device, received, state, retained, body),
                 )
-                cur.execute(
-                    self.q("UPDATE devices SET state = ?, state_ms = ?, status = ? WHERE device = ?"),
-                    (state, received, body if state == "online" else None, device),
-                )
+                # The last will carries no counters: an offline state keeps the last online status beside it,
+                # so fleet status and the console still show what the node reported before it went away.
+                if state == "online":
+                    cur.execute(
+                        self.q("UPDATE devices SET state = ?, state_ms = ?, status = ? WHERE device = ?"),
+                        (state, received, body, device),
+                    )
+                else:
+                    cur.execute(
+                        self.q("UPDATE devices SET state = ?, state_ms = ? WHERE device = ?"), (state, received, device)
+                    )
             if batch.acks:
                 cur.executemany(
                     self.q("INSERT INTO acks (device, cmd_id, ok, body, received_ms) VALUES (?, ?, ?, ?, ?)"),
