@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "edgefleet.broker",
     "edgefleet.collector",
     "edgefleet.fleet",
+    "edgefleet.console.commands",
     "edgefleet.export",
     # models
     "edgefleet.train",

@@ -383,6 +383,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             inflight=args.inflight,
             connect_timeout=args.connect_timeout,
         )
+        if getattr(args, "metrics", None):
+            from .console.metrics import serve_metrics
+
+            serve_metrics(c, args.metrics)
         return c.run_forever()
     finally:
         storage.close()
@@ -409,5 +413,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("normal", "full"),
         default="normal",
         help="SQLite: normal survives a collector crash, full also a power loss (fsync per batch)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics on this address (loopback unless a host is given), e.g. 9108",
     )
     p.set_defaults(func=_cmd_collect)
