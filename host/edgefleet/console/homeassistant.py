@@ -150,7 +150,7 @@ class HomeAssistantBridge:
         if reason_code.is_failure:
             log.error("broker refused the Home Assistant bridge: %s", reason_code)
             return
-        client.subscribe([(protocol.topic(self.prefix, "+", k), 1) for k in ("status", "telemetry", "event")])
+        client.subscribe([(f"{self.prefix}/+/{k}", 1) for k in ("status", "telemetry", "event")])
         self._connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
