@@ -607,6 +607,8 @@ def build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_inf
     online = sum(1 for d in devices if d["state"] == "online")
     commands = "\n".join([
         f"edgefleet fleet status --db sqlite:///{db}",
+        f"edgefleet serve user add admin --role operator --users {work / 'console-users.json'}",
+        f"edgefleet serve --db sqlite:///{db} --users {work / 'console-users.json'}   # console: http://127.0.0.1:8080/",
         f"edgefleet export --db sqlite:///{db} --sensor imu --out {work / 'imu.csv'}",
         f"open {work / 'report.html'}",
     ])  # fmt: skip
