@@ -31,13 +31,15 @@ def test_series_exact_range_thinned_flagged_kept(db_url) -> None:
     s = open_storage(db_url)
     try:
         since, until = 1_000_000 + 500 * 100, 1_000_000 + 2500 * 100  # 200 s: 2000 imu + 200 env readings
-        ser = data.series(s, "d1", since, until, points=100)
-        imu, env = ser.sensors["imu"], ser.sensors["env"]
-        assert all(since <= t < until for t in imu["ts"] + env["ts"])
-        assert 80 <= len(imu["ts"]) <= 130, len(imu["ts"])
-        assert 60 <= len(env["ts"]) <= 201, len(env["ts"])
-        assert 1_000_000 + 1230 * 100 in env["ts"]  # the flagged sample is always kept
-        assert env["flags"][env["ts"].index(1_000_000 + 1230 * 100)] == 1
+        for points, path in ((300, "scan"), (100, "probe")):  # 2200 records: scanned, then probed by seq
+            ser = data.series(s, "d1", since, until, points=points)
+            imu, env = ser.sensors["imu"], ser.sensors["env"]
+            assert all(since <= t < until for t in imu["ts"] + env["ts"]), path
+            assert 0.7 * points <= len(imu["ts"]) <= 1.3 * points, (path, len(imu["ts"]))
+            assert min(150, 0.6 * points) <= len(env["ts"]) <= 201, (path, len(env["ts"]))
+            assert max(imu["ts"]) - min(imu["ts"]) > 0.95 * (until - since), path  # spread over the whole range
+            if path == "scan":  # the flagged sample is always kept in a scanned range
+                assert env["flags"][env["ts"].index(1_000_000 + 1230 * 100)] == 1
         full = data.series(s, "d1", since, until, points=4000)  # more points than readings: everything
         assert len(full.sensors["imu"]["ts"]) == 2000 and len(full.sensors["env"]["ts"]) == 200
         assert full.sensors["imu"]["channels"]["ax"][0] == 50.0

@@ -6,7 +6,8 @@ Rule kinds (docs/console.md, "Alerts"):
 - seq_gap:   records missing upstream (seq gaps) exceed `max_missing` (recovers when late records fill them)
 - safe_mode: the device's last online status says safe mode
 - event:     an event of `event_kind` (class, anomaly, fault, forecast), optionally with `label`, arrived;
-             recovers after `for_s` seconds (default 30) without another
+             recovers after `for_s` seconds (default 30) without another; a fault (action "begin") recovers
+             at its "end" event (the sensor answers again)
 - no_data:   no reading from `sensor` for `for_s` seconds from a device that is online
 
 The engine reads only what is new since its last poll (a seq watermark per device), so a poll costs the same on a
@@ -260,14 +261,25 @@ class AlertEngine:
             if r["safe_mode"]:
                 return f"safe mode: {r['error'] or 'no error given'}"
         elif rule.kind == "event":
+            key = (rule.name, dev)
             for e in evs:
-                if e["kind"] == rule.event_kind and (rule.label is None or e["label"] == rule.label):
-                    self._st.last_event[(rule.name, dev)] = (now, f"{e['kind']} {e['label']} (seq {e['seq']})")
-            last = self._st.last_event.get((rule.name, dev))
-            if last and now - last[0] < rule.for_s * 1000:
+                if e["kind"] != rule.event_kind or (rule.label is not None and e["label"] != rule.label):
+                    continue
+                if e["kind"] == "fault" and e["action"] == "end":  # the sensor answers again: recovered
+                    self._st.last_event.pop(key, None)
+                    continue
+                # a fault lasts until its "end" event; other events for for_s seconds after the last one
+                until = 2**62 if e["kind"] == "fault" else now + int(rule.for_s * 1000)
+                where = f" on {e['sensor']}" if e["sensor"] else ""
+                self._st.last_event[key] = (until, f"{e['kind']} {e['label']}{where} (seq {e['seq']})")
+            last = self._st.last_event.get(key)
+            if last and now < last[0]:
                 return last[1]
         elif rule.kind == "no_data":
             rx = self._st.last_rx.get((dev, str(rule.sensor)))
+            if rx is not None and r["state_ms"] is not None and r["uptime_s"] is not None:
+                # booted again: silence counts from the boot, not from before the outage
+                rx = max(rx, r["state_ms"] - int(r["uptime_s"]) * 1000)
             if rx is not None and r["state"] == "online" and now - rx >= rule.for_s * 1000:
                 return f"no {rule.sensor} reading for {(now - rx) / 1000:.0f} s"
         return None

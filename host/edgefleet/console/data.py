@@ -16,6 +16,9 @@ from ..fleet import device_summary
 from ..storage import DeviceRow, Storage
 
 MAX_POINTS = 4000
+SCAN_FACTOR = 8  # ranges up to this many times the points asked are scanned (exact, every flagged sample)
+MAX_LOOKUPS = 30_000  # seq lookups of one long-range chart
+MIN_SHARE = 0.02  # a sensor rarer than this in the range gets fewer than `points`
 
 
 def _status(x: Any) -> dict | None:
@@ -102,17 +105,21 @@ def _seq_at(store: Storage, device: str, ts_ms: int, lo: int, hi: int) -> int:
 def series(store: Storage, device: str, since_ms: int, until_ms: int, points: int = 1500) -> Series:
     """Readings of `device` in [since_ms, until_ms), about `points` per sensor plus the flagged ones.
 
-    One pass over the primary-key range of the device's records in the time range (found by binary search, so
-    a 5-minute view of a device with a year of history reads 5 minutes of rows), keeping every k-th record of
-    each sensor (k from the sensors' shares in the newest records of the range) and every sample the node
-    flagged (cleaning: range, Hampel, stuck) so faults stay visible. Why stride sampling rather than min/max
-    buckets: no JSON decoding in the database (which differs between SQLite and PostgreSQL and costs more
-    than the scan itself)."""
+    The range's seqs are found by binary search (so a 5-minute view of a device with a year of history touches
+    5 minutes of rows). A short range is scanned: every k-th record of each sensor (k from the sensors' shares
+    in the newest records of the range) and every sample the node flagged (cleaning: range, Hampel, stuck).
+    A long range is probed: evenly spaced seqs looked up by primary key, so a day costs what 5 minutes cost
+    (there, flagged samples are shown when they are among those drawn; fault events are always drawn).
+    Why stride sampling rather than min/max buckets: no JSON decoding in the database (which differs between
+    SQLite and PostgreSQL and costs more than the scan itself)."""
     points = max(10, min(points, MAX_POINTS))
-    b = store.execute("SELECT min(seq), max(seq) FROM readings WHERE device = ?", (device,)).fetchone()
+    # two queries: SQLite answers min() or max() alone from the index, both at once by a scan
+    first = store.execute("SELECT min(seq) FROM readings WHERE device = ?", (device,)).fetchone()[0]
+    last = store.execute("SELECT max(seq) FROM readings WHERE device = ?", (device,)).fetchone()[0]
     sensors: dict[str, dict] = {}
-    if b is None or b[0] is None:
+    if first is None:
         return Series(sensors, {}, 0, since_ms, until_ms, 0)
+    b = (first, last)
     lo = _seq_at(store, device, since_ms, int(b[0]), int(b[1]))
     hi = _seq_at(store, device, until_ms, lo, int(b[1])) - 1
     span = max(0, hi - lo + 1)
@@ -125,23 +132,68 @@ def series(store: Storage, device: str, since_ms: int, until_ms: int, points: in
     ).fetchall()
     taken = sum(int(n) for _s, n in sample) or 1
     stride = {s: max(1, int(span * int(n) / taken) // points) for s, n in sample}
+    if span <= SCAN_FACTOR * points * max(1, len(stride)):
+        rows = _scan(store, device, lo, hi, since_ms, until_ms, stride, max(1, span // points))
+    else:
+        rows = _probe(store, device, lo, hi, since_ms, until_ms, points, sample, taken)
+    last_seq = 0
+    for sensor, seq, ts, flags, vals in rows:
+        _append(sensors, sensor, ts, flags, _status(vals) or {})
+        last_seq = max(last_seq, int(seq))
+    return Series(sensors, stride, span, since_ms, until_ms, last_seq)
+
+
+def _scan(store: Storage, device: str, lo: int, hi: int, since_ms: int, until_ms: int, stride: dict[str, int],
+          other: int) -> list:  # fmt: skip
+    """Short ranges: one pass over the range's rows, every k-th of each sensor and every flagged sample."""
     mod = "%%" if store.placeholder == "%s" else "%"  # psycopg reads a lone % as a placeholder
     conds, params = [], [device, lo, hi, since_ms, until_ms]
     for s, k in stride.items():
         conds.append(f"(sensor = ? AND seq {mod} ? = 0)")
         params += [s, k]
-    other = max(1, span // points)  # sensors absent from the newest records: the densest-case stride
     conds.append(f"(sensor NOT IN ({','.join('?' * len(stride))}) AND seq {mod} ? = 0)")
     params += [*stride, other]
     sql = (
         "SELECT sensor, seq, ts_ms, flags, vals FROM readings WHERE device = ? AND seq BETWEEN ? AND ?"
         f" AND ts_ms >= ? AND ts_ms < ? AND ({' OR '.join(conds)} OR flags <> 0) ORDER BY seq"
     )
-    last_seq = 0
-    for sensor, seq, ts, flags, vals in store.execute(sql, params).fetchall():
-        _append(sensors, sensor, ts, flags, _status(vals) or {})
-        last_seq = max(last_seq, int(seq))
-    return Series(sensors, stride, span, since_ms, until_ms, last_seq)
+    return store.execute(sql, params).fetchall()
+
+
+def _probe(store: Storage, device: str, lo: int, hi: int, since_ms: int, until_ms: int, points: int,
+           sample: list, taken: int) -> list:  # fmt: skip
+    """Long ranges: primary-key lookups of evenly spaced seqs (a generated series joined to readings), enough
+    of them that the rarest sensor of the sample gets ~`points`, then each sensor thinned to `points` here.
+    Cost grows with the points drawn, not with the rows in the range."""
+    min_share = max(MIN_SHARE, min(int(n) / taken for _s, n in sample)) if sample else 1.0
+    lookups = min(MAX_LOOKUPS, int(points / min_share))
+    k = max(1, (hi - lo + 1) // lookups)
+    if store.placeholder == "%s":  # PostgreSQL: an array probe is an index scan (a CTE join may become a hash join)
+        rows = store.execute(
+            # vals as text: decoded only for the rows kept below, not by the driver for every probe
+            "SELECT sensor, seq, ts_ms, flags, vals::text FROM readings WHERE device = ? AND seq = ANY(?)"
+            " AND ts_ms >= ? AND ts_ms < ? ORDER BY seq",
+            (device, list(range(lo, hi + 1, k)), since_ms, until_ms),
+        ).fetchall()
+    else:  # SQLite: a generated series joined by primary key
+        rows = store.execute(
+            "WITH RECURSIVE s(x) AS (SELECT ? UNION ALL SELECT x + ? FROM s WHERE x + ? <= ?)"
+            " SELECT r.sensor, r.seq, r.ts_ms, r.flags, r.vals FROM s JOIN readings r"
+            " ON r.device = ? AND r.seq = s.x WHERE r.ts_ms >= ? AND r.ts_ms < ? ORDER BY r.seq",
+            (lo, k, k, hi, device, since_ms, until_ms),
+        ).fetchall()
+    per: dict[str, int] = {}
+    for r in rows:
+        per[r[0]] = per.get(r[0], 0) + 1
+    every = {sensor: max(1, -(-n // points)) for sensor, n in per.items()}
+    seen: dict[str, int] = {}
+    out = []
+    for r in rows:
+        i = seen.get(r[0], 0)
+        seen[r[0]] = i + 1
+        if i % every[r[0]] == 0 or r[3]:
+            out.append(r)
+    return out
 
 
 def _append(sensors: dict, sensor: str, ts: int, flags: int, vals: dict) -> None:
