@@ -100,8 +100,14 @@ def _mlp_layers_keras(model) -> list[tuple[np.ndarray, np.ndarray, str]]:
 
 
 def _mlp_layers_sk(model) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """The net's layers; a binary classifier's single logistic output becomes softmax over (0, z), which is
+    exactly (1 - sigmoid(z), sigmoid(z)): the node's runner wants one output per class."""
     acts = [model.activation] * (len(model.coefs_) - 1) + [model.out_activation_]
-    return list(zip(model.coefs_, model.intercepts_, acts, strict=True))
+    layers = list(zip(model.coefs_, model.intercepts_, acts, strict=True))
+    w, b, act = layers[-1]
+    if act == "logistic" and w.shape[1] == 1:
+        layers[-1] = (np.hstack([np.zeros_like(w), w]), np.concatenate([np.zeros_like(b), b]), "softmax")
+    return layers
 
 
 def require_tensorflow():
@@ -222,8 +228,24 @@ def predict(t: Trained, est, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if t.task == "regress":
         v = est.predict(xq)
         return np.zeros(len(v), dtype=int), v
+    if t.kind in ("rf", "et", "dt"):
+        return hard_vote(est, xq)
     p = est.predict_proba(xq)
     return p.argmax(axis=1), p.max(axis=1)
+
+
+def hard_vote(est, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The forest as the model file encodes it and the node runs it: each tree votes its leaf's majority class,
+    the most votes win (lowest class on a tie), score = votes / trees. scikit-learn's predict_proba averages
+    the leaves' class fractions instead (a soft vote), which differs once leaves are impure (limited leaves)."""
+    trees = getattr(est, "estimators_", [est])
+    n_classes = len(est.classes_)
+    votes = np.zeros((len(xq), n_classes), dtype=int)
+    rows = np.arange(len(xq))
+    for tr in trees:
+        votes[rows, tr.tree_.value[tr.apply(xq), 0, :n_classes].argmax(axis=1)] += 1
+    best = votes.argmax(axis=1)
+    return best, votes[rows, best] / len(trees)
 
 
 def mutual_information(xq: np.ndarray, y: np.ndarray, names: list[str], seed: int) -> list[tuple[str, float]]:
