@@ -41,6 +41,6 @@ if fin:
 if fout:
     fout.close()
 # min: the least disturbed run (other processes share the CPU), which train's time budget uses
-print(
-    "impl=%s us_per_window=%.1f us_min=%d" % (getattr(features, "IMPL", "python"), total / max(1, n_win * repeat), best)
-)  # noqa: UP031
+impl = getattr(features, "IMPL", "python")
+# MicroPython's %-formatting, not f-strings with format specs: this runs on the node's interpreter
+print("impl=%s us_per_window=%.1f us_min=%d" % (impl, total / max(1, n_win * repeat), best))  # noqa: UP031
