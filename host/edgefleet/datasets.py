@@ -180,8 +180,11 @@ def common_rate(path: Path, rates: dict[str, float | None]) -> float | None:
     return mid
 
 
-def load_csv(path: Path, window: int, hop: int, sensor: str | None = None) -> Windows:
-    """The collector's export CSV (docs/data-format.md): rows grouped by (device, sensor) and windowed."""
+def load_csv(path: Path, window: int, hop: int, sensor: str | None = None, captures: list | None = None) -> Windows:
+    """The collector's export CSV (docs/data-format.md): rows grouped by (device, sensor) and windowed.
+
+    captures (edgefleet capture's intervals): keep only rows inside one, labelled with its label, each interval
+    a series of its own (full-rate rows, not windowed together with the slow rows around them)."""
     _check_window(window, hop)
     if not path.is_file():
         raise EdgefleetError(f"no such data file: {path}", hint="give an export CSV or --data basicmotions")
@@ -214,11 +217,22 @@ def load_csv(path: Path, window: int, hop: int, sensor: str | None = None) -> Wi
             known = channels_of.setdefault(sens, names)
             if names != known:
                 raise EdgefleetError(f"{path}:{lineno}: sensor {sens} has channels {names}, earlier rows {known}")
-            series.setdefault((dev, sens), []).append((seqn, [v for _, v in present], label, part, tsn))
+            key = dev
+            if captures is not None:
+                cap = next(
+                    (c for c in captures if c.device == dev and c.sensor == sens and c.start_ms <= tsn <= c.end_ms),
+                    None,
+                )
+                if cap is None:
+                    continue
+                key, label = f"{dev}@{cap.start_ms}", cap.label
+            series.setdefault((key, sens), []).append((seqn, [v for _, v in present], label, part, tsn))
             if ri is not None:
-                rate_cells.setdefault((dev, sens), set()).add(row[ri].strip())
+                rate_cells.setdefault((key, sens), set()).add(row[ri].strip())
     if not series:
-        raise EdgefleetError(f"{path}: no readings" + (f" of sensor {sensor}" if sensor else ""))
+        raise EdgefleetError(f"{path}: no readings" + (f" of sensor {sensor}" if sensor else "")
+                             + (" inside the captured intervals" if captures is not None else ""),
+                             hint="export the time of the captures (edgefleet export --since/--until)" if captures else None)  # fmt: skip
     sensors = sorted({s for _, s in series})
     if len(sensors) > 1:
         raise EdgefleetError(f"{path} holds several sensors {sensors}", hint="pick one with --sensor NAME")
@@ -270,9 +284,17 @@ def apply_split_rule(w: Windows, rule: str) -> None:
     w.split = np.where(test, "test", "train")
 
 
-def load(data: str, window: int, hop: int, sensor: str | None = None) -> Windows:
+def load(data: str, window: int, hop: int, sensor: str | None = None, labels: str | None = None) -> Windows:
+    """labels: a captures file (edgefleet capture) whose intervals select and label the CSV's rows."""
     if data == "basicmotions":
+        if labels:
+            raise EdgefleetError("--labels applies to an export CSV, not to basicmotions")
         return load_basicmotions(window, hop)
     if data.endswith(".csv") or Path(data).exists():
-        return load_csv(Path(data), window, hop, sensor)
+        captures = None
+        if labels:
+            from .model.capture import read_captures
+
+            captures = read_captures(Path(labels))
+        return load_csv(Path(data), window, hop, sensor, captures)
     raise EdgefleetError(f"unknown dataset {data!r}", hint="give a path to an export CSV, or 'basicmotions'")

@@ -343,7 +343,7 @@ def train(args: argparse.Namespace) -> Path:
         require_tensorflow()
     key = _key(args)  # a bad key file fails before any training
     budget = budget_mod.Budget.of(getattr(args, "board", None) or DEFAULT_BOARD)
-    w = datasets.load(args.data, args.window, args.hop, args.sensor)
+    w = datasets.load(args.data, args.window, args.hop, args.sensor, getattr(args, "labels", None))
     if getattr(args, "split_by", None):
         datasets.apply_split_rule(w, args.split_by)
     rate = model_rate(w, args)
