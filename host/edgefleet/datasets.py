@@ -151,14 +151,13 @@ def _columns(path: Path, header: list[str] | None) -> tuple[dict[str, int], list
     return meta, chans
 
 
-def series_rate(path: Path, key: str, ts: list[int], declared: set[str]) -> float | None:
-    """A series' sample rate: its rate_hz column when given (one value), else from the median ts_ms step."""
-    declared.discard("")
-    if len(declared) > 1:
-        raise EdgefleetError(f"{path}: series {key} has several rate_hz values {sorted(declared)}")
-    if declared:
+def series_rate(path: Path, key: str, ts: list[int], declared: list[str]) -> float | None:
+    """A series' sample rate: the median of its rate_hz cells when the column is there (the export writes each
+    row's logging rate), else from the median ts_ms step."""
+    cells = [c for c in declared if c]
+    if cells:
         try:
-            return float(declared.pop())
+            return float(np.median([float(c) for c in cells]))
         except ValueError as e:
             raise EdgefleetError(f"{path}: series {key}: rate_hz is not a number ({e})") from e
     steps = np.diff(np.asarray(ts, dtype=np.float64))
@@ -189,7 +188,7 @@ def load_csv(path: Path, window: int, hop: int, sensor: str | None = None, captu
     if not path.is_file():
         raise EdgefleetError(f"no such data file: {path}", hint="give an export CSV or --data basicmotions")
     series: dict[tuple[str, str], list[tuple[int, list[float], str, str, int]]] = {}
-    rate_cells: dict[tuple[str, str], set[str]] = {}
+    rate_cells: dict[tuple[str, str], list[str]] = {}
     channels_of: dict[str, list[str]] = {}
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
@@ -228,7 +227,7 @@ def load_csv(path: Path, window: int, hop: int, sensor: str | None = None, captu
                 key, label = f"{dev}@{cap.start_ms}", cap.label
             series.setdefault((key, sens), []).append((seqn, [v for _, v in present], label, part, tsn))
             if ri is not None:
-                rate_cells.setdefault((key, sens), set()).add(row[ri].strip())
+                rate_cells.setdefault((key, sens), []).append(row[ri].strip())
     if not series:
         raise EdgefleetError(f"{path}: no readings" + (f" of sensor {sensor}" if sensor else "")
                              + (" inside the captured intervals" if captures is not None else ""),
@@ -241,7 +240,7 @@ def load_csv(path: Path, window: int, hop: int, sensor: str | None = None, captu
     rates = {}
     for gi, ((dev, _), rows) in enumerate(sorted(series.items())):
         rows.sort(key=lambda r: r[0])
-        rates[dev] = series_rate(path, dev, [r[4] for r in rows], rate_cells.get((dev, sens), set()))
+        rates[dev] = series_rate(path, dev, [r[4] for r in rows], rate_cells.get((dev, sens), []))
         arr = np.asarray([r[1] for r in rows], dtype=np.float64).T
         wx, wy = windows_of(arr, [r[2] for r in rows], window, hop, nxt)
         _, wsplit = windows_of(arr, [r[3] for r in rows], window, hop)
