@@ -63,7 +63,7 @@ def export_csv(
     n = 0
     with tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(FIXED_COLUMNS + ["rate_hz"] + columns)
+        w.writerow([*FIXED_COLUMNS, "rate_hz", *columns])
         rows = store.iter_readings(devices, since_ms, until_ms, sensors)
         for device, seq, ts, sensor, flags, vals in tqdm(rows, total=total, disable=not progress, unit="rows"):
             get = vals.get
