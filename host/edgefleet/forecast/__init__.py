@@ -90,6 +90,7 @@ def forecast(
     """`edgefleet forecast`: load the channel from the fleet database (read-only) and run()."""
     if folds < 1:
         raise EdgefleetError("--folds must be at least 1")
+    models.resolve(model)  # a bad --model fails before any reading is loaded
     s = load_series(db, device, sensor, channel, step_ms, max_gap)
     log.info("%s", s.summary())
     return run(s, horizon_ms, model, season, folds, out, progress)

@@ -59,7 +59,9 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     if not args.series or not args.device:
-        raise EdgefleetError("import-series needs --series and --device", hint="one of " + ", ".join(series.REAL_SERIES))
+        raise EdgefleetError(
+            "import-series needs --series and --device", hint="one of " + ", ".join(series.REAL_SERIES)
+        )
     from ..storage import open_storage
 
     ts, y, sensor, channel = series.real_series(args.series)

@@ -141,4 +141,3 @@ def resolve(spec: str) -> list[str]:
             hint="pip install 'edgefleet[forecast]'; or use ets, theta, arima",
         )
     return [*BASELINES, *[n for n in names if n not in BASELINES]]
-

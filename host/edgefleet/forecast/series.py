@@ -39,7 +39,7 @@ def parse_duration(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*", text or "")
     if not m:
         raise EdgefleetError(f"bad duration {text!r}", hint="a number and a unit: 90s, 30m, 6h, 2d, 1w")
-    ms = int(round(float(m.group(1)) * _UNITS[m.group(2)]))
+    ms = round(float(m.group(1)) * _UNITS[m.group(2)])
     if ms <= 0:
         raise EdgefleetError(f"duration {text!r} must be positive")
     return ms
@@ -164,7 +164,7 @@ def choose_step(ts: np.ndarray, step_ms: int | None) -> tuple[int, str]:
     if len(d) == 0:
         raise EdgefleetError("all readings share one timestamp: no interval to forecast on")
     med = float(np.median(d))
-    step = int(round(med / 1000.0)) * 1000 if med >= 1000 else max(1, int(round(med)))
+    step = round(med / 1000.0) * 1000 if med >= 1000 else max(1, round(med))
     return step, f"median interval {fmt_duration(step)}"
 
 
