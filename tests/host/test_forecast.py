@@ -34,13 +34,11 @@ def _store(url: str, device: str, sensor: str, channel: str, ts, y) -> None:
 
 def test_wheel_series_are_local_files():
     """The real series come from files inside the installed wheels, not from a download."""
-    import statsmodels.datasets.co2 as co2
     import vega_datasets
 
     root = Path(vega_datasets.__file__).parent
     assert (root / "_data" / "seattle-temps.csv").is_file() or any(root.rglob("seattle-temps.csv"))
     assert any(root.rglob("sf-temps.csv"))
-    assert any(Path(co2.__file__).parent.glob("co2.csv"))
     ts, y, sensor, channel = series.real_series("seattle-temps")
     assert len(y) == 8759 and (sensor, channel) == ("env", "temperature")
     assert np.all(np.diff(ts) > 0)

@@ -245,24 +245,12 @@ def _vega(name: str) -> tuple[np.ndarray, np.ndarray]:
     return t.astype(np.int64), df["temp"].to_numpy(dtype=np.float64)
 
 
-def _co2() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from statsmodels.datasets import co2
-    except ImportError:
-        raise EdgefleetError("statsmodels is not installed", hint="pip install statsforecast (brings it)") from None
-    df = co2.load_pandas().data.dropna()
-    t = df.index.tz_localize("UTC").astype("int64").to_numpy() // 1_000_000
-    return t.astype(np.int64), df["co2"].to_numpy(dtype=np.float64)
-
-
 # name -> (loader, sensor, channel, description)
 REAL_SERIES = {
     "seattle-temps": (lambda: _vega("seattle-temps"), "env", "temperature",
                       "hourly air temperature in Seattle, 2010, degF (vega_datasets, inside the wheel)"),
     "sf-temps": (lambda: _vega("sf-temps"), "env", "temperature",
                  "hourly air temperature in San Francisco, 2010, degF (vega_datasets, inside the wheel)"),
-    "co2": (_co2, "co2", "ppm",
-            "weekly atmospheric CO2 at Mauna Loa 1958-2001, ppm, missing weeks dropped (statsmodels, inside the wheel)"),
 }  # fmt: skip
 
 
@@ -289,9 +277,12 @@ def import_readings(store: Storage, device: str, sensor: str, channel: str, ts: 
             for k in range(i, min(i + protocol.MAX_RECORDS, len(y)))
         ]
         received = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-        msg = protocol.parse(
-            protocol.DEFAULT_PREFIX, topic, protocol.encode(protocol.telemetry(device, recs)), received
-        )
+        try:
+            msg = protocol.parse(
+                protocol.DEFAULT_PREFIX, topic, protocol.encode(protocol.telemetry(device, recs)), received
+            )
+        except protocol.ProtocolError as e:
+            raise EdgefleetError(f"cannot store these readings as {device}/{sensor}/{channel}: {e.reason}") from None
         batch = Batch()
         batch.readings[device] = list(msg.records)
         batch.seen[device] = received
