@@ -66,8 +66,10 @@ def _sf_model(name: str, season: int):
 
 def _fit_sf(name: str, y: np.ndarray, h: int, season: int, levels: tuple[int, ...]) -> Prediction:
     model = _sf_model(name, season)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence chatter of the ARIMA optimizer; the backtest judges
+    # convergence chatter of the ARIMA optimizer and float underflow inside the models (raised, not warned,
+    # when some other library set np.seterr(all="raise") in the process): the backtest judges the result
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
         out = model.forecast(y=y, h=h, level=list(levels))
     mean = np.asarray(out["mean"], dtype=float)
     lo = {lv: np.asarray(out[f"lo-{lv}"], dtype=float) for lv in levels}
