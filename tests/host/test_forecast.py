@@ -104,6 +104,13 @@ def test_forecast_postgres_with_long_gap(pg_cluster, tmp_path, capsys):
     )
     assert rc == 0, err
     assert "1 long" in out and "using the stretch after the last long gap: 380 of" in out
+    empty = pg_cluster.new_database()  # read-only: an empty database gets an error, not the fleet schema
+    rc, _, err = _cli(capsys, "forecast", "--db", empty, *argv[3:], "--horizon", "3h")
+    assert rc == 2 and "no edgefleet readings table" in err
+    import psycopg
+
+    with psycopg.connect(empty) as c:
+        assert c.execute("SELECT to_regclass('readings')").fetchone()[0] is None
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ go offline. The rule (docs/forecast.md):
 - a longer run is a long gap: the series used is the stretch after the last long gap (a model cannot bridge
   hours of missing data honestly), and the dropped readings are reported.
 
-Reading is read-only: SQLite is opened with `mode=ro` (a missing file is an error, never a new database).
+Reading is read-only: SQLite is opened with `mode=ro` (a missing file is an error, never a new database),
+PostgreSQL in a read-only session without running migrations.
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ class Series:
 
 
 def open_readonly(url: str) -> Storage:
-    """The fleet database, read-only. SQLite opens with mode=ro (no file: an error, not a new database);
-    PostgreSQL through the storage layer (its migrations are idempotent and create nothing on a fleet DB)."""
+    """The fleet database, read-only: SQLite with mode=ro (no file: an error, not a new database), PostgreSQL in a
+    read-only session without migrations (a database without the readings table: an error)."""
     if url.startswith("sqlite://"):
         from ..storage.sqlite import SqliteStorage
 
@@ -120,9 +121,31 @@ def open_readonly(url: str) -> Storage:
         except sqlite3.DatabaseError as e:
             raise EdgefleetError(f"{path} is not an edgefleet database: {e}") from None
         return SqliteStorage(conn)
+    if url.startswith(("postgresql://", "postgres://")):
+        return _open_postgres_readonly(url)
     from ..storage import open_storage
 
-    return open_storage(url)
+    return open_storage(url)  # an unsupported URL: its clear error
+
+
+def _open_postgres_readonly(url: str) -> Storage:
+    """PostgreSQL without the storage layer's migrations (they would create tables in an empty database)."""
+    try:
+        import psycopg
+    except ImportError:
+        raise EdgefleetError("PostgreSQL support needs psycopg 3", hint="pip install 'edgefleet[pg]'") from None
+    from ..storage.postgres import PostgresStorage
+
+    try:
+        conn = psycopg.connect(url, autocommit=False)
+    except psycopg.Error as e:
+        raise EdgefleetError(f"cannot connect to PostgreSQL: {str(e).strip()}") from None
+    conn.read_only = True
+    if conn.execute("SELECT to_regclass('readings')").fetchone()[0] is None:
+        conn.close()
+        raise EdgefleetError("this PostgreSQL database has no edgefleet readings table", hint="check --db")
+    conn.rollback()
+    return PostgresStorage(conn)
 
 
 def load_channel(store: Storage, device: str, sensor: str, channel: str) -> tuple[np.ndarray, np.ndarray]:
