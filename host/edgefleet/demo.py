@@ -345,7 +345,39 @@ def forecast_accuracy(db: Path, work: Path, window: int = 10) -> dict:
             "seasonal_naive": m["seasonal_naive_A_forecast"], "mae": m["mae"], "naive_mae": m["naive_mae"],
             "seasonal_naive_mae": m["seasonal_naive_mae"], "beats_naive": m["beats_naive"],
             "beats_seasonal_naive": m["beats_seasonal_naive"], "train_windows": len(tr), "test_windows": len(te),
-            "target": m["target"], "plot": plot}  # fmt: skip
+            "target": m["target"], "plot": plot, "host": host_forecast(db)}  # fmt: skip
+
+
+def host_forecast(db: Path, horizon_s: int = 5) -> dict:
+    """`edgefleet forecast` (backtest, auto model) on the env temperature of the node with the most readings."""
+    from .forecast import forecast
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute(
+            "SELECT device FROM readings WHERE sensor = 'env' GROUP BY device ORDER BY count(*) DESC, device LIMIT 1"
+        ).fetchone()
+    finally:
+        con.close()
+    if row is None:
+        return {"error": "no env readings"}
+    try:
+        r = forecast(f"sqlite:///{db}", row[0], "env", "temperature", horizon_s * 1000, folds=3)
+    except EdgefleetError as e:
+        return {"device": row[0], "error": str(e)}
+    bt = r.backtest
+    best, naive, snaive = bt.score(bt.best), bt.score("naive"), bt.score("seasonal-naive")
+    return {"device": row[0], "model": bt.best, "horizon_steps": bt.h, "step_ms": r.series.step_ms,
+            "season": bt.season, "folds": bt.folds, "a_forecast": best.a_forecast, "naive": naive.a_forecast,
+            "seasonal_naive": snaive.a_forecast, "vs_naive": best.vs_naive, "vs_snaive": best.vs_snaive}  # fmt: skip
+
+
+def host_forecast_text(h: dict) -> str:
+    if "error" in h:
+        return f"edgefleet forecast: {h['error']}"
+    return (f"edgefleet forecast on {h['device']} ({h['horizon_steps']} steps ahead, {h['folds']}-fold backtest): "
+            f"{h['model']} A_forecast {_f(h['a_forecast'], '{:.4f}')}, naive {_f(h['naive'], '{:.4f}')}, seasonal "
+            f"naive {_f(h['seasonal_naive'], '{:.4f}')} (season {h['season']}), MAE x{h['vs_naive']:.2f} of naive")  # fmt: skip
 
 
 def forecast_verdict(f: dict) -> str:
@@ -454,6 +486,7 @@ def render_text(r: dict) -> str:
         f"A_forecast {_f(m['forecast'].get('a_forecast'), '{:.4f}')} (env temperature, next sample; naive last value "
         f"{_f(m['forecast'].get('naive_last_value'), '{:.4f}')}, seasonal naive "
         f"{_f(m['forecast'].get('seasonal_naive'), '{:.4f}')}): {forecast_verdict(m['forecast'])}",
+        f"           {host_forecast_text(m['forecast'].get('host', {'error': 'not measured'}))}",
         "",
         "activity (per replayed 10 s segment, decision in force at its end):",
     ]
@@ -653,6 +686,8 @@ def build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_inf
          "last value) on the fleet's env temperature, first 70% of each node train, last 30% test "
          f"({forecast.get('test_windows')} windows); naive last value {_f(forecast.get('naive_last_value'), '{:.4f}')}, "
          f"seasonal naive (one window back) {_f(forecast.get('seasonal_naive'), '{:.4f}')}: {forecast_verdict(forecast)}"),
+        ("A_forecast (host)", _f(forecast.get("host", {}).get("a_forecast"), "{:.4f}"),
+         host_forecast_text(forecast.get("host", {"error": "not measured"}))),
     ]  # fmt: skip
     online = sum(1 for d in devices if d["state"] == "online")
     commands = "\n".join([
