@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
-from . import __version__
+from . import __version__, procs
 from .errors import EdgefleetError
 
 # Modules with a `register(subparsers)` function, in the order --help lists them.
@@ -64,14 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
-    try:
-        return int(args.func(args) or 0)
-    except EdgefleetError as e:
-        print(f"edgefleet {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    # SIGTERM and SIGINT both unwind through every cleanup path (procs.Interrupted), and whatever child process a
+    # command left running is stopped on the way out, so no child outlives the command.
+    rc = 0
+    with procs.signal_handlers():
+        try:
+            rc = int(args.func(args) or 0)
+        except EdgefleetError as e:
+            if procs.received_signal() is None:  # an error while stopping is not news: the signal is
+                print(f"edgefleet {args.command}: error: {e}", file=sys.stderr)
+                rc = 2
+        except KeyboardInterrupt:
+            procs.note_signal(signal.SIGINT)  # a KeyboardInterrupt we did not raise ourselves
+    sig = procs.received_signal()
+    if sig is not None:
+        print(f"edgefleet {args.command}: stopped by {procs.signal_name(sig)}", file=sys.stderr, flush=True)
+        return procs.exit_status(sig)
+    return rc
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import base64
 import io
 import json
 import logging
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import procs
 from .errors import EdgefleetError
 from .paths import models_dir
 from .simulate import (
@@ -74,23 +76,17 @@ def start_collector(url: str, db: Path, logfile: Path, client_id: str = "edgefle
     argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", url, "--db", f"sqlite:///{db}",
             "--client-id", client_id]  # fmt: skip
     out = logfile.open("ab")
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    # own process group, killed with us (procs); SIGTERM makes it flush its batch and ack before it exits
+    proc = procs.spawn(argv, name="collector", stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     out.close()
     return proc
 
 
 def stop_process(proc: subprocess.Popen, sig_kill: bool = False) -> None:
-    if proc.poll() is not None:
-        return
     if sig_kill:
-        proc.kill()
+        procs.kill(proc)
     else:
-        proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        procs.terminate(proc, signal.SIGTERM, grace=20)
 
 
 # ---------------------------------------------------------------- the database

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import procs
 from .boards import Board, load_board
 from .errors import EdgefleetError
 from .runtime import find_micropython, micropython_env, unix_heap_bytes
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # Must equal REBOOT_EXIT in firmware/node/app.py: the firmware's "reset me" on the sim board.
 REBOOT_EXIT = 75
+# How long a stopping node may take to flush its log and disconnect before it is killed.
+STOP_GRACE_S = 10.0
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -87,22 +90,20 @@ def node_argv(board: Board, flash: Path, device_id: str, broker: str, scenario: 
 def supervise(argv: Sequence[str], env: dict[str, str], max_reboots: int | None = None, cwd: str | None = None) -> int:
     """Runs the node process until it exits for good; restarts it on REBOOT_EXIT, as a board resets.
 
-    Ctrl-C reaches the node too (same process group); we wait for it to stop cleanly and return 0.
+    The node runs in its own process group (procs.spawn). On Ctrl-C or SIGTERM (procs.Interrupted, a
+    KeyboardInterrupt) we send it SIGINT, so it flushes its log and the broker sees it leave, wait up to
+    STOP_GRACE_S, kill it if it does not stop, and let the interruption go on to the CLI (exit 130/143).
     """
     reboots = 0
     while True:
-        proc = subprocess.Popen(list(argv), env=env, cwd=cwd)
+        proc = procs.spawn(argv, name="node", stop_signal=signal.SIGINT, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
         try:
             rc = proc.wait()
         except KeyboardInterrupt:
-            try:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            procs.terminate(proc, signal.SIGINT, grace=STOP_GRACE_S)
             log.info("node stopped")
-            return 0
+            raise
+        procs.terminate(proc)  # exited: forget it
         if rc == REBOOT_EXIT and (max_reboots is None or reboots < max_reboots):
             reboots += 1
             log.info("node rebooted (%d), starting it again", reboots)

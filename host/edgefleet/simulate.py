@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import protocol
+from . import procs, protocol
 from .boards import Board, load_board
 from .broker import Mosquitto, render_acl
 from .errors import EdgefleetError
@@ -344,8 +344,16 @@ class Fleet:
         out.write(f"--- boot {nd.boots + 1} at {time.strftime('%H:%M:%S')}\n".encode())
         out.flush()
         # cwd: an empty directory of our own, so nothing on the host shadows the firmware (see node.py)
-        nd.proc = subprocess.Popen(
-            self._argv(nd), env=self._env, cwd=self._cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        # own process group, killed with us (procs): SIGINT stops it cleanly (it flushes its log)
+        nd.proc = procs.spawn(
+            self._argv(nd),
+            name=nd.device_id,
+            stop_signal=signal.SIGINT,
+            env=self._env,
+            cwd=self._cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         out.close()
         nd.boots += 1
@@ -394,8 +402,7 @@ class Fleet:
         with self._lock:
             nd.want_up = False
             if nd.running and nd.proc:
-                nd.proc.kill()
-                nd.proc.wait()
+                procs.kill(nd.proc)
                 nd.kills += 1
                 log.info("%s killed (SIGKILL)", nd.device_id)
 
@@ -407,15 +414,13 @@ class Fleet:
             proc = nd.proc
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc else None
-        proc.send_signal(signal.SIGINT)
+        procs.send(proc, signal.SIGINT)
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop on SIGINT within %.0f s, killed", nd.device_id, timeout)
-            proc.kill()
-            proc.wait()
             nd.kills += 1
-            return proc.returncode
+            return procs.kill(proc)
 
     def restart(self, i: int) -> None:
         """Boot node i again on its flash (power-cycling it first when it is running)."""
@@ -433,23 +438,22 @@ class Fleet:
         if self._monitor:
             self._monitor.join()
         with self._lock:
-            procs = []
+            stopping = []
             for nd in self.nodes:
                 nd.want_up = False
                 if nd.running and nd.proc:
-                    nd.proc.send_signal(signal.SIGINT)
-                    procs.append((nd, nd.proc))
+                    procs.send(nd.proc, signal.SIGINT)
+                    stopping.append((nd, nd.proc))
         deadline = time.monotonic() + timeout
-        for nd, p in procs:
+        for nd, p in stopping:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop within %.0f s, killed", nd.device_id, timeout)
-                p.kill()
-                p.wait()
+                procs.kill(p)
                 nd.kills += 1
-        if procs:
-            log.info("fleet stopped (%d nodes)", len(procs))
+        if stopping:
+            log.info("fleet stopped (%d nodes)", len(stopping))
 
     def close(self) -> None:
         self.stop()
