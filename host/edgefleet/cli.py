@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     sig = procs.received_signal()
     if sig is not None:
         print(f"edgefleet {args.command}: stopped by {procs.signal_name(sig)}", file=sys.stderr, flush=True)
+        if argv is None:
+            # We are the program (not a call from Python): everything is stopped, now die by the signal itself, as
+            # Python does for Ctrl-C. The shell reports 128 + signum (130, 143) and stops a script on Ctrl-C;
+            # systemd and other supervisors count death by SIGTERM as a clean stop, where exit 143 is a failure.
+            procs.die_by(sig)
         return procs.exit_status(sig)
     return rc
 

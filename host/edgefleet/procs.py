@@ -61,6 +61,17 @@ def exit_status(signum: int) -> int:
     return 128 + signum
 
 
+def die_by(signum: int) -> None:
+    """End this process by `signum` with its default action (after cleaning up): what the parent sees is "killed
+    by SIGTERM", not an exit status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(1)  # the signal is delivered to some thread of ours; the default action ends the whole process
+    os._exit(exit_status(signum))
+
+
 def received_signal() -> int | None:
     """The signal that asked this process to stop, if one did."""
     return _received

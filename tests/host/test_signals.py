@@ -1,5 +1,5 @@
-"""SIGTERM and SIGINT to every command that starts processes: it stops them all, exits promptly with 128 + the
-signal number and one clear line, and leaves nothing behind (issue 10 item 8).
+"""SIGTERM and SIGINT to every command that starts processes: it stops them all, says so in one line, leaves
+nothing behind and then dies by the signal it got (a shell shows 128 + the signal number; issue 10 item 8).
 
 Each case runs the real command (real mosquitto, real MicroPython nodes, the real collector), waits until the
 processes it starts are up, signals the command's own pid only (as `kill` and `timeout` do; a terminal's Ctrl-C
@@ -124,7 +124,8 @@ def test_signal_stops_the_command_and_everything_it_started(command, sig, tmp_pa
         stderr = err.read_text()
         left = processes_naming(tmp_path)
         assert not left, f"{command} left processes running after {sig.name}: {left}"
-        assert proc.returncode == 128 + sig, (proc.returncode, stderr[-2000:])
+        # died by the signal after cleaning up: a shell shows 128 + signum, systemd counts SIGTERM as a clean stop
+        assert proc.returncode == -sig, (proc.returncode, stderr[-2000:])
         assert f"edgefleet {command}: stopped by {sig.name}" in stderr, stderr[-2000:]
         assert "Traceback" not in stderr, stderr[-3000:]
         print(f"{command} stopped {took:.1f} s after {sig.name}")
