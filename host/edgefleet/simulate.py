@@ -574,6 +574,58 @@ class Fleet:
 
 # ---------------------------------------------------------------- CLI
 
+# How long `simulate` waits for a broker's CONNACK before the nodes are started.
+BROKER_CHECK_TIMEOUT_S = 5.0
+
+
+def check_broker(url: str, username: str | None = None, password: str | None = None,
+                 timeout: float = BROKER_CHECK_TIMEOUT_S) -> None:  # fmt: skip
+    """Connect to the broker once, as the nodes will (anonymous unless a login is given), before any node starts.
+
+    Why: nodes retry a missing or refusing broker forever, so without this a typo in --broker ran the whole
+    duration with online=0 and no word. Raises EdgefleetError saying what is wrong: nothing listening, the
+    connection refused, the login refused, or no MQTT answer at all.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    u = urlsplit(url)
+    where = f"{u.hostname}:{u.port or (8883 if u.scheme == 'mqtts' else 1883)}"
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgefleet-simulate-check-{os.getpid()}")
+    if username:
+        c.username_pw_set(username, password)
+    if u.scheme == "mqtts":
+        c.tls_set()
+    answer: list = []
+    c.on_connect = lambda cl, ud, flags, rc, props: answer.append(rc)
+    try:
+        c.connect(u.hostname or "", u.port or (8883 if u.scheme == "mqtts" else 1883), keepalive=10)
+    except OSError as e:
+        raise EdgefleetError(
+            f"cannot reach the MQTT broker at {where}: {e.strerror or e}",
+            hint="start one (edgefleet broker), check --broker, or leave --broker out: 'auto' starts one",
+        ) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while not answer and time.monotonic() < deadline:
+            c.loop(0.1)
+    except OSError as e:
+        raise EdgefleetError(f"the MQTT broker at {where} dropped the connection: {e}") from None
+    finally:
+        c.disconnect()
+    if not answer:
+        raise EdgefleetError(
+            f"no MQTT answer from {where} within {timeout:.0f} s",
+            hint="is it an MQTT broker, and the right scheme (mqtt:// plain, mqtts:// TLS)?",
+        )
+    if answer[0].is_failure:
+        who = f"user {username!r}" if username else "an anonymous client (as the nodes connect)"
+        raise EdgefleetError(
+            f"the MQTT broker at {where} refused {who}: {answer[0]}",
+            hint="a --broker URL must accept anonymous nodes; leave --broker out ('auto') for a broker with a "
+            "login per node",
+        )
+
 
 def default_scenarios(workdir: Path, n: int, duration_s: float, seed: int = 1) -> list[dict]:
     """Half the nodes replay labelled activities, the other half have sensor faults on env."""
@@ -587,6 +639,39 @@ def default_scenarios(workdir: Path, n: int, duration_s: float, seed: int = 1) -
         else:
             out.append(fault_scenario(seed * 1000 + i, duration_s))
     return out
+
+
+class OnlineWatchdog:
+    """Fails the run with one clear message when no node is online for `timeout_s` (from the start, or after they
+    all went offline), or when the broker we started exits: a fleet that cannot reach its broker must not run its
+    whole duration with online=0 and no word."""
+
+    def __init__(self, fleet: Fleet, broker: Mosquitto | None, timeout_s: float) -> None:
+        self.fleet = fleet
+        self.broker = broker
+        self.timeout_s = timeout_s
+        self.last_online = time.monotonic()
+
+    def check(self, summary: dict) -> None:
+        if self.broker is not None and self.broker.proc is not None and self.broker.proc.poll() is not None:
+            raise EdgefleetError(
+                f"the broker exited (code {self.broker.proc.returncode})", hint=f"see {self.broker.log_path}"
+            )
+        now = time.monotonic()
+        if summary["online"] > 0:
+            self.last_online = now
+            return
+        if not self.timeout_s or now - self.last_online < self.timeout_s:
+            return
+        crashed = [nd.device_id for nd in self.fleet.nodes if nd.crashes]
+        logs = self.fleet.workdir / "logs"
+        raise EdgefleetError(
+            f"no node has been online for {self.timeout_s:.0f} s (broker {self.fleet.broker_url}"
+            + (f"; exited: {', '.join(crashed)}" if crashed else "")
+            + ")",
+            hint=f"see the node logs in {logs}; the broker must let the nodes connect and publish "
+            f"{self.fleet.prefix}/<id>/status (and let us read it); --online-timeout changes the wait",
+        )
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -631,7 +716,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             broker.stop()
         raise
     try:
+        if broker is None:  # ours is listening already (Mosquitto.start waits for it)
+            check_broker(fleet.broker_url)
         fleet.start()
+        watchdog = OnlineWatchdog(fleet, broker, args.online_timeout)
         if broker:
             print(
                 f"broker {broker.url}; collect with: edgefleet collect --broker '{fleet.collector_url()}'", flush=True
@@ -645,6 +733,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 s = fleet.summary()
                 bar.set_postfix(up=s["processes"], online=s["online"], logged=s.get("logged", 0),
                                 published=s.get("published", 0))  # fmt: skip
+                watchdog.check(s)
     except KeyboardInterrupt:
         print("stopping the fleet", flush=True)
     finally:
@@ -675,6 +764,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workdir", default="var/sim", help="flash images, scenarios, logs, broker data (default ./var/sim)"
     )
     p.add_argument("--status-interval", type=int, default=10, help="node status interval in s (default 10)")
+    p.add_argument(
+        "--online-timeout",
+        type=float,
+        default=60,
+        help="stop with an error when no node has been online for this long, in s (default 60; 0: never)",
+    )
     p.add_argument(
         "--heap-extra",
         type=int,

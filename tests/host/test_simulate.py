@@ -140,3 +140,59 @@ def test_fleet_reboot_command_restarts_node_and_kill_restart_keep_seq(mqtt_broke
         assert fleet.inspect(0)["clean"]  # SIGINT closes the log cleanly
     finally:
         fleet.close()
+
+
+def test_documented_workdir_sim_does_not_shadow_the_sim_board(tmp_path: Path) -> None:
+    """docs/simulate.md runs `edgefleet simulate ... --workdir sim`: the ./sim it creates is not the board `sim`."""
+    (tmp_path / "sim").mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "simulate", "--devices", "1", "--duration", "2", "--workdir", "sim"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "node-001: boots 1" in r.stdout, r.stdout
+    assert (tmp_path / "sim" / "nodes" / "node-001.img").is_file()
+
+
+def _simulate_fails_fast(tmp_path: Path, broker_url: str, *extra: str) -> str:
+    """simulate against a broker the nodes cannot use: one clear line, exit 2, long before --duration, nothing left."""
+    t0 = time.monotonic()
+    r = _cli("simulate", "--devices", "1", "--duration", "120", "--broker", broker_url, "--workdir",
+             str(tmp_path / "w"), *extra, timeout=60)  # fmt: skip
+    took = time.monotonic() - t0
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and took < 45, (took, r.stderr[-2000:])
+    assert _processes_under(tmp_path / "w") == []
+    return r.stderr
+
+
+def test_simulate_without_a_broker_fails_fast(tmp_path: Path) -> None:
+    from edgefleet.broker import free_port
+
+    err = _simulate_fails_fast(tmp_path, f"mqtt://127.0.0.1:{free_port()}")
+    assert "cannot reach the MQTT broker at 127.0.0.1:" in err and "Connection refused" in err, err
+    assert not (tmp_path / "w" / "logs" / "node-001.log").exists(), "no node may start without a broker"
+
+
+def test_simulate_against_a_broker_that_refuses_anonymous_nodes_fails_fast(tmp_path: Path) -> None:
+    broker = Fleet.secure_broker(tmp_path / "secure", ["someone"]).start()
+    try:
+        err = _simulate_fails_fast(tmp_path, broker.url)
+    finally:
+        broker.stop()
+    assert "refused an anonymous client" in err and "Not authorized" in err, err
+
+
+def test_simulate_reports_nodes_that_never_come_online(tmp_path: Path) -> None:
+    """The broker lets anyone connect but its ACL lets nodes publish nothing: no status ever arrives."""
+    from edgefleet.broker import Mosquitto
+
+    bdir = tmp_path / "acl-broker"
+    bdir.mkdir()
+    (bdir / "acl").write_text("user nobody\ntopic read #\n")
+    broker = Mosquitto(data_dir=bdir, acl_file=bdir / "acl").start()
+    try:
+        err = _simulate_fails_fast(tmp_path, broker.url, "--online-timeout", "8")
+    finally:
+        broker.stop()
+    assert "no node has been online for 8 s" in err and "--online-timeout" in err, err
