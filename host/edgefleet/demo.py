@@ -31,7 +31,7 @@ import numpy as np
 
 from . import procs
 from .errors import EdgefleetError
-from .paths import models_dir
+from .paths import models_dir, writable_dir
 from .simulate import (
     Fleet,
     activity_scenario,
@@ -622,6 +622,11 @@ def build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_inf
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.devices < 1:
+        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
+    if args.duration <= 0:
+        raise EdgefleetError(f"--duration must be a positive number of seconds (got {args.duration})")
+    writable_dir(args.dir, "--dir")  # before a broker or a node starts
     t0 = time.monotonic()
     report = run_demo(args)
     print(render_text(report))

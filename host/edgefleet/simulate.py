@@ -40,7 +40,7 @@ from .broker import Mosquitto, render_acl
 from .errors import EdgefleetError
 from .node import REBOOT_EXIT, check_broker_url
 from .nodeconfig import rule_for_model
-from .paths import project_root
+from .paths import project_root, writable_dir
 from .runtime import find_micropython, micropython_env, unix_heap_bytes
 
 log = logging.getLogger(__name__)
@@ -641,6 +641,21 @@ def default_scenarios(workdir: Path, n: int, duration_s: float, seed: int = 1) -
     return out
 
 
+def check_run_numbers(args: argparse.Namespace) -> None:
+    """Numbers a node or the run cannot use, refused before anything starts (they used to run with rc 0 and
+    crashed or mute nodes)."""
+    if args.devices < 1:
+        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
+    if args.duration < 0:
+        raise EdgefleetError(f"--duration must be 0 (until Ctrl-C) or a number of seconds (got {args.duration})")
+    if not 1 <= args.status_interval <= 86400:
+        raise EdgefleetError(f"--status-interval must be 1..86400 seconds (got {args.status_interval})")
+    if args.heap_extra < 0:
+        raise EdgefleetError(f"--heap-extra must be 0 or more bytes (got {args.heap_extra})")
+    if args.online_timeout < 0:
+        raise EdgefleetError(f"--online-timeout must be 0 (never) or a number of seconds (got {args.online_timeout})")
+
+
 class OnlineWatchdog:
     """Fails the run with one clear message when no node is online for `timeout_s` (from the start, or after they
     all went offline), or when the broker we started exits: a fleet that cannot reach its broker must not run its
@@ -677,8 +692,8 @@ class OnlineWatchdog:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_run_numbers(args)
+    workdir = writable_dir(args.workdir, "--workdir").resolve()
     model = Path(args.model) if args.model else None
     if model is not None and not model.exists() and (project_root() / model).exists():
         model = project_root() / model
@@ -694,8 +709,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     else:
         (workdir / "nodes").mkdir(exist_ok=True)
         scenarios = default_scenarios(workdir, args.devices, args.duration or 60)
-    if args.devices < 1:
-        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
     if model is not None:
         Fleet._check_model(model)  # before anything is started
     ids = [f"node-{i + 1:03d}" for i in range(args.devices)]

@@ -38,3 +38,23 @@ def test_demo_small_fleet_writes_report(tmp_path: Path) -> None:
     # the activity nodes' model decisions were judged against the replayed labels, the faults against injections
     assert sum(s["support"] for s in rep["activity"].values()) >= 2
     assert rep["faults"]["unplugged"]["support"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dir", "{tmp}/afile"], "--dir {tmp}/afile is not a directory"),
+        (["--dir", ""], "--dir is empty"),
+        (["--dir", "/proc/edgefleet/d"], "cannot create --dir /proc/edgefleet/d"),
+        (["--dir", "{tmp}/d", "--duration", "0"], "--duration must be a positive number"),
+        (["--dir", "{tmp}/d", "--devices", "0"], "--devices must be at least 1"),
+    ],
+)
+def test_demo_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "afile").write_text("x")
+    args = [a.format(tmp=tmp_path) for a in args]
+    r = subprocess.run([sys.executable, "-m", "edgefleet.cli", "demo", *args], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert message.format(tmp=tmp_path) in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "d").exists(), "nothing may be started or written for a refused run"

@@ -60,6 +60,10 @@ def test_simulate_cli_runs_nodes_with_the_model_and_per_device_logins(tmp_path: 
         (["--model", "/nonexistent/model"], "no model file"),
         (["--broker", "http://127.0.0.1:1883"], "bad broker URL"),
         (["--scenario", "/nonexistent.json"], "cannot read scenario"),
+        (["--status-interval", "0"], "--status-interval must be 1..86400"),
+        (["--heap-extra", "-1000"], "--heap-extra must be 0 or more"),
+        (["--duration", "-5"], "--duration must be 0"),
+        (["--online-timeout", "-1"], "--online-timeout must be 0"),
     ],
 )
 def test_simulate_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -196,3 +200,11 @@ def test_simulate_reports_nodes_that_never_come_online(tmp_path: Path) -> None:
     finally:
         broker.stop()
     assert "no node has been online for 8 s" in err and "--online-timeout" in err, err
+
+
+@pytest.mark.parametrize("kind", ["file", "empty", "uncreatable"])
+def test_simulate_bad_workdir_is_one_line(tmp_path: Path, kind: str) -> None:
+    work = {"file": tmp_path / "afile", "empty": "", "uncreatable": "/proc/edgefleet/w"}[kind]
+    (tmp_path / "afile").write_text("x")
+    r = _cli("simulate", "--workdir", str(work), "--devices", "1", "--duration", "1", timeout=60)
+    assert r.returncode == 2 and "--workdir" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
