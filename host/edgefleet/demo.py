@@ -470,17 +470,34 @@ td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}tr.offline td{{back
 
 # ---------------------------------------------------------------- the run
 
+# Written into --dir when a run starts: only a directory holding it is ever cleared for the next run.
+RUN_MARKER = ".edgefleet-demo"
 
-def run_demo(args: argparse.Namespace) -> dict:
-    from tqdm import tqdm
 
-    work = Path(args.dir).resolve()
-    if work.exists() and any(work.iterdir()) and not args.keep:
+def clear_previous_run(work: Path, keep: bool) -> None:
+    """Empties --dir for a new run, but only when it holds a previous demo run (our marker file).
+
+    Why: the demo used to rmtree any non-empty --dir, so `--dir .` or `--dir ""` deleted the working directory.
+    A directory with other files is refused and left untouched."""
+    if work.exists() and any(work.iterdir()) and not keep:
+        if not (work / RUN_MARKER).is_file():
+            raise EdgefleetError(
+                f"--dir {work} is not empty and does not hold a previous demo run; nothing was deleted",
+                hint="give a new or empty directory (default ./demo), or --keep to run in it without clearing",
+            )
         import shutil
 
         log.info("demo: clearing the previous run in %s", work)
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    (work / RUN_MARKER).write_text("a directory of `edgefleet demo`: the next run clears it\n")
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    work = Path(args.dir).resolve()
+    clear_previous_run(work, args.keep)
     db = work / "fleet.db"
     model_dir = ensure_model()
     n = args.devices

@@ -20,9 +20,9 @@ from edgefleet.simulate import POWER_CUT_WINDOW, Fleet, activity_scenario, basic
 MODEL = models_dir() / "basicmotions-rf"
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgefleet.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+                          timeout=timeout, cwd=cwd)  # fmt: skip
 
 
 def _wait(pred, timeout: float, what: str) -> None:
@@ -206,5 +206,5 @@ def test_simulate_reports_nodes_that_never_come_online(tmp_path: Path) -> None:
 def test_simulate_bad_workdir_is_one_line(tmp_path: Path, kind: str) -> None:
     work = {"file": tmp_path / "afile", "empty": "", "uncreatable": "/proc/edgefleet/w"}[kind]
     (tmp_path / "afile").write_text("x")
-    r = _cli("simulate", "--workdir", str(work), "--devices", "1", "--duration", "1", timeout=60)
+    r = _cli("simulate", "--workdir", str(work), "--devices", "1", "--duration", "1", timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and "--workdir" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
