@@ -12,7 +12,8 @@ long-lived process (broker.Mosquitto, simulate.Fleet, demo's collector, `edgefle
 - `terminate` sends a child its stop signal, waits a grace period, then SIGKILLs its process group.
 - `signal_handlers` (entered once, by the CLI, around the command) turns SIGTERM and SIGINT into `Interrupted`, a
   KeyboardInterrupt, so every `try/finally` and `except KeyboardInterrupt` cleanup path runs for both; the CLI
-  then exits with 128 + the signal number. A second signal while stopping SIGKILLs the children at once.
+  then prints `edgefleet CMD: stopped by SIGTERM` and dies by that signal (`die_by`: a shell shows 143/130, and
+  a supervisor sees a clean stop). A second signal while stopping SIGKILLs the children at once.
 - `terminate_all` (also registered with atexit) stops whatever is still tracked.
 """
 
