@@ -26,6 +26,7 @@ import os
 import random
 import secrets
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -600,6 +601,14 @@ def check_broker(url: str, username: str | None = None, password: str | None = N
     c.on_connect = lambda cl, ud, flags, rc, props: answer.append(rc)
     try:
         c.connect(u.hostname or "", u.port or (8883 if u.scheme == "mqtts" else 1883), keepalive=10)
+    except (ssl.SSLError, ConnectionResetError) as e:
+        if u.scheme != "mqtts":
+            raise EdgefleetError(f"the MQTT broker at {where} dropped the connection: {e}") from None
+        raise EdgefleetError(
+            f"TLS to {where} failed: {e}",
+            hint="mqtts:// needs a TLS listener on that port (a plain MQTT port resets the handshake), "
+            "and a server certificate this machine trusts",
+        ) from None
     except OSError as e:
         raise EdgefleetError(
             f"cannot reach the MQTT broker at {where}: {e.strerror or e}",

@@ -208,3 +208,8 @@ def test_simulate_bad_workdir_is_one_line(tmp_path: Path, kind: str) -> None:
     (tmp_path / "afile").write_text("x")
     r = _cli("simulate", "--workdir", str(work), "--devices", "1", "--duration", "1", timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and "--workdir" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_simulate_mqtts_to_a_plain_port_says_tls(tmp_path: Path, mqtt_broker) -> None:
+    err = _simulate_fails_fast(tmp_path, f"mqtts://127.0.0.1:{mqtt_broker.port}")
+    assert f"TLS to 127.0.0.1:{mqtt_broker.port} failed" in err and "TLS listener" in err, err
