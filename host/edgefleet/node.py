@@ -151,7 +151,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "node", help="run one simulated node (sim board) on the MicroPython unix port, in the foreground"
     )
-    p.add_argument("--board", default="sim", help="board definition (only sim runs on this machine)")
+    p.add_argument(
+        "--board",
+        default="sim",
+        help="board name (boards/NAME.json) or a path to a board .json file (default sim, the only one that runs here)",
+    )
     p.add_argument("--device-id", required=True, help="the node's device id (topic <prefix>/<id>/...)")
     p.add_argument("--broker", required=True, help="MQTT broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT")
     p.add_argument("--flash", required=True, help="flash image file (created erased if missing, kept between runs)")
