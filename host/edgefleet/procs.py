@@ -65,8 +65,9 @@ def exit_status(signum: int) -> int:
 def die_by(signum: int) -> None:
     """End this process by `signum` with its default action (after cleaning up): what the parent sees is "killed
     by SIGTERM", not an exit status."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe must not stop us from stopping
+            stream.flush()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     time.sleep(1)  # the signal is delivered to some thread of ours; the default action ends the whole process
