@@ -478,8 +478,11 @@ def clear_previous_run(work: Path, keep: bool) -> None:
     """Empties --dir for a new run, but only when it holds a previous demo run (our marker file).
 
     Why: the demo used to rmtree any non-empty --dir, so `--dir .` or `--dir ""` deleted the working directory.
-    A directory with other files is refused and left untouched."""
-    if work.exists() and any(work.iterdir()) and not keep:
+    A directory with other files is refused and left untouched; with --keep it is used as it is and never marked
+    (so a later run will not clear it either)."""
+    if work.exists() and any(work.iterdir()):
+        if keep:
+            return
         if not (work / RUN_MARKER).is_file():
             raise EdgefleetError(
                 f"--dir {work} is not empty and does not hold a previous demo run; nothing was deleted",

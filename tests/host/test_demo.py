@@ -80,3 +80,8 @@ def test_demo_clears_only_its_own_previous_run(tmp_path: Path) -> None:
     (work / "fleet.db").write_text("old run")
     clear_previous_run(work, keep=False)
     assert sorted(p.name for p in work.iterdir()) == [RUN_MARKER]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    clear_previous_run(mine, keep=True)  # --keep runs in it, and does not mark it for a later clearing
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
