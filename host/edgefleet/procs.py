@@ -104,7 +104,7 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def signal_handlers() -> Iterator[None]:
-    """While inside: SIGTERM and SIGINT raise Interrupted in the main thread (the CLI wraps each command in this).
+    """While inside: SIGTERM, SIGINT (and SIGHUP) raise Interrupted in the main thread (the CLI wraps each command in this).
     On leaving, signals are only recorded (cleanup is not interrupted), every child still tracked is stopped, and
     the previous handlers come back, so an in-process caller (tests) keeps its own. Outside the main thread only
     the cleanup applies (Python allows signal handlers only there)."""
@@ -118,7 +118,11 @@ def signal_handlers() -> Iterator[None]:
         return
     _received = None
     _raise = True
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP (the terminal closed) stops us like SIGTERM, unless it is ignored (nohup): then it stays ignored.
+    stops = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        stops.append(signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in stops}
     try:
         yield
     finally:

@@ -69,3 +69,20 @@ def test_sigterm_inside_the_scope_unwinds_as_interrupted() -> None:
         except procs.Interrupted as e:
             caught = e.signum
     assert caught == signal.SIGTERM and procs.received_signal() == signal.SIGTERM
+
+
+def test_sighup_stops_like_sigterm_unless_nohup_ignores_it() -> None:
+    caught = None
+    with procs.signal_handlers():
+        try:
+            signal.raise_signal(signal.SIGHUP)
+            time.sleep(1)
+        except procs.Interrupted as e:
+            caught = e.signum
+    assert caught == signal.SIGHUP
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts us
+    try:
+        with procs.signal_handlers():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
