@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from . import procs, protocol
 from .boards import Board, load_board
@@ -591,6 +591,8 @@ def check_broker(url: str, username: str | None = None, password: str | None = N
     from paho.mqtt.enums import CallbackAPIVersion
 
     u = urlsplit(url)
+    if username is None and u.username:  # a login in the URL is the one the nodes get
+        username, password = unquote(u.username), unquote(u.password or "")
     where = f"{u.hostname}:{u.port or (8883 if u.scheme == 'mqtts' else 1883)}"
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgefleet-simulate-check-{os.getpid()}")
     if username:
