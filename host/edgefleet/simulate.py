@@ -204,6 +204,7 @@ class Fleet:
         self._monitor: threading.Thread | None = None
         self._status: dict[str, dict] = {}
         self._sub = None
+        self.status_refused: str | None = None  # why the broker refused our status subscriber, if it did
         self.secure = broker is not None and broker.password_file is not None
         (self.workdir / "nodes").mkdir(exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
@@ -532,6 +533,8 @@ class Fleet:
         def on_connect(cl, ud, flags, rc, props):
             if not rc.is_failure:
                 cl.subscribe(f"{self.prefix}/+/status", qos=1)
+            else:
+                self.status_refused = str(rc)  # the watchdog of `simulate` reports it
 
         def on_message(cl, ud, msg):
             try:
@@ -682,6 +685,11 @@ class OnlineWatchdog:
         if self.broker is not None and self.broker.proc is not None and self.broker.proc.poll() is not None:
             raise EdgefleetError(
                 f"the broker exited (code {self.broker.proc.returncode})", hint=f"see {self.broker.log_path}"
+            )
+        if self.fleet.status_refused:
+            raise EdgefleetError(
+                f"the broker {self.fleet.broker_url} refused the status subscriber: {self.fleet.status_refused}",
+                hint="check the broker's logins and ACL",
             )
         now = time.monotonic()
         if summary["online"] > 0:

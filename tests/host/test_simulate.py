@@ -213,3 +213,21 @@ def test_simulate_bad_workdir_is_one_line(tmp_path: Path, kind: str) -> None:
 def test_simulate_mqtts_to_a_plain_port_says_tls(tmp_path: Path, mqtt_broker) -> None:
     err = _simulate_fails_fast(tmp_path, f"mqtts://127.0.0.1:{mqtt_broker.port}")
     assert f"TLS to 127.0.0.1:{mqtt_broker.port} failed" in err and "TLS listener" in err, err
+
+
+def test_watchdog_reports_a_refused_status_login_at_once(tmp_path: Path) -> None:
+    from edgefleet.simulate import OnlineWatchdog
+
+    broker = Fleet.secure_broker(tmp_path, ["node-001"]).start()
+    try:
+        with Fleet(tmp_path, 1, broker=broker) as fleet:
+            creds = json.loads((tmp_path / "credentials.json").read_text())
+            creds["collector"] = "not-the-password"  # the broker's passwd file keeps the real one
+            (tmp_path / "credentials.json").write_text(json.dumps(creds))
+            fleet.start()
+            watchdog = OnlineWatchdog(fleet, broker, timeout_s=600)
+            _wait(lambda: fleet.status_refused is not None, 20, "the broker's refusal")
+            with pytest.raises(EdgefleetError, match="refused the status subscriber: Not authorized"):
+                watchdog.check(fleet.summary())
+    finally:
+        broker.stop()
