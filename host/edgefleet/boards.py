@@ -221,7 +221,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("boards", help="list and validate board definitions (boards/*.json)")
+    p = sub.add_parser(
+        "boards",
+        help="list and validate board definitions (boards/*.json)",
+        epilog="examples:\n  edgefleet boards list\n  edgefleet boards validate sim ./my-board.json\n"
+        "A board argument (here and in --board) is a name in boards/ unless it contains / or ends in .json.",
+    )
     s = p.add_subparsers(dest="boards_cmd", required=True)
     s.add_parser("list", help="list known boards").set_defaults(func=_cmd_list)
     v = s.add_parser("validate", help="validate board files (all by default); names the bad field")

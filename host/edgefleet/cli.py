@@ -47,10 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, action=_Commands)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
+
+
+class _Commands(argparse._SubParsersAction):
+    """Subcommands: one registered with only a one-line `help` gets it as its --help description too, and an
+    epilog keeps its line breaks (examples are written one per line)."""
+
+    def add_parser(self, name: str, **kwargs):  # type: ignore[override]
+        if kwargs.get("help") and "description" not in kwargs:
+            kwargs["description"] = kwargs["help"]
+        if kwargs.get("epilog"):
+            kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        return super().add_parser(name, **kwargs)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:

@@ -149,7 +149,12 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "node", help="run one simulated node (sim board) on the MicroPython unix port, in the foreground"
+        "node",
+        help="run one simulated node (sim board) on the MicroPython unix port, in the foreground",
+        epilog="examples:\n"
+        "  edgefleet node --device-id node-001 --broker mqtt://127.0.0.1:1883 --flash node-001.img\n"
+        "  edgefleet node --device-id n2 --broker mqtt://127.0.0.1:1883 --flash n2.img --scenario faults.json\n"
+        "Ctrl-C or SIGTERM stops the node cleanly (its log is flushed); a `reboot` command restarts it.",
     )
     p.add_argument(
         "--board",
