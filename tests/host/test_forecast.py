@@ -164,3 +164,13 @@ def test_prophet_fits_offline():
     y = 20 + np.sin(np.arange(24 * 10) * 2 * np.pi / 24) + np.linspace(0, 1, 240)
     bt = backtest.run(y, 6, ["naive", "seasonal-naive", "prophet"], 24, H, folds=1)
     assert bt.score("prophet").vs_naive < 1
+
+
+def test_a_forecast_leaves_out_zero_actuals_and_says_so():
+    y = np.tile([0.0, 1.0, 2.0, 1.0], 10)  # a zero every 4 steps; season 4
+    bt = backtest.run(y, 4, ["naive", "seasonal-naive"], 4, H, folds=2)
+    sn = bt.score("seasonal-naive")
+    assert sn.mae == 0 and sn.a_forecast == 1.0 and sn.zeros == 2
+    assert bt.score("naive").a_forecast is not None and "leaves out 2 of 8" in bt.notes[-1]
+    assert bt.best == "seasonal-naive" and bt.score("naive").vs_snaive == float("inf")
+    assert np.isnan(sn.mase_snaive)  # the in-sample seasonal naive made no error: no scale, shown n/a

@@ -10,7 +10,7 @@ blocks, so every score is given against both:
   left out (their count is reported in `zeros`); when every y is 0 it is undefined (None).
 - MASE_naive / MASE_snaive: mean |y - ŷ| scaled by the in-sample MAE of the one-step naive (lag 1) or seasonal
   naive (lag = season) forecast on that fold's training data (Hyndman & Koehler). Below 1 is better than the
-  in-sample baseline.
+  in-sample baseline; n/a when that baseline made no error in sample (a perfectly periodic series).
 - vs_naive / vs_snaive: MAE / the baseline's MAE on the same blocks. Below 1 means fewer errors than the
   baseline made out of sample; 0.9 is 10% lower error.
 - cover80: the share of actual values inside the model's 80% prediction interval.
@@ -143,6 +143,8 @@ def run(
     bar.close()
     nz = actual != 0
     zeros = int((~nz).sum())
+    if zeros:
+        notes.append(f"A_forecast leaves out {zeros} of {len(actual)} backtest points where the actual value is 0")
     mae = {m: float(np.concatenate(errs[m]).mean()) for m in names}
     scores = []
     for m in names:
@@ -151,14 +153,20 @@ def run(
         scores.append(
             Score(
                 model=m, mae=mae[m], a_forecast=a, zeros=zeros,
-                mase_naive=float(np.nanmean(np.concatenate(scaled1[m]))),
-                mase_snaive=float(np.nanmean(np.concatenate(scaledm[m]))),
+                mase_naive=_nanmean(np.concatenate(scaled1[m])),
+                mase_snaive=_nanmean(np.concatenate(scaledm[m])),
                 vs_naive=_ratio(mae[m], mae["naive"]), vs_snaive=_ratio(mae[m], mae["seasonal-naive"]),
                 cover80=float(np.concatenate(inside[m]).mean()), fit_s=secs[m] / k,
             )
         )  # fmt: skip
     best = min(names, key=lambda m: (mae[m], names.index(m)))
     return Backtest(h, season, k, origins, scores, best, last, notes)
+
+
+def _nanmean(a: np.ndarray) -> float:
+    """Mean over the folds whose in-sample baseline made an error; NaN (shown n/a) when none did."""
+    ok = np.isfinite(a)
+    return float(a[ok].mean()) if ok.any() else float("nan")
 
 
 def _ratio(a: float, b: float) -> float:
