@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
-from . import protocol
+from . import procs, protocol
 from .errors import EdgefleetError
 from .storage import Batch, Storage, open_storage
 from .storage.base import DEAD_LETTER_CAP, now_ms
@@ -342,6 +342,7 @@ class Collector:
         stopping = threading.Event()
 
         def on_signal(signum, frame):
+            procs.note_signal(signum)  # the CLI exits 128 + signum once the queue is flushed
             stopping.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):

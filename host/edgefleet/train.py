@@ -24,6 +24,7 @@ from tqdm import tqdm
 from . import datasets, features, modelfile
 from .errors import EdgefleetError
 from .firmware_shared import firmware_module
+from .forecast import node as forecast_node
 from .model import anomaly as anomaly_mod
 from .model import budget as budget_mod
 from .model import quantize
@@ -347,6 +348,8 @@ def train(args: argparse.Namespace) -> Path:
     if getattr(args, "split_by", None):
         datasets.apply_split_rule(w, args.split_by)
     rate = model_rate(w, args)
+    if args.model == "forecast":
+        w = forecast_node.target_first(w, args.target)  # the node forecasts its model's first channel
     names = features.names(w.channels)
     kind = args.model
     n_classes = max(2, len(set(w.y.tolist()) - {""}))
@@ -364,12 +367,7 @@ def train(args: argparse.Namespace) -> Path:
     extra: dict[str, Any] = {}
     if kind == "forecast":
         task = "regress"
-        ch = args.target or w.channels[0]
-        if ch not in w.channels:
-            raise EdgefleetError(f"--target {ch} is not a channel of {w.sensor}: {w.channels}")
-        if w.nxt is None:
-            raise EdgefleetError("this dataset has no next sample after its windows")
-        y = w.nxt[:, w.channels.index(ch)]
+        y = forecast_node.delta_target(w)  # the change from the last value (why: forecast/node.py)
         ok = ~np.isnan(y)
         tr, te = tr[ok[tr]], te[ok[te]]
     else:
@@ -402,6 +400,8 @@ def train(args: argparse.Namespace) -> Path:
         )
     est, fitinfo, requested = fit_sized(kind, xq[tr], y[tr], len(classes), args, budget)
     t.estimator = None if kind == "mlp-keras" else est
+    if kind == "forecast":
+        t.threshold = forecast_node.band(est, xq[tr], y[tr])  # the node's anomaly band
     acc_req, acc = host_accuracy(t, requested, xq[te], y[te]), host_accuracy(t, est, xq[te], y[te])
     fitinfo.update({"accuracy_requested": acc_req, "accuracy_chosen": acc, "board": budget.board})
     if fitinfo["resized"]:
@@ -411,7 +411,8 @@ def train(args: argparse.Namespace) -> Path:
     t.params.update({"board": budget.board, "rate_hz": rate, "min_agreement": _min_agreement(args), "fit": fitinfo,
                      "cost": cost, "quantization": {"floored": quant.floored, "clipped": quant.clipped}, **extra})  # fmt: skip
     out = Path(args.out or models_dir()) / args.name
-    _write_atomically(out, t, est, key, w, xq, y, te, task)
+    extra_test = forecast_node.testset_extra(w, te) if kind == "forecast" else {}
+    _write_atomically(out, t, est, key, w, xq, y, te, extra_test)
     return out
 
 
@@ -423,7 +424,7 @@ def _min_agreement(args: argparse.Namespace) -> float:
     return float(v)
 
 
-def _write_atomically(out: Path, t: Trained, est, key, w, xq, y, te, task) -> None:
+def _write_atomically(out: Path, t: Trained, est, key, w, xq, y, te, extra_test: dict) -> None:
     """Stage trained.pkl, testset.npz and convert's outputs in a hidden sibling directory, then rename: a failure
     at any step (conversion, parity gate, budget) leaves no partial model directory, and an older model stays."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -434,7 +435,7 @@ def _write_atomically(out: Path, t: Trained, est, key, w, xq, y, te, task) -> No
         with (stage / "trained.pkl").open("wb") as f:
             pickle.dump(t, f)
         np.savez_compressed(stage / "testset.npz", x=w.x[te].astype(np.float32), xq=xq[te].astype(np.int16), y=y[te],
-                            label=np.asarray(w.y)[te], case=np.asarray(w.groups)[te])  # fmt: skip
+                            label=np.asarray(w.y)[te], case=np.asarray(w.groups)[te], **extra_test)  # fmt: skip
         from .convert import convert
 
         convert(stage, key=key, final_name=out)
@@ -463,6 +464,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     m = json.loads((out / "manifest.json").read_text())
     print(headline(m))
     print(f"model written to {out}/ (report: {out / 'report.html'})")
+    if args.model == "forecast":
+        print(forecast_node.train_report(out))
     return 0
 
 
@@ -532,7 +535,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="train/test by a rule: device=REGEX puts matching devices in the test split "
         "(default: the CSV's split column if any, else by device series)",
     )
-    p.add_argument("--target", help="forecast: channel whose next value is predicted (default: the first)")
+    p.add_argument(
+        "--target",
+        help="forecast: channel whose next value is predicted (default: the first); the model predicts its change from the last value",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--key-file", help="HMAC key file to sign the model file (default: $EDGEFLEET_MODEL_KEY_FILE)")
 
