@@ -263,10 +263,14 @@ def mutual_information(xq: np.ndarray, y: np.ndarray, names: list[str], seed: in
 
 
 def model_rate(w: datasets.Windows, args: argparse.Namespace) -> float | None:
-    """The rate the model runs at: --rate-hz, else the node's default rate for the sensor (firmware config),
-    else the data's. Data at another rate is refused: its windows would span another length of time."""
+    """The rate the model runs at: --rate-hz, else (classifiers, anomaly) the node's default rate for the sensor
+    (firmware config), else the data's. Data at another rate is refused: its windows would span another length of time."""
     want = getattr(args, "rate_hz", None)
     source = "--rate-hz"
+    if want is None and args.model == "forecast":
+        return (
+            w.rate_hz
+        )  # forecasts run on the series' own rate (often resampled, docs/forecast.md); checked with --rate-hz
     if want is None:
         want = firmware_module("node/config.py").DEFAULTS["rates"].get(w.sensor)
         source = f"the node's default {w.sensor} rate"
