@@ -239,7 +239,7 @@ def check_time(t, res: dict) -> dict:
             f"over its budget of {limit:,.0f} ms",
             hint="a smaller --window, fewer --trees, or the C module (edgefleet build-module)",
         )
-    return {"board": board, "board_ms_per_window": ms, "budget_ms": limit}
+    return {"board": b.board, "board_ms_per_window": ms, "budget_ms": limit}
 
 
 def convert(out: Path, key: bytes | None = None, final_name: Path | None = None,
@@ -279,7 +279,7 @@ def _convert(out: Path, dest: Path, key: bytes | None, min_agreement: float | No
         "scaling": {"offset": t.scaling.offset.tolist(), "scale": t.scaling.scale.tolist(),
                     "rule": "q = clamp(floor((x - offset) * scale + 0.5), -32767, 32767)"},
         "classes": list(t.classes), "threshold": t.threshold, "params": _jsonable(t.params),
-        "rate_hz": t.params.get("rate_hz"), "board": board, "timing": timing,
+        "rate_hz": t.params.get("rate_hz"), "board": t.params.get("board_name", board), "timing": timing,
         "fit": _jsonable(t.params.get("fit")), "quantization": t.params.get("quantization"),
         "model_file": {"path": "model.efm", "format_version": modelfile.VERSION, "bytes": len(data),
                        "sha256": mf.sha256, "signed": mf.signed},

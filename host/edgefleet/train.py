@@ -412,7 +412,7 @@ def train(args: argparse.Namespace) -> Path:
         log.info("fitted to %s: %s (body %d <= %d bytes); host test accuracy %s -> %s", budget.board,
                  fitinfo["chosen"], fitinfo["chosen"]["body_bytes"], budget.max_body, acc_req, acc)  # fmt: skip
     t.relevance = mutual_information(xq[tr], np.asarray(w.y)[tr], names, args.seed) if w.y[tr].any() else []
-    t.params.update({"board": budget.board, "rate_hz": rate, "min_agreement": _min_agreement(args), "fit": fitinfo,
+    t.params.update({"board": getattr(args, "board", None) or DEFAULT_BOARD, "board_name": budget.board, "rate_hz": rate, "min_agreement": _min_agreement(args), "fit": fitinfo,
                      "cost": cost, "quantization": {"floored": quant.floored, "clipped": quant.clipped}, **extra})  # fmt: skip
     out = Path(args.out or models_dir()) / args.name
     extra_test = forecast_node.testset_extra(w, te) if kind == "forecast" else {}

@@ -285,3 +285,23 @@ def test_internal_bleeding_anomaly_end_to_end(tmp_path):
     mt = m["metrics"]
     assert mt["n_normal_test"] > 50 and mt["fpr_ci95"][0] <= mt["fpr_measured"] <= mt["fpr_ci95"][1]
     assert m["parity"]["a_vs_c"] >= 0.995
+
+
+def test_a_small_board_gets_a_smaller_net_and_refuses_what_cannot_fit(tmp_path, capsys):
+    """A board allowing a 4 KB model body: the net's hidden layers are halved until it fits (reported), and an
+    anomaly model of 72 features (a 21 KB precision matrix) is refused before training, in one message."""
+    board = json.loads((Path(datasets.__file__).resolve().parents[2] / "boards" / "sim.json").read_text())
+    board["name"] = "tiny"
+    board["inference"]["max_model_bytes"] = 4096
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(board))
+    code, m = run(tmp_path, "--data", "basicmotions", "--model", "mlp-sk", "--name", "net", "--board", str(path),
+                  "--epochs", "40")  # fmt: skip
+    assert code == 0
+    f = m["fit"]
+    assert f["resized"] and f["requested"]["hidden"] == [32, 16] and f["chosen"]["body_bytes"] <= 4096
+    assert f["chosen"]["hidden"][0] < 32 and m["board"] == "tiny"
+    code, m = run(tmp_path, "--data", "basicmotions", "--model", "anomaly", "--name", "anom", "--board", str(path))
+    err = capsys.readouterr().err
+    assert code == 2 and m is None and "no anomaly model fits tiny: the smallest needs a 21,024-byte body" in err
+    assert leftovers(tmp_path) == ["net"]
