@@ -305,3 +305,21 @@ def test_a_small_board_gets_a_smaller_net_and_refuses_what_cannot_fit(tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and m is None and "no anomaly model fits tiny: the smallest needs a 21,024-byte body" in err
     assert leftovers(tmp_path) == ["net"]
+
+
+def test_heavy_tailed_feature_is_clipped_and_keeps_its_resolution():
+    """One outlier window 1000x the rest: min-max scaling would leave the bulk a few int16 steps; the quantile
+    range keeps thousands of steps for it and reports the clipped fraction."""
+    from edgefleet import features
+
+    rng = np.random.default_rng(12)
+    w = rng.normal(size=(400, 1, 32))
+    w[7] *= 1000.0
+    x = features.compute_batch(w)
+    names = features.names(["v"])
+    q = quantize.fit(x, names, w)
+    xq = q.scaling.apply(x).astype(int)
+    i = names.index("v_std")
+    assert "v_std" in q.clipped and 0 < q.clipped["v_std"] <= 0.01
+    bulk = np.delete(xq[:, i], 7)
+    assert bulk.max() - bulk.min() > 10000 and abs(xq[7, i]) == 32767

@@ -9,7 +9,7 @@ Scaling.fit maps each feature's training range onto +-32767. Two kinds of featur
   (features_f32: an ESP32 computes in float32; the unix port in double, so it errs less), so host and node
   land on the same or an adjacent step.
 - heavy-tailed features: one outlier stretches the range and leaves the bulk a few steps. When the min-max span
-  exceeds TAIL_RATIO times the central (0.1%-99.9% quantile) span, the quantile span, widened by TAIL_PAD on
+  exceeds TAIL_RATIO times the central (0.5%-99.5% quantile) span, the quantile span, widened by TAIL_PAD on
   each side, is used instead; values outside clip to +-32767, and the clipped fraction is measured and reported.
 """
 
@@ -24,7 +24,7 @@ from .. import features, modelfile
 STEP_MARGIN = 4.0
 ERROR_SAMPLE = 256  # training windows the float32 error is measured on
 TAIL_RATIO = 8.0
-TAIL_Q = 0.001
+TAIL_Q = 0.005
 TAIL_PAD = 0.25
 
 
@@ -78,14 +78,18 @@ def features_f32(windows: np.ndarray) -> np.ndarray:
     return np.concatenate([per, bands], axis=2).reshape(nw, nc * mod.N_PER_CHANNEL).astype(np.float64)
 
 
-def measured_errors(windows: np.ndarray, x64: np.ndarray, seed: int = 1) -> np.ndarray:
-    """Largest |float32 feature - float64 feature| per feature over (a sample of) the training windows."""
+def measured_errors(windows: np.ndarray, x64: np.ndarray, seed: int = 1, lo: np.ndarray | None = None,
+                    hi: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """Largest |float32 feature - float64 feature| per feature over (a sample of) the training windows; with
+    lo/hi, only over values inside [lo, hi] (values beyond clamp to +-32767 on host and node alike)."""
     if len(windows) > ERROR_SAMPLE:
         pick = np.random.default_rng(seed).choice(len(windows), ERROR_SAMPLE, replace=False)
         windows, x64 = windows[pick], x64[pick]
     with np.errstate(all="ignore"):
         d = np.abs(features_f32(windows) - x64)
     d[~np.isfinite(d)] = 0.0
+    if lo is not None and hi is not None:
+        d[(x64 < lo) | (x64 > hi)] = 0.0
     zcr = [i for i, n in enumerate(features.names(["c"] * windows.shape[1])) if n.endswith("_zcr")]
     d[:, zcr] = 0.0  # crossing counts: exact but for samples equal to the mean, nothing a scale floor can fix
     return d.max(axis=0) if len(d) else np.zeros(x64.shape[1])
@@ -94,14 +98,15 @@ def measured_errors(windows: np.ndarray, x64: np.ndarray, seed: int = 1) -> np.n
 def fit(x: np.ndarray, names: list[str], windows: np.ndarray) -> Quantization:
     """Scaling for training features x (rows) of these windows, with the error floor and tail clipping."""
     lo, hi = x.min(axis=0), x.max(axis=0)
-    qlo, qhi = np.quantile(x, TAIL_Q, axis=0), np.quantile(x, 1 - TAIL_Q, axis=0)
+    qlo = np.quantile(x, TAIL_Q, axis=0, method="higher")  # inward: a lone outlier never enters the central range
+    qhi = np.quantile(x, 1 - TAIL_Q, axis=0, method="lower")
     central = qhi - qlo
     heavy = (hi - lo) > TAIL_RATIO * np.maximum(central, 1e-300)
     heavy &= central > 0
     lo = np.where(heavy, qlo - TAIL_PAD * central, lo)
     hi = np.where(heavy, qhi + TAIL_PAD * central, hi)
     half = (hi - lo) / 2.0
-    floor = STEP_MARGIN * measured_errors(windows, x) * modelfile.Q_SPAN
+    floor = STEP_MARGIN * measured_errors(windows, x, lo=lo, hi=hi) * modelfile.Q_SPAN
     floored = half < floor
     half = np.maximum(half, floor)
     scale = np.where(half > 0, modelfile.Q_SPAN / np.where(half > 0, half, 1.0), 1.0)
