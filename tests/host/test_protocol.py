@@ -77,7 +77,7 @@ def _tele(**rec) -> bytes:
         (b"\xff\xfe", "not UTF-8"),
         (b"{nope", "malformed JSON"),
         (b"[1,2]", "not a JSON object"),
-        (b'{"v": 2, "dev": "n1", "recs": []}', "unknown version"),
+        (b'{"v": 3, "dev": "n1", "recs": []}', "unknown version"),
         (b'{"v": true, "dev": "n1", "recs": []}', "unknown version"),
         (b'{"dev": "n1", "recs": []}', "unknown version"),
         (b'{"v": 1, "dev": "n2", "recs": [{}]}', "dev does not match topic"),

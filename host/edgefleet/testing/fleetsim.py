@@ -15,6 +15,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from .. import protocol
 
 ENV_CHANNELS = ("temperature", "humidity", "pressure")
+LOG = "0a1b2c3d"  # the flash-log id the simulated nodes send (v2)
+
+# Valid messages for tests and the benchmark are built here and in protocol's builders, never as JSON literals
+# scattered over the tests, so that a protocol change touches one place.
 
 
 def reading(seq: int, ts: int, sensor: str = "env") -> dict:
@@ -27,9 +31,43 @@ def reading(seq: int, ts: int, sensor: str = "env") -> dict:
     }
 
 
-def telemetry_payload(device: str, first_seq: int, count: int, ts0: int = 1_764_180_000_000) -> bytes:
+def event(seq: int, ts: int = 1_764_180_000_000, kind: str = "class", label: str = "walking", **kw) -> dict:
+    rec = {"seq": seq, "ts": ts, "flags": 0, "kind": kind, "label": label, "score": 0.9, "model": "m1",
+           "action": None, "sensor": None}  # fmt: skip
+    rec.update(kw)
+    return rec
+
+
+def online_status(device: str, log: str | None = LOG, seq: int = 1, **kw) -> dict:
+    body = {"v": protocol.VERSION, "dev": device, "state": "online", "ts": 1_764_180_000_000, "fw": "0.1.0",
+            "board": "sim", "model": None, "uptime_s": 5, "heap_free": 60000, "boot": 1, "seq": seq,
+            "safe_mode": False, "error": None, "counters": {"sampled": 10, "logged": 10}, "e_buffer": 1.0,
+            "r_noise": 0.0}  # fmt: skip
+    if log is None:
+        body["v"] = 1
+    else:
+        body["log"] = log
+    body.update(kw)
+    return body
+
+
+def ack(device: str, cid: str | None = "c-1", ok: bool = True, **kw) -> dict:
+    body = {"v": protocol.VERSION, "dev": device, "id": cid, "ok": ok, "result": {}}
+    if not ok:
+        body["error"] = "failed"
+    body.update(kw)
+    return body
+
+
+def telemetry_payload(
+    device: str, first_seq: int, count: int, ts0: int = 1_764_180_000_000, log: str | None = LOG
+) -> bytes:
     recs = [reading(s, ts0 + s * 100) for s in range(first_seq, first_seq + count)]
-    return protocol.encode(protocol.telemetry(device, recs))
+    return protocol.encode(protocol.telemetry(device, recs, log=log))
+
+
+def event_payload(device: str, recs: list[dict], log: str | None = LOG) -> bytes:
+    return protocol.encode(protocol.events(device, recs, log=log))
 
 
 class Publisher:
