@@ -462,6 +462,32 @@ def parse(prefix: str, topic_name: str, payload: bytes, received_ms: int | None 
     return Message(kind, device, obj)
 
 
+def readable_seqs(prefix: str, topic_name: str, payload: bytes) -> tuple[str, str, list[int]] | None:
+    """(device, log, seqs) of a rejected v2 telemetry/event message whose topic, dev, log and every record's seq
+    are valid, else None. The collector acks those seqs once the message is in dead_letter, so a node is not
+    stuck re-sending a message that will never be accepted (docs/protocol.md, "stored")."""
+    try:
+        device, kind = parse_topic(prefix, topic_name)
+        if kind not in ("telemetry", "event"):
+            return None
+        obj = decode(payload)
+        if obj.get("dev") != device or obj["v"] != 2:
+            return None
+        lg = parse_log(obj)
+        recs = obj.get("recs")
+        if type(recs) is not list or not 1 <= len(recs) <= MAX_RECORDS:
+            return None
+        seqs = []
+        for r in recs:
+            seq = r.get("seq") if type(r) is dict else None
+            if not _is_int(seq, 1):
+                return None
+            seqs.append(seq)
+        return device, lg, seqs
+    except ProtocolError:
+        return None
+
+
 # ---------------------------------------------------------------- builders (simulators, tests, bench, host cmds)
 
 
