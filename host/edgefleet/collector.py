@@ -164,6 +164,9 @@ class Collector:
         self._props = Properties(PacketTypes.CONNECT)
         self._props.SessionExpiryInterval = SESSION_EXPIRY_S
         self._props.ReceiveMaximum = inflight
+        # Which collector stored it (for operators and the shared-group test; nodes ignore it).
+        self._stored_props = Properties(PacketTypes.PUBLISH)
+        self._stored_props.UserProperty = ("collector", self.client_id)
 
     # -- MQTT thread (paho's loop): never blocks
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -379,7 +382,7 @@ class Collector:
     def _publish_stored(self, settled: StoredAcks) -> None:
         """The end-to-end acks, after the COMMIT: QoS 1, never retained (a retained one would be stale)."""
         for topic, payload in settled.messages(self.prefix):
-            self.client.publish(topic, payload, qos=1, retain=False)
+            self.client.publish(topic, payload, qos=1, retain=False, properties=self._stored_props)
             self.stats.stored_acks += 1
 
     def on_committed(self, items: list, committed_ms: int) -> None:

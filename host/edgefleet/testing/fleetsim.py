@@ -6,6 +6,7 @@ measurement: packet ids are 16 bits), and records the publish time of each messa
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -112,4 +113,45 @@ class Publisher:
             self.client.disconnect()
         else:
             self.client.socket().close() if self.client.socket() else None
+        self.client.loop_stop()
+
+
+class StoredListener:
+    """Listens as the nodes do to `<prefix>/+/stored` (MQTT 5, to see which collector sent each ack: the
+    collector tags its `stored` messages with the user property `collector` = its client id)."""
+
+    def __init__(self, host: str, port: int, prefix: str = protocol.DEFAULT_PREFIX) -> None:
+        self.acks: list[tuple[str, str, list[tuple[int, int]], str | None, float]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"stored-listener-{id(self)}",
+                                  protocol=mqtt.MQTTv5)  # fmt: skip
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._ready.set()
+        self.client.connect(host, port, keepalive=10)
+        self.client.subscribe(f"{prefix}/+/stored", qos=1)
+        self.client.loop_start()
+        if not self._ready.wait(10):
+            raise TimeoutError("stored listener did not subscribe")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        device = msg.topic.split("/")[-2]
+        log, ranges = protocol.check_stored(json.loads(msg.payload))
+        who = dict(getattr(msg.properties, "UserProperty", []) or []).get("collector")
+        with self._lock:
+            self.acks.append((device, log, ranges, who, time.monotonic()))
+
+    def seqs(self, collector: str | None = None) -> dict[tuple[str, str], set[int]]:
+        """(device, log) -> every seq acked (by `collector` only, if given)."""
+        out: dict[tuple[str, str], set[int]] = {}
+        with self._lock:
+            for device, log, ranges, who, _t in self.acks:
+                if collector is None or who == collector:
+                    got = out.setdefault((device, log), set())
+                    for a, b in ranges:
+                        got.update(range(a, b + 1))
+        return out
+
+    def close(self) -> None:
+        self.client.disconnect()
         self.client.loop_stop()
