@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from . import __version__
@@ -65,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not as a warning at exit
+        return rc
+    except BrokenPipeError:
+        # The reader of our output went away (`fleet status | head`): not an error. Point stdout at /dev/null
+        # so the interpreter's final flush does not print a traceback; 141 = 128 + SIGPIPE, as coreutils exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except EdgefleetError as e:
         print(f"edgefleet {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -299,7 +299,8 @@ class Collector:
                     since = time.monotonic()
                     self.stats.outages += 1
                     log.error(
-                        "database unavailable (%s): holding %d messages unacknowledged in the broker session, "
+                        "database unavailable (%s): this batch (%d messages) and all after it stay unacknowledged in the broker "
+                        "session; "
                         "retrying with backoff up to %.0f s",
                         redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__),
                         pending,

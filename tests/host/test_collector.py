@@ -321,7 +321,9 @@ def test_gaps_duplicates_out_of_order_and_fleet_status(mqtt_broker, db_url, coll
     assert dev["status"]["counters"]["dropped"] == 3
     table = _cli("fleet", "status", "--db", db_url)
     assert table.returncode == 0
-    assert re.search(r"gappy\s+online\s+\S+ \S+\s+18\s+1 \(\w{8}\)\s+\S+ \S+\s+1-31\s+13\s+11-14,21-29\s+0\s+3", table.stdout), table.stdout
+    assert re.search(
+        r"gappy\s+online\s+\S+ \S+\s+18\s+1 \(\w{8}\)\s+\S+ \S+\s+1-31\s+13\s+11-14,21-29\s+0\s+3", table.stdout
+    ), table.stdout
     assert "1 devices, 1 online, 13 records missing upstream" in table.stdout
     assert c.alive()
 

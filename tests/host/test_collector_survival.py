@@ -53,7 +53,7 @@ def _can_open(db_url: str) -> bool:
     try:
         open_storage(db_url, create=False).close()
         return True
-    except Exception:  # noqa: BLE001 - not created yet
+    except Exception:
         return False
 
 
@@ -321,9 +321,7 @@ def test_stored_acks_cover_exactly_what_was_committed(mqtt_broker, tmp_path) -> 
 def test_shared_group_each_collector_acks_only_what_it_committed(mqtt_broker, tmp_path) -> None:
     """Two collectors in one $share group, each with its own database, so what each committed is known."""
     dbs = [f"sqlite:///{tmp_path}/fleet{i}.db" for i in (1, 2)]
-    cs = [
-        CollectorProc(mqtt_broker, dbs[i], tmp_path / f"c{i}.log", f"c{i}", "--group", "g").start() for i in (0, 1)
-    ]
+    cs = [CollectorProc(mqtt_broker, dbs[i], tmp_path / f"c{i}.log", f"c{i}", "--group", "g").start() for i in (0, 1)]
     listener = StoredListener(mqtt_broker.host, mqtt_broker.port)
     pub = Publisher(mqtt_broker.host, mqtt_broker.port, "pub-share")
     try:
