@@ -16,13 +16,30 @@ import time
 from pathlib import Path
 
 import pytest
-from test_collector import CollectorProc, assert_exactly_once, collector, publish_run, wait_count  # noqa: F401
+from test_collector import CollectorProc, assert_exactly_once, publish_run, wait_count
 from test_protocol_hostile import HOSTILE, _paths, _valid, _with
 
 from edgefleet import protocol
 from edgefleet.storage import open_storage
 from edgefleet.testing import fleetsim as fs
 from edgefleet.testing.fleetsim import Publisher, StoredListener
+
+
+@pytest.fixture
+def collectors(mqtt_broker, db_url, tmp_path):
+    """`edgefleet collect` children on the test's broker and database, killed if a test leaves one running."""
+    procs: list[CollectorProc] = []
+
+    def make(client_id: str = "collector-1", *extra: str) -> CollectorProc:
+        c = CollectorProc(mqtt_broker, db_url, tmp_path / f"{client_id}.log", client_id, *extra)
+        procs.append(c)
+        return c
+
+    yield make
+    for c in procs:
+        if c.alive():
+            c.proc.kill()
+            c.proc.wait()
 
 
 def _stored_seqs(db_url: str) -> dict[tuple[str, str], set[int]]:
@@ -73,10 +90,10 @@ def _refuse_ts(db_url: str, ts: int) -> None:
         store.close()
 
 
-def test_hostile_payloads_and_a_refused_write_never_stop_collection(mqtt_broker, db_url, collector) -> None:
+def test_hostile_payloads_and_a_refused_write_never_stop_collection(mqtt_broker, db_url, collectors) -> None:
     """The nine shapes of issue 10 (and NUL, control characters, a bad UTF-8 label...) are dead-lettered whole;
     a message the database refuses is dead-lettered and the rest of its batch stored; all acked."""
-    c = collector("collector-1").start()
+    c = collectors("collector-1").start()
     _db_ready(db_url)
     _refuse_ts(db_url, 666)
     pub = Publisher(mqtt_broker.host, mqtt_broker.port, "pub-hostile")
@@ -149,11 +166,11 @@ def _bad_messages(rng: random.Random, n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def test_live_barrage_of_generated_bad_messages(mqtt_broker, db_url, collector) -> None:
+def test_live_barrage_of_generated_bad_messages(mqtt_broker, db_url, collectors) -> None:
     """2,000 generated bad messages interleaved with 200 valid ones (4,000 readings) from two devices."""
     rng = random.Random(10)
     bad = _bad_messages(rng, 2000)
-    c = collector("collector-1").start()
+    c = collectors("collector-1").start()
     pub = Publisher(mqtt_broker.host, mqtt_broker.port, "pub-barrage", inflight=200)
     seqs = {"g1": 1, "g2": 1}
     for i, (topic, raw) in enumerate(bad):
