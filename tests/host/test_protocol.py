@@ -29,7 +29,10 @@ def test_doc_examples_are_valid() -> None:
     examples = _doc_examples()
     kinds = []
     for ex in examples:
-        if "cmd" in ex:
+        if "ranges" in ex:
+            protocol.check_stored(ex)
+            kinds.append("stored")
+        elif "cmd" in ex:
             protocol.check_cmd(ex)
             kinds.append("cmd")
         elif "ok" in ex:
@@ -44,7 +47,7 @@ def test_doc_examples_are_valid() -> None:
         else:
             assert len(protocol.parse_events(ex, ex["dev"])) == 1
             kinds.append("event")
-    assert {"telemetry", "event", "status", "cmd", "ack"} <= set(kinds)
+    assert {"telemetry", "event", "status", "cmd", "ack", "stored"} <= set(kinds)
 
 
 def test_topics() -> None:
