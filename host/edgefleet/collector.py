@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
-from . import protocol
+from . import procs, protocol
 from .errors import EdgefleetError
 from .redact import read_secret_file, redact_text, redact_url, refuse_password_in_url
 from .storage import Batch, Storage, WriteResult, open_storage
@@ -483,6 +483,7 @@ class Collector:
         stopping = threading.Event()
 
         def on_signal(signum, frame):
+            procs.note_signal(signum)  # the CLI exits 128 + signum once the queue is flushed
             stopping.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
