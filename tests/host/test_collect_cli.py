@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -140,7 +141,7 @@ def test_collect_takes_the_password_from_a_file_or_the_environment_never_the_com
     c = CollectorProc(login_broker, db, tmp_path / "c1.log", "c1", "--password-file", str(good))
     c.argv[c.argv.index("--broker") + 1] = url
     c.start()
-    assert c.stop() == 0
+    assert c.stop() == -signal.SIGINT  # drained, then died by the SIGINT it got
     assert SECRET not in c.log.read_text()
     env = {**_env(), "EDGEFLEET_BROKER_PASSWORD": SECRET}
     argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", url, "--db", db, "--client-id", "c2"]
@@ -156,6 +157,6 @@ def test_collect_takes_the_password_from_a_file_or_the_environment_never_the_com
                 deadline -= 0.1
             assert deadline > 0
         finally:
-            p.send_signal(2)
+            p.send_signal(signal.SIGINT)
             p.wait(30)
     assert SECRET not in (tmp_path / "c2.log").read_text()
