@@ -409,11 +409,15 @@ class Collector:
                 last_report = time.monotonic()
                 s = self.stats
                 log.info(
-                    "%d messages, %d records stored, %d duplicates, %d dead letters",
+                    "%d messages, %d records stored, %d duplicates, %d dead letters (%d pruned by the cap), "
+                    "%d stored acks published, %d database outages",
                     s.messages,
                     s.stored,
                     s.duplicates,
                     s.dead,
+                    s.dead_pruned,
+                    s.stored_acks,
+                    s.outages,
                 )
 
     def _drain_unacked(self) -> None:
