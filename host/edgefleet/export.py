@@ -125,8 +125,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export readings to the CSV the training pipeline reads")
-    p.add_argument("--db", default="sqlite:///fleet.db", help="the collector's database URL")
+    p = sub.add_parser(
+        "export",
+        help="export readings to the CSV the training pipeline reads",
+        epilog="examples:\n  edgefleet export --db sqlite:///fleet.db --out data.csv\n"
+        "  edgefleet export --device node-001 --sensor imu --since 2026-11-26T08:00 --out imu.csv\n"
+        "see docs/data-format.md",
+    )
+    p.add_argument(
+        "--db", default="sqlite:///fleet.db", help="the collector's database URL, never created (default: %(default)s)"
+    )
     p.add_argument("--device", action="append", help="only this device (repeatable)")
     p.add_argument("--since", help="from this time on (epoch ms or ISO 8601, UTC), by the node's ts")
     p.add_argument("--until", help="before this time (epoch ms or ISO 8601, UTC)")
