@@ -283,17 +283,18 @@ class Collector:
         self._add_dead(batch, settled, item, reason)
         return batch, settled
 
-    def _write(self, batch: Batch, pending: int) -> WriteResult | None:
+    def _write(self, batch: Batch, pending: int, any_error_is_outage: bool = False) -> WriteResult | None:
         """Write one batch; while the database is unavailable, retry with backoff (one log line per outage and
         one when it is back). Returns None if the collector is stopping first (nothing written, nothing acked).
-        Raises what is not an outage: the data was refused."""
+        Raises what is not an outage: the data was refused. With any_error_is_outage (writing a lone dead
+        letter: if even that fails, the database is not usable) every error is retried."""
         delay = RETRY_FIRST_S
         since = None
         while True:
             try:
                 res = self.storage.write(batch)
             except Exception as e:
-                if not self.storage.is_outage(e):
+                if not (any_error_is_outage or self.storage.is_outage(e)):
                     raise
                 if since is None:
                     since = time.monotonic()
@@ -337,7 +338,7 @@ class Collector:
             except Exception as e:
                 self.stats.storage_refused += 1
                 one, one_settled = self._dead_only(item, f"storage refused: {type(e).__name__}")
-                res = self._write(one, 1)
+                res = self._write(one, 1, any_error_is_outage=True)
             if res is None:
                 return None
             for f in ("stored", "duplicates", "dead", "pruned"):
