@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     # models
     "edgefleet.train",
     "edgefleet.convert",
+    "edgefleet.forecast.command",
     "edgefleet.build_module",
     # boards
     "edgefleet.boards",

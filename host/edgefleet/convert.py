@@ -153,9 +153,9 @@ def measure(out: Path, t, est, conv_est, efm: Path, key: bytes | None) -> dict:
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i])} for i, c in enumerate(classes)
         }
     elif t.task == "regress":
-        nz = np.abs(y) > 1e-9
-        metrics["A_forecast"] = float(1 - np.mean(np.abs(y[nz] - a_score[nz]) / np.abs(y[nz]))) if nz.any() else None
-        metrics["mae"] = float(np.mean(np.abs(y - a_score)))
+        from .forecast.node import regress_metrics
+
+        metrics.update(regress_metrics(ts, a_score))  # on values, beside naive and seasonal naive
     else:
         metrics["flagged_fraction"] = float(np.mean(a_idx))
         if len(set(y.tolist())) > 1:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import datasets, features, modelfile
 from .errors import EdgefleetError
+from .forecast import node as forecast_node
 from .paths import models_dir
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,8 @@ def train(args: argparse.Namespace) -> Path:
         require_tensorflow()
     key = _key(args)  # a bad key file fails before any training
     w = datasets.load(args.data, args.window, args.hop, args.sensor)
+    if args.model == "forecast":
+        w = forecast_node.target_first(w, args.target)  # the node forecasts its model's first channel
     names = features.names(w.channels)
     x = feature_matrix(w)
     tr, te = split(w, args.seed, args.test_size)
@@ -242,12 +245,7 @@ def train(args: argparse.Namespace) -> Path:
     kind = args.model
     if kind == "forecast":
         task = "regress"
-        ch = args.target or w.channels[0]
-        if ch not in w.channels:
-            raise EdgefleetError(f"--target {ch} is not a channel of {w.sensor}: {w.channels}")
-        if w.nxt is None:
-            raise EdgefleetError("this dataset has no next sample after its windows")
-        y = w.nxt[:, w.channels.index(ch)]
+        y = forecast_node.delta_target(w)  # the change from the last value (why: forecast/node.py)
         ok = ~np.isnan(y)
         tr, te = tr[ok[tr]], te[ok[te]]
     elif kind == "anomaly":
@@ -281,6 +279,8 @@ def train(args: argparse.Namespace) -> Path:
         log.info("anomaly threshold %.3f = %.3f quantile of %d validation windows", threshold, args.quantile, n_val)
     else:
         est = fit(kind, xq[tr], y[tr], len(classes), args)
+        if kind == "forecast":
+            threshold = forecast_node.band(est, xq[tr], y[tr])  # the node's anomaly band
     relevance = mutual_information(xq[tr], np.asarray(w.y)[tr], names, args.seed) if w.y[tr].any() else []
     out = Path(args.out or models_dir()) / args.name
     out.mkdir(parents=True, exist_ok=True)
@@ -295,7 +295,7 @@ def train(args: argparse.Namespace) -> Path:
         pickle.dump(t, f)
     labels = y[te] if task != "anomaly" else (w.y[te] != (args.normal or "")).astype(int) if args.normal else y[te]
     np.savez_compressed(out / "testset.npz", x=w.x[te].astype(np.float32), xq=xq[te].astype(np.int16), y=labels,
-                        label=np.asarray(w.y)[te])  # fmt: skip
+                        label=np.asarray(w.y)[te], **(forecast_node.testset_extra(w, te) if kind == "forecast" else {}))  # fmt: skip
     from .convert import convert
 
     convert(out, key=key)
@@ -311,6 +311,8 @@ def _key(args: argparse.Namespace) -> bytes | None:
 def _cmd_train(args: argparse.Namespace) -> int:
     out = train(args)
     print(f"model written to {out}/ (report: {out / 'report.html'})")
+    if args.model == "forecast":
+        print(forecast_node.train_report(out))
     return 0
 
 
@@ -329,7 +331,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=200, help="MLP epochs (default 200)")
     p.add_argument("--normal", help="anomaly: the label of normal data to fit on (default: all, unlabelled)")
     p.add_argument("--quantile", type=float, default=0.99, help="anomaly: validation quantile for the threshold")
-    p.add_argument("--target", help="forecast: channel whose next value is predicted (default: the first)")
+    p.add_argument(
+        "--target",
+        help="forecast: channel whose next value is predicted (default: the first); the model predicts its change from the last value",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--key-file", help="HMAC key file to sign the model file (default: $EDGEFLEET_MODEL_KEY_FILE)")
 
