@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 
@@ -85,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     with procs.signal_handlers():
         try:
             rc = int(args.func(args) or 0)
+            sys.stdout.flush()  # inside the try: a closed pipe shows here, not as a warning at exit
+        except BrokenPipeError:
+            # The reader of our output went away (`fleet status | head`): not an error. Point stdout at /dev/null
+            # so the interpreter's final flush does not print a traceback; 141 = 128 + SIGPIPE, as coreutils exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            rc = 141
         except EdgefleetError as e:
             if procs.received_signal() is None:  # an error while stopping is not news: the signal is
                 print(f"edgefleet {args.command}: error: {e}", file=sys.stderr)

@@ -190,6 +190,8 @@ def load_csv(path: Path, window: int, hop: int, sensor: str | None = None, captu
     series: dict[tuple[str, str], list[tuple[int, list[float], str, str, int]]] = {}
     rate_cells: dict[tuple[str, str], list[str]] = {}
     channels_of: dict[str, list[str]] = {}
+    last_seq: dict[tuple[str, str], int] = {}
+    runs: dict[tuple[str, str], int] = {}
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -216,7 +218,11 @@ def load_csv(path: Path, window: int, hop: int, sensor: str | None = None, captu
             known = channels_of.setdefault(sens, names)
             if names != known:
                 raise EdgefleetError(f"{path}:{lineno}: sensor {sens} has channels {names}, earlier rows {known}")
-            key = dev
+            # a device's flash log that started over (seq back to 1) is a new run in the export: its own series
+            last = last_seq.get((dev, sens))
+            run = runs[(dev, sens)] = runs.get((dev, sens), 0) + (last is not None and seqn <= last)
+            last_seq[(dev, sens)] = seqn
+            key = dev if run == 0 else f"{dev}#{run}"
             if captures is not None:
                 cap = next(
                     (c for c in captures if c.device == dev and c.sensor == sens and c.start_ms <= tsn <= c.end_ms),

@@ -19,6 +19,7 @@ import pytest
 
 from edgefleet import protocol
 from edgefleet.storage import open_storage
+from edgefleet.storage.base import DEAD_LETTER_CAP
 from edgefleet.testing.fleetsim import Publisher, reading, telemetry_payload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,7 +254,7 @@ def test_garbage_barrage_while_valid_traffic_flows(mqtt_broker, db_url, collecto
         match = [g for g in got if g[0] == topic and (reason is None or g[1] == reason)]
         assert match, (topic, reason, got)
         got.remove(match[0])
-    assert all(len(p) <= 4096 and size >= len(p) for _, _, _, size, p in dead)
+    assert all(len(p) <= DEAD_LETTER_CAP and size >= len(p) for _, _, _, size, p in dead)
     assert any(size == 1024 * 1024 for _, _, _, size, _ in dead)
     assert "dead letter: payload too large" in c.log.read_text()
 
@@ -320,7 +321,9 @@ def test_gaps_duplicates_out_of_order_and_fleet_status(mqtt_broker, db_url, coll
     assert dev["status"]["counters"]["dropped"] == 3
     table = _cli("fleet", "status", "--db", db_url)
     assert table.returncode == 0
-    assert re.search(r"gappy\s+online\s+\S+ \S+\s+18\s+1-31\s+13\s+11-14,21-29\s+3", table.stdout), table.stdout
+    assert re.search(
+        r"gappy\s+online\s+\S+ \S+\s+18\s+1 \(\w{8}\)\s+\S+ \S+\s+1-31\s+13\s+11-14,21-29\s+0\s+3", table.stdout
+    ), table.stdout
     assert "1 devices, 1 online, 13 records missing upstream" in table.stdout
     assert c.alive()
 

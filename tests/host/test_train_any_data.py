@@ -323,3 +323,16 @@ def test_heavy_tailed_feature_is_clipped_and_keeps_its_resolution():
     assert "v_std" in q.clipped and 0 < q.clipped["v_std"] <= 0.01
     bulk = np.delete(xq[:, i], 7)
     assert bulk.max() - bulk.min() > 10000 and abs(xq[7, i]) == 32767
+
+
+def test_a_restarted_flash_log_is_a_series_of_its_own(tmp_path):
+    """The export lists a device's readings per flash log (seq restarts at 1 in a new log): the loader must not
+    interleave two logs by seq."""
+    lines = ["device,seq,ts_ms,sensor,flags,label,rate_hz,v0"]
+    for run, base in ((0, 0.0), (1, 100.0)):
+        for s in range(1, 21):
+            lines.append(f"n1,{s},{1_700_000_000_000 + run * 10_000_000 + 100 * s},sig,0,x,10,{base + s}")
+    (tmp_path / "two.csv").write_text("\n".join(lines) + "\n")
+    w = datasets.load(str(tmp_path / "two.csv"), 10, 10)
+    assert len(w.x) == 4 and sorted(set(w.series.tolist())) == ["n1", "n1#1"]
+    assert all(np.all(np.diff(x[0]) == 1.0) for x in w.x)  # each window from one log, in order
