@@ -41,16 +41,16 @@ def fill(url: str, hours: float, rate: float, devices: int) -> tuple[int, int]:
         seq += 1
         ts = T0 + i * step
         vals = {"ax": round((i % 97) / 97, 3), "ay": 0.1, "az": 1.0, "gx": 0.5, "gy": -0.5, "gz": float(i % 13)}
-        batch.append(("dev-0", seq, ts, "imu", 0, json.dumps(vals, separators=(",", ":")), ts))
+        batch.append(("dev-0", "a1b2c3d4", seq, ts, "imu", 0, json.dumps(vals, separators=(",", ":")), ts))
         if i % env_every == 0:
             seq += 1
             env = {"temperature": 21.0 + (i % 600) / 600, "humidity": 45.0}
-            batch.append(("dev-0", seq, ts, "env", 0, json.dumps(env, separators=(",", ":")), ts))
+            batch.append(("dev-0", "a1b2c3d4", seq, ts, "env", 0, json.dumps(env, separators=(",", ":")), ts))
         if len(batch) >= 50_000:
             s.write(Batch(readings={"dev-0": batch}, seen={"dev-0": ts}))
             batch = []
     if batch:
-        s.write(Batch(readings={"dev-0": batch}, seen={"dev-0": batch[-1][2]}))
+        s.write(Batch(readings={"dev-0": batch}, seen={"dev-0": batch[-1][3]}))
     status = json.dumps({"v": 1, "state": "online", "fw": "0.1.0", "model": "m", "heap_free": 60000,
                          "safe_mode": False, "error": None, "counters": {"logged": 20}, "e_buffer": 1.0,
                          "r_noise": 0.0})  # fmt: skip
@@ -58,7 +58,7 @@ def fill(url: str, hours: float, rate: float, devices: int) -> tuple[int, int]:
         b = Batch()
         for d in range(start, min(devices, start + 1000)):
             dev = f"dev-{d}"
-            b.readings[dev] = [(dev, k, T0 + k * 1000, "env", 0, '{"temperature":20.5}', T0) for k in range(1, 21)]
+            b.readings[dev] = [(dev, "", k, T0 + k * 1000, "env", 0, '{"temperature":20.5}', T0) for k in range(1, 21)]
             b.statuses.append((dev, T0, "online", True, status))
             b.seen[dev] = T0
         s.write(b)

@@ -377,4 +377,4 @@ def test_collector_metrics_scraped(stack) -> None:
     ages = {x.labels["device"]: x.value for x in fams["edgefleet_device_last_seen_age_seconds"].samples}
     assert set(ages) == {"node-001", "node-002", "node-003"}
     assert ages["node-001"] < 5
-    assert "edgefleet_collector_database_retries" in fams
+    assert "edgefleet_collector_database_outages" in fams and "edgefleet_collector_stored_acks" in fams

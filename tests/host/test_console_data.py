@@ -18,10 +18,12 @@ def _fill(url: str) -> None:
         if seq == 2000:
             seq += 5
         ts = 1_000_000 + i * 100
-        rows.append(("d1", seq, ts, "imu", 0, json.dumps({"ax": i / 10}), ts))
+        rows.append(("d1", "", seq, ts, "imu", 0, json.dumps({"ax": i / 10}), ts))
         if i % 10 == 0:
             seq += 1
-            rows.append(("d1", seq, ts, "env", 1 if i == 1230 else 0, json.dumps({"temperature": 20 + i / 1000}), ts))
+            rows.append(
+                ("d1", "", seq, ts, "env", 1 if i == 1230 else 0, json.dumps({"temperature": 20 + i / 1000}), ts)
+            )
     s.write(Batch(readings={"d1": rows}, seen={"d1": 2_000_000}))
     s.close()
 
@@ -47,5 +49,32 @@ def test_series_exact_range_thinned_flagged_kept(db_url) -> None:
         rows = data.fleet_rows(s)
         (full_row,) = s.fleet()
         assert rows[0]["missing"] == device_summary(full_row)["missing"] == 5
+    finally:
+        s.close()
+
+
+def test_two_flash_logs(db_url) -> None:
+    """A board whose log restarted (protocol v2): the chart covers both logs in time order, gaps are counted per
+    log as `fleet status` counts them, the live tail follows the newest log."""
+    s = open_storage(db_url)
+    try:
+        old = [
+            ("d2", "aaaa0001", q, 1000 * q, "env", 0, json.dumps({"t": q}), 1000 * q) for q in range(1, 101) if q != 50
+        ]
+        new = [("d2", "bbbb0002", q, 200_000 + 1000 * q, "env", 0, json.dumps({"t": -q}), 200_000 + 1000 * q)
+               for q in range(1, 31) if q not in (10, 11)]  # fmt: skip
+        s.write(Batch(readings={"d2": old}, seen={"d2": 100_000}))
+        s.write(Batch(readings={"d2": new}, seen={"d2": 230_000}))
+        ser = data.series(s, "d2", 0, 10**9, points=1000)
+        ts = ser.sensors["env"]["ts"]
+        assert len(ts) == 99 + 28 and ts == sorted(ts)
+        assert (ser.log, ser.last_seq) == ("bbbb0002", 30)
+        (row,) = data.fleet_rows(s)
+        (full,) = s.fleet()
+        assert row["missing"] == device_summary(full)["missing"] == 3
+        assert (row["min_seq"], row["max_seq"]) == (1, 30)
+        assert data.current_log(s, "d2") == "bbbb0002"
+        sensors, last = data.new_readings(s, "d2", "bbbb0002", 25)
+        assert last == 30 and len(sensors["env"]["ts"]) == 5
     finally:
         s.close()

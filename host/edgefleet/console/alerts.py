@@ -174,8 +174,8 @@ class Sender:
 
 @dataclass
 class _State:
-    reading_seq: dict[str, int] = field(default_factory=dict)
-    event_seq: dict[str, int] = field(default_factory=dict)
+    reading_seq: dict[str, tuple[str | None, int]] = field(default_factory=dict)  # device -> (log, seq)
+    event_seq: dict[str, tuple[str | None, int]] = field(default_factory=dict)
     last_rx: dict[tuple[str, str], int] = field(default_factory=dict)  # (device, sensor) -> received_ms
     last_event: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # (rule, dev) -> (ms, label)
 
@@ -199,25 +199,31 @@ class AlertEngine:
     def _prime(self, store: Storage, devices: list[str]) -> None:
         """Start from now: events already stored do not fire; the newest reading per sensor is the baseline."""
         for dev in devices:
-            self._st.event_seq[dev] = int(
-                store.execute("SELECT coalesce(max(seq), 0) FROM events WHERE device = ?", (dev,)).fetchone()[0]
-            )
-            self._st.reading_seq[dev] = 0
+            self._st.event_seq[dev] = data.event_log(store, dev)
         self._primed = True
 
-    def _new_data(self, store: Storage, dev: str) -> list[tuple]:
-        after = self._st.reading_seq.get(dev, 0)
+    def _new_data(self, store: Storage, dev: str) -> list[dict]:
+        """Newest reading per sensor and the new events of `dev`, by (flash log, seq) watermark: a new log (board
+        replaced, log erased) starts again at its first seq."""
+        cur = data.current_log(store, dev)
+        log, after = self._st.reading_seq.get(dev, (None, 0))
+        if cur is not None and cur != log:
+            log, after = cur, 0
         rows = store.execute(
-            "SELECT sensor, max(received_ms), max(seq) FROM readings WHERE device = ? AND seq > ? GROUP BY sensor",
-            (dev, after),
+            "SELECT sensor, max(received_ms), max(seq) FROM readings WHERE device = ? AND log = ? AND seq > ?"
+            " GROUP BY sensor",
+            (dev, log or "", after),
         ).fetchall()
         for sensor, rx, seq in rows:
             self._st.last_rx[(dev, sensor)] = max(int(rx), self._st.last_rx.get((dev, sensor), 0))
-            self._st.reading_seq[dev] = max(self._st.reading_seq.get(dev, 0), int(seq))
-        ev_after = self._st.event_seq.get(dev, 0)
-        evs = data.events_after(store, dev, ev_after)
-        if evs:
-            self._st.event_seq[dev] = evs[-1]["seq"]
+            after = max(after, int(seq))
+        self._st.reading_seq[dev] = (log, after)
+        ev_log, ev_after = self._st.event_seq.get(dev, (None, 0))
+        cur_ev, _ = data.event_log(store, dev)
+        if cur_ev is not None and cur_ev != ev_log:
+            ev_log, ev_after = cur_ev, 0
+        evs = data.events_after(store, dev, ev_log, ev_after)
+        self._st.event_seq[dev] = (ev_log, evs[-1]["seq"] if evs else ev_after)
         return evs
 
     def evaluate(self, store: Storage, now: int | None = None) -> list[dict]:
@@ -230,7 +236,7 @@ class AlertEngine:
         for r in rows:
             dev = r["device"]
             if dev not in self._st.event_seq:
-                self._st.event_seq[dev] = 0
+                self._st.event_seq[dev] = (None, 0)  # a device first seen after the start: all its events count
             evs = self._new_data(store, dev)
             for rule in self.rules.rules:
                 if not fnmatch.fnmatchcase(dev, rule.devices):

@@ -332,16 +332,17 @@ def _device_json(db: Database, commander: Commander | None, dev: str, since: int
             return {}
         ser = data.series(store, dev, since, until, points)
         evs = data.events(store, dev, since, until)
-        last_event = store.execute("SELECT max(seq) FROM events WHERE device = ?", (dev,)).fetchone()[0] or 0
-        last_reading = store.execute("SELECT max(seq) FROM readings WHERE device = ?", (dev,)).fetchone()[0] or 0
+        ev_log, last_event = data.event_log(store, dev)
         acks = data.acks(store, dev)
         history = data.status_history(store, dev, 20)
     return {
         "device": row,
         "series": ser.as_dict(),
         "events": evs,
-        "last_event_seq": int(last_event),
-        "last_reading_seq": int(last_reading),
+        "last_event_seq": last_event,
+        "event_log": ev_log,
+        "last_reading_seq": ser.last_seq,
+        "reading_log": ser.log,
         "acks": acks,
         "commands": commander.for_device(dev) if commander else [],
         "status_history": history,
@@ -430,32 +431,44 @@ async def live_fleet(request: Request) -> Response:
 
 
 async def live_device(request: Request) -> Response:
-    """New readings and events of one device by seq watermark, and its row when it changed."""
+    """New readings and events of one device by (flash log, seq) watermark, and its row when it changed. When the
+    device starts a new log (board replaced, log erased), the watermark moves to the new log's first seq."""
     db = _db(request)
     dev = request.path_params["device"]
-    after = _int_arg(request, "after", 0)
-    after_ev = _int_arg(request, "after_event", 0)
+    mark = {
+        "log": request.query_params.get("log"),
+        "after": _int_arg(request, "after", 0),
+        "event_log": request.query_params.get("event_log"),
+        "after_event": _int_arg(request, "after_event", 0),
+    }
+
+    def poll() -> dict:
+        out: dict = {}
+        with db.use() as store:
+            cur = data.current_log(store, dev)
+            if cur is not None and cur != mark["log"]:
+                mark["log"], mark["after"] = cur, 0
+            sensors, last = data.new_readings(store, dev, mark["log"], mark["after"])
+            ev_log, _last = data.event_log(store, dev)
+            if ev_log is not None and ev_log != mark["event_log"]:
+                mark["event_log"], mark["after_event"] = ev_log, 0
+            evs = data.events_after(store, dev, mark["event_log"], mark["after_event"])
+            row = data.device_row(store, dev)
+        if sensors:
+            out["sensors"], mark["after"] = sensors, last
+            out["last_seq"], out["log"] = last, mark["log"]
+        if evs:
+            out["events"], mark["after_event"] = evs, evs[-1]["seq"]
+            out["event_log"] = mark["event_log"]
+        out["_row"] = row
+        return out
 
     async def stream():
-        nonlocal after, after_ev
         seen_row: dict | None = None
         yield b"retry: 1000\n\n"
         while not await request.is_disconnected():
-
-            def poll(after=after, after_ev=after_ev):
-                with db.use() as store:
-                    sensors, last = data.new_readings(store, dev, after)
-                    evs = data.events_after(store, dev, after_ev)
-                    row = data.device_row(store, dev)
-                return sensors, last, evs, row
-
-            sensors, last, evs, row = await _in_thread(poll)
-            out: dict = {}
-            if sensors:
-                out["sensors"], after = sensors, last
-                out["last_seq"] = last
-            if evs:
-                out["events"], after_ev = evs, evs[-1]["seq"]
+            out = await _in_thread(poll)
+            row = out.pop("_row")
             if row is not None and row != seen_row:
                 out["device"], seen_row = row, row
             yield _sse("update", out) if out else b": idle\n\n"

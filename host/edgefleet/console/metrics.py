@@ -44,11 +44,12 @@ class CollectorMetrics:
         build, committed = c.build_batch, c.on_committed
 
         def build_batch(items: list) -> Any:
-            batch = build(items)
+            result = build(items)
+            batch = result[0] if isinstance(result, tuple) else result  # (Batch, StoredAcks) since protocol v2
             if batch.seen:
                 with self._lock:
                     self.last_seen.update(batch.seen)
-            return batch
+            return result
 
         def on_committed(items: list, committed_ms: int) -> None:
             if items:
@@ -72,7 +73,17 @@ class CollectorMetrics:
             ("duplicates", "redelivered records already stored", s.duplicates),
             ("dead_letters", "messages refused and kept in dead_letter", s.dead),
             ("batches", "database transactions committed", s.batches),
-            ("database_retries", "database writes retried", getattr(s, "db_retries", 0)),
+            (
+                "database_outages",
+                "database outages the collector retried through (writes retried with backoff)",
+                getattr(s, "outages", 0),
+            ),
+            (
+                "storage_refused",
+                "messages the database refused for their data (dead-lettered)",
+                getattr(s, "storage_refused", 0),
+            ),
+            ("stored_acks", "end-to-end `stored` acks published to nodes", getattr(s, "stored_acks", 0)),
         ):
             yield CounterMetricFamily(f"edgefleet_collector_{name}", doc, value=value)
         yield GaugeMetricFamily(

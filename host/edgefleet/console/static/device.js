@@ -88,13 +88,16 @@
   function connect() {
     if (es) es.close();
     if (!follow.checked) { live.textContent = "paused"; live.className = "live"; return; }
-    es = new EventSource(`/api/live/device/${encodeURIComponent(dev)}?after=${state.lastSeq}&after_event=${state.lastEvent}`);
+    let q = `after=${state.lastSeq}&after_event=${state.lastEvent}`;
+    if (state.log !== null) q += `&log=${encodeURIComponent(state.log)}`;
+    if (state.eventLog !== null) q += `&event_log=${encodeURIComponent(state.eventLog)}`;
+    es = new EventSource(`/api/live/device/${encodeURIComponent(dev)}?${q}`);
     es.onopen = () => { live.textContent = "live"; live.className = "live on"; };
     es.onerror = () => { live.textContent = "reconnecting"; live.className = "live"; };
     es.addEventListener("update", (ev) => {
       const u = JSON.parse(ev.data);
-      if (u.sensors) { merge(u.sensors); state.lastSeq = u.last_seq; }
-      if (u.events) { state.events.push(...u.events); state.lastEvent = u.events[u.events.length - 1].seq; showEvents(); }
+      if (u.sensors) { merge(u.sensors); state.lastSeq = u.last_seq; state.log = u.log; }
+      if (u.events) { state.events.push(...u.events); state.lastEvent = u.events[u.events.length - 1].seq; state.eventLog = u.event_log; showEvents(); }
       if (u.device) showStatus(u.device);
       drawAll();
     });
@@ -105,7 +108,7 @@
     return fetch(`/api/device/${encodeURIComponent(dev)}?from=${f}&to=${t}&points=1500`).then((r) => r.json()).then((j) => {
       if (j.error) { document.getElementById("charts").textContent = j.error; return; }
       state = { sensors: j.series.sensors, raw: j.series.raw_rows, events: j.events, acks: j.acks, commands: j.commands,
-        lastSeq: j.last_reading_seq, lastEvent: j.last_event_seq, xrange: [f, t] };
+        lastSeq: j.last_reading_seq, lastEvent: j.last_event_seq, log: j.reading_log, eventLog: j.event_log, xrange: [f, t] };
       document.getElementById("from").value = toLocal(f); document.getElementById("to").value = toLocal(t);
       showStatus(j.device); showEvents(); showCommands(); drawAll(); connect();
       document.getElementById("cmdform").hidden = !(j.can_command && role === "operator");
