@@ -17,7 +17,7 @@ from ..storage import DeviceRow, Storage
 
 MAX_POINTS = 4000
 SCAN_FACTOR = 8  # ranges up to this many times the points asked are scanned (exact, every flagged sample)
-MAX_LOOKUPS = 30_000  # seq lookups of one long-range chart
+MAX_LOOKUPS = 6_000  # seq lookups per log of one long-range chart (a rare sensor then gets fewer points)
 MIN_SHARE = 0.02  # a sensor rarer than this in the range gets fewer than `points`
 
 
@@ -236,12 +236,15 @@ def _probe(store: Storage, device: str, log: str, lo: int, hi: int, since_ms: in
     min_share = max(MIN_SHARE, min(int(n) / taken for _s, n in sample)) if sample else 1.0
     lookups = min(MAX_LOOKUPS, int(points / min_share))
     k = max(1, (hi - lo + 1) // lookups)
-    if store.placeholder == "%s":  # PostgreSQL: an array probe is an index scan (a CTE join may become a hash join)
+    if store.placeholder == "%s":  # PostgreSQL: one primary-key lookup per seq (LATERAL); not `seq = ANY(array)`
+        # as a filter, which a planner without statistics applied to every row (quadratic), nor a join it
+        # hashed over the whole table (LIMIT 1 keeps the subquery from being flattened into one); vals as text,
+        # decoded only for the rows kept below
         rows = store.execute(
-            # vals as text: decoded only for the rows kept below, not by the driver for every probe
-            "SELECT sensor, seq, ts_ms, flags, vals::text FROM readings WHERE device = ? AND log = ?"
-            " AND seq = ANY(?) AND ts_ms >= ? AND ts_ms < ? ORDER BY seq",
-            (device, log, list(range(lo, hi + 1, k)), since_ms, until_ms),
+            "SELECT r.sensor, r.seq, r.ts_ms, r.flags, r.vals FROM unnest(?::bigint[]) AS s(x) CROSS JOIN LATERAL"
+            " (SELECT sensor, seq, ts_ms, flags, vals::text AS vals FROM readings WHERE device = ? AND log = ?"
+            " AND seq = s.x AND ts_ms >= ? AND ts_ms < ? LIMIT 1) r ORDER BY r.seq",
+            (list(range(lo, hi + 1, k)), device, log, since_ms, until_ms),
         ).fetchall()
     else:  # SQLite: a generated series joined by primary key
         rows = store.execute(
