@@ -24,7 +24,7 @@ DEFAULTS = {
     "ntp_host": "pool.ntp.org",
     "model": "model.efm",
     "rule": {"output": "relay", "on_class": "running"},
-    "log": {"flush_bytes": 256, "flush_s": 5},
+    "log": {"flush_bytes": 256, "flush_s": 5, "stored_timeout_s": 30, "align": 1},
     "mqtt": {"keepalive_s": 30, "backoff_max_s": 60},
 }
 MERGED = ("broker", "wifi", "rates", "log_every", "log", "mqtt")
@@ -32,6 +32,8 @@ MERGED = ("broker", "wifi", "rates", "log_every", "log", "mqtt")
 _TUNING = (
     ("log", "flush_bytes", 32, 4096, True),
     ("log", "flush_s", 0.1, 3600, False),
+    ("log", "stored_timeout_s", 1, 86400, False),
+    ("log", "align", 1, 32, True),
     ("mqtt", "keepalive_s", 5, 3600, True),
     ("mqtt", "backoff_max_s", 1, 3600, False),
 )
@@ -208,6 +210,8 @@ def _check_tuning(cfg):
             v = d[k]
             if not (_is_int(v) if whole else _is_num(v)) or not lo <= v <= hi:
                 return "%s.%s: %r must be %s in %s..%s" % (sec, k, v, "an integer" if whole else "a number", lo, hi)
+    if cfg.get("log", {}).get("align", 1) not in (1, 4, 16, 32):
+        return "log.align: must be 1, 4, 16 or 32 (16 with ESP32 flash encryption)"
     return None
 
 

@@ -110,12 +110,18 @@ def all_erased(buf: ptr8, off: int, n: int) -> bool:
 
 
 def _put_str(buf, off, s, maxlen):
-    # Event strings are bounded so an event always fits MAX_SIZE (a longer one is cut, not an overflow).
+    # Event strings are bounded in UTF-8 bytes so an event always fits MAX_SIZE (a longer one is cut at a
+    # character boundary, not an overflow). len() of a str counts characters, not bytes: encode first.
     if s is None:
         buf[off] = _NONE
         return off + 1
     b = s.encode() if isinstance(s, str) else bytes(s)
-    n = min(len(b), maxlen)
+    n = len(b)
+    if n > maxlen:
+        # Bounded in bytes, cut at a character boundary (never inside a UTF-8 sequence).
+        n = maxlen
+        while n > 0 and (b[n] & 0xC0) == 0x80:
+            n -= 1
     buf[off] = n
     copy_into(buf, off + 1, b, n)
     return off + 1 + n
@@ -140,8 +146,24 @@ def put_reading(buf, off, tab, seq, ts, flags, name, values, n):
     return size
 
 
+FLT_MAX = 3.4028234e38
+
+
+def finite_score(score):
+    # A score that is not a finite float32 never leaves the node (the protocol takes finite numbers only):
+    # NaN becomes 0.0, +-inf and anything beyond float32 the largest finite float32 of that sign.
+    if score != score:
+        return 0.0
+    if score > FLT_MAX:
+        return FLT_MAX
+    if score < -FLT_MAX:
+        return -FLT_MAX
+    return score
+
+
 def put_event(buf, off, tab, seq, ts, flags, kind, label, score, model_id, action, sensor):
     p = off + HDR_SIZE
+    score = finite_score(score)
     struct.pack_into("<f", buf, p, score)
     p += 4
     p = _put_str(buf, p, kind, 16)
