@@ -63,7 +63,7 @@ def main():
         board,
         cfg,
         part,
-        flush={"flush_bytes": flush_bytes, "flush_s": flush_s},
+        flush={"flush_bytes": flush_bytes, "flush_s": flush_s, "stored_timeout_s": 3},
         mqtt_opts={"keepalive_s": keepalive, "backoff_max_s": 4},
     )
     print("netnode: %s seq=%d acked=%d boot=%d" % (dev, node.log.last_seq(), node.log.acked, node.boot))

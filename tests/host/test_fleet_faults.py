@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.simulate import POWER_CUT_WINDOW
+from edgefleet.simulate import power_cut_loss
 from edgefleet.testing.chaos import run_chaos
 
 
@@ -26,7 +26,7 @@ def test_fleet_survives_broker_collector_node_and_flash_faults(tmp_path, capsys)
         assert n.unexplained == [], n.line()
         assert n.stored + n.missing == n.last_seq
         assert n.missing == n.lost_power_cut + n.lost_corrupt + min(n.dropped, n.missing), n.line()
-        assert all(length <= POWER_CUT_WINDOW for _, length in n.gaps if n.lost_corrupt == 0), n.line()
+        assert all(length <= power_cut_loss() for _, length in n.gaps if n.lost_corrupt == 0), n.line()
     # the faults really happened: nodes were killed, the corrupted sector held records not yet acknowledged
     assert sum(n.kills for n in result.nodes) >= 2
     assert result.corrupted is not None

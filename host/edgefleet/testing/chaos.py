@@ -6,8 +6,8 @@ holds unacknowledged records, written while the broker was away). Then every nod
 the invariant is checked per node over seq 1..L (L = the last seq on its flash when it was stopped):
 
   every seq is stored exactly once, except
-  - one gap of at most POWER_CUT_WINDOW seqs per SIGKILL of that node (docs/firmware.md: a power cut loses at
-    most the RAM batch, and the next seq skips the window),
+  - one gap of at most power_cut_loss() seqs per SIGKILL of that node (docs/firmware.md: a power cut loses at
+    most the record being written: firmware/node/flashlog.py POWER_CUT_LOSS),
   - seqs inside the corrupted sector (docs/firmware.md: the rest of a corrupt sector is skipped and counted),
   - as many as the node counted `dropped` (log full; not expected in these runs).
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..demo import drain, start_collector, stop_process, stored_seqs, wait_collector_idle
-from ..simulate import POWER_CUT_WINDOW, Fleet, default_scenarios
+from ..simulate import Fleet, default_scenarios, power_cut_loss
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ def check(fleet: Fleet, db: Path, flash: dict[str, dict], corrupted: dict | None
                 rest.append((a, n))
         dropped = int((fleet.status().get(nd.device_id, {}).get("counters") or {}).get("dropped", 0))
         # power cuts: at most one gap per SIGKILL, each at most the window
-        cut = [g for g in rest if g[1] <= POWER_CUT_WINDOW]
-        unexplained = [g for g in rest if g[1] > POWER_CUT_WINDOW]
+        cut = [g for g in rest if g[1] <= power_cut_loss()]
+        unexplained = [g for g in rest if g[1] > power_cut_loss()]
         if len(cut) > nd.kills:
             unexplained += cut[nd.kills :]
             cut = cut[: nd.kills]
