@@ -70,7 +70,8 @@ def log_id_hex(v):
 
 
 class FlashLog:
-    def __init__(self, part, align=ALIGN, ack_persist_ms=ACK_PERSIST_MS, ticks_ms=time.ticks_ms):
+    def __init__(self, part, align=ALIGN, ack_persist_ms=ACK_PERSIST_MS, ticks_ms=time.ticks_ms, readonly=False):
+        # readonly: only look (provision --inspect): a blank log is not formatted, log is "".
         if part.ioctl(_IOCTL_BLOCK_SIZE, 0) != SECTOR:
             raise LogError("log partition block size must be 4096")
         if align not in (1, 4, 16, 32):
@@ -104,8 +105,9 @@ class FlashLog:
         self.on_flush = None  # callback when a new record became durable (wakes the publisher)
         self._ack_saved = 0  # the acked value last persisted
         self._ack_t = ticks_ms()
+        self.readonly = readonly
         self.mount()
-        self.log = log_id_hex(self.log_id)
+        self.log = log_id_hex(self.log_id) if self.log_id else ""
 
     def _pad(self, size):
         a = self.align
@@ -154,7 +156,11 @@ class FlashLog:
             self.woff = SH_SIZE
             self.tail = -1
             self.rsec, self.roff = -1, 0
-            self._open_next()
+            if self.readonly:
+                self.log_id = 0
+                self.formatted = False
+            else:
+                self._open_next()
             return
         self.log_id = heads[self.head][4]
         self.acked = heads[self.head][2]
