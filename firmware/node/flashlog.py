@@ -209,6 +209,11 @@ class FlashLog:
                 break
             t = p
         self.tail = t
+        if self.base[t] > self.acked + 1:
+            # Unstored records before the oldest sector still in the ring (a sector erased or unreadable in
+            # between): lost to corruption. Counted, and the next record delivered carries flag 4.
+            self.corrupt += 1
+            self._recovered = True
         self._ack_saved = self.acked
         self._seek_reader()
 
