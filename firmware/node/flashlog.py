@@ -40,10 +40,10 @@ SECTOR = const(4096)
 SH_SIZE = const(32)
 MAGIC = const(0x324C4645)  # b"EFL2" little-endian
 _SH = "<IIIIIII"
-_ERASED = const(0)
-_VALID = const(1)
-_BAD = const(2)
-_STALE = const(3)  # a valid header of another log (not part of this ring)
+ST_ERASED = const(0)
+ST_VALID = const(1)
+ST_BAD = const(2)
+ST_STALE = const(3)  # a valid header of another log (not part of this ring)
 _IOCTL_BLOCK_COUNT = const(4)
 _IOCTL_BLOCK_SIZE = const(5)
 _IOCTL_BLOCK_ERASE = const(6)
@@ -90,7 +90,7 @@ class FlashLog:
         self._scan = bytearray(256)
         self.cnt = array("I", [0] * self.n)
         self.base = array("I", [0] * self.n)
-        self.erases = array("I", [0] * self.n)
+        self._emax = 0  # the highest erase count seen (for a sector whose own count is unreadable)
         self.state = bytearray(self.n)
         self.end = array("H", [SECTOR] * self.n)  # end of valid data per sector (from the next one's header)
         self._closed = False  # the head has a torn tail: never program it again
@@ -119,153 +119,27 @@ class FlashLog:
         sh = self._sh
         self.part.readblocks(s, sh, 0)
         if R.all_erased(sh, 0, SH_SIZE):
-            return _ERASED, None
+            return ST_ERASED, None
         magic, cnt, base, acked, prev_end, lid, er = R.struct.unpack_from(_SH, sh, 0)
         if magic != MAGIC or not R.crc_check(sh, 0, SH_SIZE - 4, self.tab):
-            return _BAD, None
-        return _VALID, (cnt, base, acked, prev_end, lid, er)
+            return ST_BAD, None
+        return ST_VALID, (cnt, base, acked, prev_end, lid, er)
 
     def mount(self):
-        n = self.n
-        self.head = -1
-        self.acked = 0
-        self.log_id = 0
-        best = -1
-        bad = []
-        heads = [None] * n
-        for s in range(n):
-            st, h = self._read_header(s)
-            self.state[s] = st
-            if st == _VALID:
-                heads[s] = h
-                self.erases[s] = h[5]
-                if best < 0 or h[0] > best:
-                    best = h[0]
-                    self.head = s
-            elif st == _BAD:
-                bad.append(s)
-        if self.head < 0:
-            # A blank or unreadable log: format it, i.e. a new log id in the first sector's header.
-            self.corrupt += len(bad)
-            self.log_id = new_log_id()
-            self.formatted = True
-            self.counter = 0
-            self.clean = True
-            self.next_seq = 1
-            self.durable = 0
-            self.woff = SH_SIZE
-            self.tail = -1
-            self.rsec, self.roff = -1, 0
-            if self.readonly:
-                self.log_id = 0
-                self.formatted = False
-            else:
-                self._open_next()
-            return
-        self.log_id = heads[self.head][4]
-        self.acked = heads[self.head][2]
-        for s in range(n):
-            h = heads[s]
-            if h is None:
-                continue
-            if h[4] != self.log_id:
-                self.state[s] = _STALE
-                continue
-            self.cnt[s] = h[0]
-            self.base[s] = h[1]
-            self.end[(s - 1) % n] = h[3]
-        heads = None
-        self.counter = best
-        for s in range(n):
-            # prev_end is only meaningful when the previous sector is the one opened just before.
-            p = (s - 1) % n
-            if self.state[s] != _VALID or self.state[p] != _VALID or self.cnt[p] + 1 != self.cnt[s]:
-                self.end[p] = SECTOR
-        self._scan_head()
-        for s in bad:
-            # A bad header right after the head is a header write torn by a power cut, unless records follow
-            # it: then it was the head and its header got corrupted. Its records cannot be placed in the ring,
-            # but their seqs must never be used again.
-            if s == (self.head + 1) % n:
-                last = self._last_seq_in(s)
-                if last < 0:
-                    self.torn += 1
-                    continue
-                if last >= self.next_seq:
-                    self.next_seq = last + 1
-                    self.durable = last
-            self.corrupt += 1
-        # Tail: walk back from the head while sectors are valid with decreasing counters.
-        t = self.head
-        while True:
-            p = (t - 1) % n
-            if p == self.head or self.state[p] != _VALID or self.cnt[p] >= self.cnt[t]:
-                # Skip one bad sector inside the ring (it may be corruption between two valid sectors).
-                if self.state[p] == _BAD:
-                    pp = (p - 1) % n
-                    if pp != self.head and self.state[pp] == _VALID and self.cnt[pp] < self.cnt[t]:
-                        t = pp
-                        continue
-                break
-            t = p
-        self.tail = t
-        if self.base[t] > self.acked + 1:
-            # Unstored records before the oldest sector still in the ring (a sector erased or unreadable in
-            # between): lost to corruption. Counted, and the next record delivered carries flag 4.
-            self.corrupt += 1
-            self._recovered = True
-        self._ack_saved = self.acked
-        self._seek_reader()
+        # The mount code lives in node.logmount, loaded for the boot and released after it: it runs once, and
+        # its bytecode would otherwise hold ~2 KB of the board's heap for good.
+        import sys
 
-    def _scan_head(self):
-        # Finds the durable end of the head sector, the last seq and the newest ack marker.
-        s = self.head
-        off = SH_SIZE
-        last = self.base[s] - 1
-        rb = self.rbuf
-        while off + R.MIN_SIZE <= SECTOR:
-            ln = self._read_record(s, off)
-            if ln <= 0:
-                break
-            _, typ, _, seq, _ = R.header(rb)
-            if typ >= R.REC_ACK:
-                if seq > self.acked:
-                    self.acked = seq
-            else:
-                last = seq
-            off += self._pad(ln)
-        self.durable = last
-        self.woff = off
-        self.clean = True
-        # Anything but erased bytes after the last good record is a torn write: never program over it.
-        if not self._erased_from(s, off):
-            self.torn += 1
-            self._closed = True
-            self.clean = False
-        self.end[s] = off
-        self.next_seq = last + 1
+        from node import logmount
 
-    def _last_seq_in(self, s):
-        off = SH_SIZE
-        last = -1
-        while True:
-            ln = self._read_record(s, off)
-            if ln <= 0:
-                return last
-            if self.rbuf[2] < R.REC_ACK:
-                last = R.header(self.rbuf)[3]
-            off += self._pad(ln)
+        try:
+            logmount.mount(self)
+        finally:
+            sys.modules.pop("node.logmount", None)
+            import node
 
-    def _erased_from(self, s, off):
-        sc = self._scan
-        while off < SECTOR:
-            k = min(len(sc), SECTOR - off)
-            mv = memoryview(sc)[:k]
-            self.part.readblocks(s, mv, off)
-            if not R.all_erased(sc, 0, k):
-                return False
-            off += k
-        return True
+            if getattr(node, "logmount", None) is not None:
+                del node.logmount
 
     def _read_record(self, s, off):
         # Reads the record at (s, off) into rbuf. >0: its length; 0: end of data; -1: bad record.
@@ -290,7 +164,7 @@ class FlashLog:
         s = self.tail
         best = self.tail
         while True:
-            if self.state[s] == _VALID and self.base[s] <= want:
+            if self.state[s] == ST_VALID and self.base[s] <= want:
                 best = s
             if s == self.head:
                 break
@@ -310,20 +184,22 @@ class FlashLog:
     def _open_next(self):
         n = self.n
         s = 0 if self.head < 0 else (self.head + 1) % n
-        # Erase count: from this sector's own header; unknown (bad header) = the highest known one.
-        er = (max(self.erases) if self.state[s] == _BAD else self.erases[s]) + 1
-        if self.state[s] == _VALID:
+        # Erase count: from this sector's own header (read now: no per-sector table in RAM); unknown (bad
+        # header) = the highest seen; erased = 0 (fresh flash).
+        er = self._erases_of(s) + 1
+        if er > self._emax:
+            self._emax = er
+        if self.state[s] == ST_VALID:
             self._drop(s)
-        self.state[s] = _BAD  # until its header is programmed
+        self.state[s] = ST_BAD  # until its header is programmed
         self.part.ioctl(_IOCTL_BLOCK_ERASE, s)
         self.counter += 1
         sh = self._sh
         prev_end = self.woff if self.head >= 0 else SECTOR
         R.struct.pack_into(_SH, sh, 0, MAGIC, self.counter, self.next_seq, self.acked, prev_end, self.log_id, er)
         R.crc_seal(sh, 0, SH_SIZE - 4, self.tab)
-        self.erases[s] = er
         self.part.writeblocks(s, sh, 0)
-        self.state[s] = _VALID
+        self.state[s] = ST_VALID
         self.cnt[s] = self.counter
         self.base[s] = self.next_seq
         if self.head >= 0:
@@ -342,13 +218,13 @@ class FlashLog:
     def _drop(self, s):
         # The ring is full: the oldest sector goes. Records in it that were never stored are dropped (counted).
         nxt = (s + 1) % self.n
-        end = self.base[nxt] if self.state[nxt] == _VALID else self.next_seq
+        end = self.base[nxt] if self.state[nxt] == ST_VALID else self.next_seq
         first = max(self.base[s], self.acked + 1)
         if end > first:
             self.dropped += end - first
         if self.acked < end - 1:
             self.acked = end - 1
-        self.state[s] = _BAD  # not part of the ring any more
+        self.state[s] = ST_BAD  # not part of the ring any more
         if self.tail == s:
             self.tail = nxt
         if self.rsec == s:
@@ -421,9 +297,15 @@ class FlashLog:
         # Clean shutdown: persist the stored mark.
         self.save_ack()
 
+    def _erases_of(self, s):
+        st, h = self._read_header(s)
+        if st == ST_VALID:
+            return h[5]
+        return 0 if st == ST_ERASED else self._emax
+
     def erase_counts(self):
         # Erases per sector (from the sector headers), for the bench and `provision --inspect`.
-        return list(self.erases)
+        return [self._erases_of(s) for s in range(self.n)]
 
     # ---- reading (the publisher drains in seq order) ----
 
@@ -471,7 +353,7 @@ class FlashLog:
     def _next_sector(self, s):
         n = self.n
         t = (s + 1) % n
-        while t != self.head and self.state[t] != _VALID:
+        while t != self.head and self.state[t] != ST_VALID:
             t = (t + 1) % n
         return t
 

@@ -61,16 +61,13 @@ class Publisher:
         self._free = list(range(len(bufs)))
         self._fifo = []  # send window: [pid, count, buf index, acked]
         self._head = ('{"v":2,"dev":"%s","log":"%s","recs":[' % (dev, log.log)).encode()
-        self._logb = log.log.encode()
+        self._logq = ('"%s"' % log.log).encode()
         # stored window, preallocated: first seq, last seq, ticks sent, covered
         self._uf = array("I", [0] * max_unstored)
         self._ul = array("I", [0] * max_unstored)
         self._ut = array("i", [0] * max_unstored)
         self._uc = bytearray(max_unstored)
         self._un = 0
-        # ranges of the stored message being applied (parsed fully before any is applied)
-        self._ra = array("I", [0] * MAX_RANGES)
-        self._rb = array("I", [0] * MAX_RANGES)
         self.published = 0  # records acknowledged by the broker since boot (PUBACK)
         self.stored = 0  # records the collector confirmed stored since boot
         self.messages = 0
@@ -99,13 +96,6 @@ class Publisher:
             self._buf[p : p + n] = s
         self._pos = p + n
 
-    def _put_byte(self, c):
-        p = self._pos
-        if p + 1 > self.max_batch - 2:
-            raise _Full()
-        self._buf[p] = c
-        self._pos = p + 1
-
     def _put_num(self, v):
         if v != v or v == _INF or v == -_INF:
             self._put("null")
@@ -119,13 +109,21 @@ class Publisher:
         if n == 255:
             self._put("null")
             return p + 1
-        self._put_byte(0x22)
+        q = self._pos
+        if q + 2 * n + 2 > self.max_batch - 2:
+            raise _Full()
+        b = self._buf
+        b[q] = 0x22
+        q += 1
         for i in range(p + 1, p + 1 + n):
             c = rb[i]
             if c == 0x22 or c == 0x5C:
-                self._put_byte(0x5C)
-            self._put_byte(c if c >= 0x20 else 0x20)
-        self._put_byte(0x22)
+                b[q] = 0x5C
+                q += 1
+            b[q] = c if c >= 0x20 else 0x20
+            q += 1
+        b[q] = 0x22
+        self._pos = q + 1
         return p + 1 + n
 
     def _channels(self, name, n):
@@ -231,15 +229,13 @@ class Publisher:
         return left if left > 0 else 0
 
     async def _sleep(self, ms):
-        # Until woken (a record, PUBACK, stored, rewind) or ms passed (ms < 0: until woken).
-        self._wake.clear()
+        # ms < 0: until woken (a record, PUBACK, stored, rewind). Else a short nap (no wait_for: it makes a
+        # task per call): the batch grows meanwhile and is looked at again.
         if ms < 0:
+            self._wake.clear()
             await self._wake.wait()
-            return
-        try:
-            await asyncio.wait_for_ms(self._wake.wait(), ms)
-        except asyncio.TimeoutError:
-            pass
+        else:
+            await asyncio.sleep_ms(ms if ms < 250 else 250)
 
     async def run(self):
         watch = asyncio.create_task(self._watch())
@@ -313,30 +309,24 @@ class Publisher:
         self._wake.set()
         return True
 
-    def in_flight(self):
-        return len(self._fifo)
-
-    def unstored(self):
-        return self._un
-
     # ---- stored acks ----
 
     def on_stored(self, payload):
         # A `stored` message: {"v":2,"log":"<id>","ranges":[[first,last],...]}. Parsed in place (no
         # per-range allocation); anything unexpected ignores the whole message and counts it.
-        n = self._parse_stored(payload)
-        if n < 0:
+        i = _val(payload, b'"ranges"')
+        if (
+            _val(payload, b'"v"') < 0
+            or payload[_val(payload, b'"v"')] != 0x32
+            or payload[_val(payload, b'"log"') :][:10] != self._logq
+            or i < 0
+            or self._ranges(payload, i, False) < 0  # validate the whole message before applying any of it
+        ):
             self.stored_bad += 1
             return False
+        self._ranges(payload, i, True)
         self.stored_msgs += 1
         uf, ul, uc = self._uf, self._ul, self._uc
-        ra, rb = self._ra, self._rb
-        for j in range(n):
-            a = ra[j]
-            b = rb[j]
-            for i in range(self._un):
-                if not uc[i] and a <= uf[i] and ul[i] <= b:
-                    uc[i] = 1
         k = 0
         while k < self._un and uc[k]:
             self.stored += ul[k] - uf[k] + 1
@@ -344,90 +334,67 @@ class Publisher:
         if k:
             self.log.ack(ul[k - 1])
             m = self._un - k
+            t = self._ticks()
             for i in range(m):
                 uf[i] = uf[i + k]
                 ul[i] = ul[i + k]
-                self._ut[i] = self._ut[i + k]
                 uc[i] = uc[i + k]
-            self._un = m
-            t = self._ticks()
-            for i in range(m):
                 self._ut[i] = t  # progress: the others get a fresh timeout
+            self._un = m
             self._wake.set()
         return True
 
-    def _parse_stored(self, p):
-        # Number of ranges parsed into _ra/_rb, or -1 (not ours or not valid).
-        i = _key(p, b'"v"')
-        if i < 0:
-            return -1
-        v, i = _int(p, i)
-        if v != 2:
-            return -1
-        i = _key(p, b'"log"')
-        if i < 0 or i + 10 > len(p) or p[i] != 0x22 or p[i + 9] != 0x22:
-            return -1
-        lb = self._logb
-        for j in range(8):
-            if p[i + 1 + j] != lb[j]:
-                return -1  # another log's ack (an old log of this device): not ours
-        i = _key(p, b'"ranges"')
-        if i < 0 or i >= len(p) or p[i] != 0x5B:
-            return -1
-        i = _ws(p, i + 1)
-        n = 0
-        if i < len(p) and p[i] == 0x5D:
-            return 0
-        while True:
-            if n >= MAX_RANGES or i >= len(p) or p[i] != 0x5B:
+    def _ranges(self, p, i, apply):
+        # The JSON list of [a, b] at p[i:]: number of ranges, or -1 if it is anything else (or > 32 ranges,
+        # b < a, a number over 9 digits). apply: mark the messages sent whose seqs lie within a range.
+        depth = n = k = 0
+        num = a = b = -1
+        for j in range(i, len(p)):
+            c = p[j]
+            if 0x30 <= c <= 0x39:
+                num = c - 0x30 if num < 0 else num * 10 + c - 0x30
+                if num > 999999999:
+                    return -1
+                continue
+            if num >= 0:
+                if depth != 2 or k > 1:
+                    return -1
+                if k:
+                    b = num
+                else:
+                    a = num
+                k += 1
+                num = -1
+            if c == 0x5B:  # [
+                depth += 1
+                k = 0
+                if depth > 2:
+                    return -1
+            elif c == 0x5D:  # ]
+                if depth == 2:
+                    if k != 2 or b < a or n == MAX_RANGES:
+                        return -1
+                    n += 1
+                    if apply:
+                        for e in range(self._un):
+                            if a <= self._uf[e] and self._ul[e] <= b:
+                                self._uc[e] = 1
+                depth -= 1
+                if depth == 0:
+                    return n
+            elif c != 0x2C and c != 0x20 and depth:
                 return -1
-            a, i = _int(p, _ws(p, i + 1))
-            i = _ws(p, i)
-            if a < 0 or i >= len(p) or p[i] != 0x2C:
+            elif not depth:
                 return -1
-            b, i = _int(p, _ws(p, i + 1))
-            i = _ws(p, i)
-            if b < a or i >= len(p) or p[i] != 0x5D:
-                return -1
-            self._ra[n] = a
-            self._rb[n] = b
-            n += 1
-            i = _ws(p, i + 1)
-            if i >= len(p):
-                return -1
-            if p[i] == 0x5D:
-                return n
-            if p[i] != 0x2C:
-                return -1
-            i = _ws(p, i + 1)
+        return -1
 
 
-def _ws(p, i):
-    n = len(p)
-    while i < n and p[i] in b" \t\r\n":
-        i += 1
-    return i
-
-
-def _key(p, k):
-    # Offset of the value after `k:` (whitespace skipped), or -1.
-    i = p.find(k)
+def _val(p, key):
+    # Offset of the value of `key` (a quoted JSON key, bytes) in p, or -1: whitespace and ":" skipped.
+    i = p.find(key)
     if i < 0:
         return -1
-    i = _ws(p, i + len(k))
-    if i >= len(p) or p[i] != 0x3A:
-        return -1
-    return _ws(p, i + 1)
-
-
-def _int(p, i):
-    # (non-negative int, next offset); -1 when there is no digit at i or it is absurdly long.
-    n = len(p)
-    v = 0
-    j = i
-    while j < n and 0x30 <= p[j] <= 0x39 and j - i < 10:
-        v = v * 10 + p[j] - 0x30
-        j += 1
-    if j == i or (j < n and 0x30 <= p[j] <= 0x39):
-        return -1, j
-    return v, j
+    i += len(key)
+    while i < len(p) and p[i] in b" :":
+        i += 1
+    return i if i < len(p) else -1
