@@ -18,6 +18,7 @@ import base64
 import io
 import json
 import logging
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -28,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import procs
 from .errors import EdgefleetError
-from .paths import models_dir
+from .paths import models_dir, writable_dir
 from .simulate import (
     Fleet,
     activity_scenario,
@@ -74,23 +76,17 @@ def start_collector(url: str, db: Path, logfile: Path, client_id: str = "edgefle
     argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", url, "--db", f"sqlite:///{db}",
             "--client-id", client_id]  # fmt: skip
     out = logfile.open("ab")
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    # own process group, killed with us (procs); SIGTERM makes it flush its batch and ack before it exits
+    proc = procs.spawn(argv, name="collector", stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     out.close()
     return proc
 
 
 def stop_process(proc: subprocess.Popen, sig_kill: bool = False) -> None:
-    if proc.poll() is not None:
-        return
     if sig_kill:
-        proc.kill()
+        procs.kill(proc)
     else:
-        proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        procs.terminate(proc, signal.SIGTERM, grace=20)
 
 
 # ---------------------------------------------------------------- the database
@@ -474,17 +470,37 @@ td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}tr.offline td{{back
 
 # ---------------------------------------------------------------- the run
 
+# Written into --dir when a run starts: only a directory holding it is ever cleared for the next run.
+RUN_MARKER = ".edgefleet-demo"
 
-def run_demo(args: argparse.Namespace) -> dict:
-    from tqdm import tqdm
 
-    work = Path(args.dir).resolve()
-    if work.exists() and any(work.iterdir()) and not args.keep:
+def clear_previous_run(work: Path, keep: bool) -> None:
+    """Empties --dir for a new run, but only when it holds a previous demo run (our marker file).
+
+    Why: the demo used to rmtree any non-empty --dir, so `--dir .` or `--dir ""` deleted the working directory.
+    A directory with other files is refused and left untouched; with --keep it is used as it is and never marked
+    (so a later run will not clear it either)."""
+    if work.exists() and any(work.iterdir()):
+        if keep:
+            return
+        if not (work / RUN_MARKER).is_file():
+            raise EdgefleetError(
+                f"--dir {work} is not empty and does not hold a previous demo run; nothing was deleted",
+                hint="give a new or empty directory (default ./demo), or --keep to run in it without clearing",
+            )
         import shutil
 
         log.info("demo: clearing the previous run in %s", work)
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    (work / RUN_MARKER).write_text("a directory of `edgefleet demo`: the next run clears it\n")
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    work = Path(args.dir).resolve()
+    clear_previous_run(work, args.keep)
     db = work / "fleet.db"
     model_dir = ensure_model()
     n = args.devices
@@ -626,6 +642,11 @@ def build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_inf
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.devices < 1:
+        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
+    if args.duration <= 0:
+        raise EdgefleetError(f"--duration must be a positive number of seconds (got {args.duration})")
+    writable_dir(args.dir, "--dir")  # before a broker or a node starts
     t0 = time.monotonic()
     report = run_demo(args)
     print(render_text(report))

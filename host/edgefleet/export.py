@@ -12,11 +12,13 @@ import argparse
 import csv
 import datetime as dt
 import logging
+import os
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .errors import EdgefleetError
+from .redact import refuse_password_in_url
 from .storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -60,16 +62,40 @@ def export_csv(
     columns = list(channels)
     tmp = out.with_name(out.name + ".part")
     n = 0
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(FIXED_COLUMNS + columns)
-        rows = store.iter_readings(devices, since_ms, until_ms, sensors)
-        for device, seq, ts, sensor, flags, vals in tqdm(rows, total=total, disable=not progress, unit="rows"):
-            get = vals.get
-            w.writerow([device, seq, ts, sensor, flags, "", *(_cell(get(c)) for c in columns)])
-            n += 1
-    tmp.replace(out)
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(FIXED_COLUMNS + columns)
+            rows = store.iter_readings(devices, since_ms, until_ms, sensors)
+            for device, seq, ts, sensor, flags, vals in tqdm(rows, total=total, disable=not progress, unit="rows"):
+                get = vals.get
+                w.writerow([device, seq, ts, sensor, flags, "", *(_cell(get(c)) for c in columns)])
+                n += 1
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise EdgefleetError(f"cannot write {out}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return n
+
+
+def check_out_path(text: str) -> Path:
+    """The --out path must name a file in an existing, writable directory: say so before reading the database."""
+    if not text.strip():
+        raise EdgefleetError("--out is empty", hint="give the CSV file to write, e.g. --out fleet.csv")
+    out = Path(text)
+    if out.is_dir() or text.endswith(("/", "\\")):
+        raise EdgefleetError(f"--out {text} is a directory", hint=f"name a file in it, e.g. --out {out / 'fleet.csv'}")
+    parent = out.parent
+    if not parent.is_dir():
+        raise EdgefleetError(f"directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgefleetError(f"cannot write to directory {parent} (permission denied)")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise EdgefleetError(f"cannot write {out} (permission denied)")
+    return out
 
 
 def _cell(x: object) -> object:
@@ -77,10 +103,9 @@ def _cell(x: object) -> object:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise EdgefleetError(f"directory {out.parent} does not exist")
-    store = open_storage(args.db)
+    out = check_out_path(args.out)
+    refuse_password_in_url(args.db, "--db", "use $PGPASSWORD or a ~/.pgpass file (libpq reads both)")
+    store = open_storage(args.db, create=False)
     try:
         n = export_csv(
             store,
