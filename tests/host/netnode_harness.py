@@ -52,6 +52,7 @@ class NetNode:
         self.out = workdir / f"{dev}.log"
         self.proc: subprocess.Popen | None = None
         self.starts: list[tuple[int, int]] = []  # (seq, acked) the log mounted with, per start
+        self.label: str | None = None  # the label of the node's event records (default "high")
 
     def argv(self) -> list[str]:
         return [
@@ -70,7 +71,12 @@ class NetNode:
         n_before = self._banner_count()
         with self.out.open("a") as f:
             self.proc = procs.spawn(  # dies with the test process, even a SIGKILLed one
-                self.argv(), env=micropython_env(extra_path=[HELPER.parent]), stdout=f, stderr=subprocess.STDOUT
+                self.argv(),
+                env=micropython_env(
+                    extra_path=[HELPER.parent], **({"NETNODE_LABEL": self.label} if self.label else {})
+                ),
+                stdout=f,
+                stderr=subprocess.STDOUT,
             )
         wait_until(lambda: self._banner_count() > n_before or self.proc.poll() is not None, 20, "node start")
         assert self.proc.poll() is None, self.output()[-3000:]

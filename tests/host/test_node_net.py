@@ -397,3 +397,46 @@ def test_flash_freed_only_by_stored_acks_resent_after_timeout(tmp_path, mqtt_bro
     finally:
         node.kill()
         sub.close()
+
+
+def test_non_ascii_label_and_raw_values_reach_the_database(tmp_path, mqtt_broker):
+    """The node's records through a real mosquitto and the real collector into SQLite: an event label `läuft`
+    (UTF-8 bytes, not characters, on the node) arrives as text, and the stored readings are exactly the values
+    the node logged (netnode's source: temperature 20 + (n % 100) / 10 for its n-th reading)."""
+    import sqlite3
+
+    from edgefleet.demo import start_collector, stop_process
+
+    db = tmp_path / "fleet.db"
+    collector = start_collector(mqtt_broker.url, db, tmp_path / "collector.log", client_id="utf8-collector")
+    node = NetNode(tmp_path, "n1", mqtt_broker.url, rate_hz=20, event_every=5)
+    node.label = "läuft"
+    try:
+        node.start()
+
+        def stored() -> int:
+            try:
+                con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                try:
+                    return con.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+                finally:
+                    con.close()
+            except sqlite3.Error:
+                return 0
+
+        wait_until(lambda: stored() >= 5, 40, "events in the database")
+        assert node.stop() == 0
+    finally:
+        node.kill()
+        stop_process(collector)
+    con = sqlite3.connect(db)
+    try:
+        labels = {r[0] for r in con.execute("SELECT label FROM events")}
+        rows = con.execute("SELECT seq, vals FROM readings WHERE device = 'n1' ORDER BY seq").fetchall()
+    finally:
+        con.close()
+    assert labels == {"läuft"}, labels
+    assert len(rows) >= 20
+    for n, (_, vals) in enumerate(rows[:200], start=1):
+        t = json.loads(vals)["temperature"]
+        assert t == pytest.approx(20.0 + (n % 100) / 10, abs=1e-5), (n, t)
