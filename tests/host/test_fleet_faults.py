@@ -30,10 +30,11 @@ def test_fleet_survives_broker_collector_node_and_flash_faults(tmp_path, capsys)
         assert n.missing == n.lost_power_cut + n.lost_corrupt + min(n.dropped, n.missing), n.line()
         assert all(length <= power_cut_loss() for _, length in n.gaps if n.lost_corrupt == 0), n.line()
     # the faults really happened: nodes were killed, the corrupted sector held records not yet acknowledged
-    assert sum(n.kills for n in result.nodes) >= 4
+    assert sum(n.kills for n in result.nodes) >= 3
     text = "\n".join(result.events)
-    for what in ("broker killed (SIGKILL", "persistence deleted (mosquitto.db", "all at once"):
+    for what in ("broker killed (SIGKILL", "persistence deleted (mosquitto.db", "all at once: broker killed"):
         assert what in text, (what, text)
+    assert "(none" not in text, "each broker restart without persistence must have had a file to lose: " + text
     broker_log = (tmp_path / "chaos" / "broker" / "mosquitto.log").read_text(errors="replace")
     assert "Outgoing messages are being dropped" in broker_log, "the collector outage must pass the queue limit"
     assert result.corrupted is not None

@@ -133,6 +133,7 @@ def check(fleet: Fleet, db: Path, flash: dict[str, dict], corrupted: dict | None
 
 # The broker's per-client queue in these runs: small, so a collector outage of a few seconds overflows it.
 QUEUE_LIMIT = 40
+AUTOSAVE_S = 5  # mosquitto autosave_interval in these runs (default config: 30)
 STORED_TIMEOUT_S = 5  # node config log.stored_timeout_s in these runs (default 30): resends come sooner
 
 
@@ -152,10 +153,14 @@ def start_collector(url: str, db: Path, logfile: Path, client_id: str) -> subpro
                            env=env)  # fmt: skip
 
 
-def limit_queue(broker: Mosquitto, n: int) -> None:
-    """Rewrites the broker's max_queued_messages (takes effect at its next start)."""
+def tune_broker(broker: Mosquitto, queue: int, autosave_s: int) -> None:
+    """Rewrites the broker's max_queued_messages and autosave_interval (take effect at its next start): a small
+    queue, so a short collector outage overflows it; a short autosave, so there is a persistence file to
+    delete whenever the broker is killed (a kill -9 still loses what came since the last save)."""
     text = broker.conf.read_text()
-    broker.conf.write_text(re.sub(r"^max_queued_messages \d+$", f"max_queued_messages {n}", text, flags=re.M))
+    text = re.sub(r"^max_queued_messages \d+$", f"max_queued_messages {queue}", text, flags=re.M)
+    text = re.sub(r"^autosave_interval \d+$", f"autosave_interval {autosave_s}", text, flags=re.M)
+    broker.conf.write_text(text)
 
 
 def wipe_persistence(broker: Mosquitto) -> list[str]:
@@ -211,7 +216,7 @@ def run_chaos(
     db = work / "fleet.db"
     ids = [f"node-{i + 1:03d}" for i in range(n_nodes)]
     broker = Fleet.secure_broker(work, ids)
-    limit_queue(broker, QUEUE_LIMIT)
+    tune_broker(broker, QUEUE_LIMIT, AUTOSAVE_S)
     broker.start()
     events: list[str] = []
     t0 = time.monotonic()
