@@ -133,7 +133,7 @@ def check(fleet: Fleet, db: Path, flash: dict[str, dict], corrupted: dict | None
 
 # The broker's per-client queue in these runs: small, so a collector outage of a few seconds overflows it.
 QUEUE_LIMIT = 40
-AUTOSAVE_S = 5  # mosquitto autosave_interval in these runs (default config: 30)
+AUTOSAVE_S = 2  # mosquitto autosave_interval in these runs (default config: 30)
 STORED_TIMEOUT_S = 5  # node config log.stored_timeout_s in these runs (default 30): resends come sooner
 
 
@@ -257,7 +257,7 @@ def run_chaos(
             (at(0.45), "start collector"),
             (at(0.55), "kill -9 broker, delete persistence"),
             (at(0.60), "start broker"),
-            (at(0.72), "all at once"),
+            (at(0.76), "all at once"),
             (at(0.80), "start broker"),
             (at(0.82), "start nodes"),
             (at(0.84), "start collector"),
