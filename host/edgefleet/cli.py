@@ -25,9 +25,11 @@ COMMAND_MODULES = [
     "edgefleet.collector",
     "edgefleet.fleet",
     "edgefleet.export",
+    "edgefleet.model.capture",
     # models
     "edgefleet.train",
     "edgefleet.convert",
+    "edgefleet.forecast.command",
     "edgefleet.build_module",
     # boards
     "edgefleet.boards",

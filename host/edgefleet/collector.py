@@ -283,25 +283,25 @@ class Collector:
         self._add_dead(batch, settled, item, reason)
         return batch, settled
 
-    def _write(self, batch: Batch, pending: int) -> WriteResult | None:
+    def _write(self, batch: Batch, pending: int, any_error_is_outage: bool = False) -> WriteResult | None:
         """Write one batch; while the database is unavailable, retry with backoff (one log line per outage and
         one when it is back). Returns None if the collector is stopping first (nothing written, nothing acked).
-        Raises what is not an outage: the data was refused."""
+        Raises what is not an outage: the data was refused. With any_error_is_outage (writing a lone dead
+        letter: if even that fails, the database is not usable) every error is retried."""
         delay = RETRY_FIRST_S
         since = None
         while True:
             try:
                 res = self.storage.write(batch)
             except Exception as e:
-                if not self.storage.is_outage(e):
+                if not (any_error_is_outage or self.storage.is_outage(e)):
                     raise
                 if since is None:
                     since = time.monotonic()
                     self.stats.outages += 1
                     log.error(
-                        "database unavailable (%s): this batch (%d messages) and all after it stay unacknowledged in the broker "
-                        "session; "
-                        "retrying with backoff up to %.0f s",
+                        "database unavailable (%s): this batch (%d messages) and all after it stay unacknowledged "
+                        "in the broker session; retrying with backoff up to %.0f s",
                         redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__),
                         pending,
                         self.retry_max_s,
@@ -338,7 +338,7 @@ class Collector:
             except Exception as e:
                 self.stats.storage_refused += 1
                 one, one_settled = self._dead_only(item, f"storage refused: {type(e).__name__}")
-                res = self._write(one, 1)
+                res = self._write(one, 1, any_error_is_outage=True)
             if res is None:
                 return None
             for f in ("stored", "duplicates", "dead", "pruned"):
@@ -409,11 +409,15 @@ class Collector:
                 last_report = time.monotonic()
                 s = self.stats
                 log.info(
-                    "%d messages, %d records stored, %d duplicates, %d dead letters",
+                    "%d messages, %d records stored, %d duplicates, %d dead letters (%d pruned by the cap), "
+                    "%d stored acks published, %d database outages",
                     s.messages,
                     s.stored,
                     s.duplicates,
                     s.dead,
+                    s.dead_pruned,
+                    s.stored_acks,
+                    s.outages,
                 )
 
     def _drain_unacked(self) -> None:
@@ -558,28 +562,50 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("collect", help="store fleet telemetry from MQTT in SQLite or PostgreSQL, each record once")
+    p = sub.add_parser(
+        "collect",
+        help="store fleet telemetry from MQTT in SQLite or PostgreSQL, each record once",
+        epilog="examples:\n"
+        "  edgefleet collect --broker mqtt://127.0.0.1:1883 --db sqlite:///fleet.db --client-id collector-1\n"
+        "  EDGEFLEET_BROKER_PASSWORD=... edgefleet collect --broker mqtts://collector@broker:8883 --ca ca.pem \\\n"
+        "      --db postgresql://fleet@db/fleet --group g --client-id collector-2\n"
+        "  edgefleet collect --password-file /etc/edgefleet/collector.pw --dead-max-rows 10000\n"
+        "see docs/collect.md (outages, dead letters, credentials)",
+    )
     p.add_argument(
         "--broker",
         default="mqtt://127.0.0.1:1883",
-        help="mqtt://[user@]host:port or mqtts://... (no password here: see --password-file)",
+        help="mqtt://[user@]host:port or mqtts://... (no password here: see --password-file; default: %(default)s)",
     )
     p.add_argument(
         "--password-file",
         help=f"file whose first line is the broker password (mode 600); default: ${PASSWORD_ENV} if set",
     )
-    p.add_argument("--db", default="sqlite:///fleet.db", help="sqlite:///fleet.db (default) or postgresql://...")
+    p.add_argument(
+        "--db",
+        default="sqlite:///fleet.db",
+        help="sqlite:///fleet.db (default; created if missing) or postgresql://user@host/db (password: $PGPASSWORD)",
+    )
     p.add_argument("--prefix", default=protocol.DEFAULT_PREFIX, help="topic prefix (default: edgefleet)")
     p.add_argument("--group", help="MQTT 5 shared subscription group: collectors in one group split the traffic")
     p.add_argument("--client-id", help="stable MQTT client id: the broker keeps this id's session while it is down")
     p.add_argument("--ca", help="CA certificate file for TLS (mqtts://)")
     p.add_argument("--cert", help="client certificate file for TLS")
     p.add_argument("--key", help="client private key file for TLS")
-    p.add_argument("--batch", type=int, default=2000, help="max messages per database transaction")
-    p.add_argument("--batch-ms", type=float, default=20.0, help="max wait to fill a batch, in ms")
-    p.add_argument("--inflight", type=int, default=1000, help="max unacknowledged messages from the broker")
     p.add_argument(
-        "--connect-timeout", type=float, default=15.0, help="give up if the first connection fails for this long (s)"
+        "--batch", type=int, default=2000, help="max messages per database transaction (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-ms", type=float, default=20.0, help="max wait to fill a batch, in ms (default: %(default)s)"
+    )
+    p.add_argument(
+        "--inflight", type=int, default=1000, help="max unacknowledged messages from the broker (default: %(default)s)"
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=15.0,
+        help="give up if the first connection fails for this long (s, default: %(default)s)",
     )
     p.add_argument(
         "--db-timeout",
@@ -605,6 +631,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--durability",
         choices=("normal", "full"),
         default="normal",
-        help="SQLite: normal survives a collector crash, full also a power loss (fsync per batch)",
+        help="SQLite: normal survives a collector crash, full also a power loss (fsync per batch; default: %(default)s)",
     )
     p.set_defaults(func=_cmd_collect)

@@ -94,7 +94,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fleet", help="fleet status from the collector's database")
     fsub = p.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", required=True)
-    s = fsub.add_parser("status", help="online/offline, last seen, counters and seq gaps per device")
-    s.add_argument("--db", default="sqlite:///fleet.db", help="the collector's database URL")
+    s = fsub.add_parser(
+        "status",
+        help="online/offline, last seen, counters, flash logs and seq gaps per device",
+        description="online/offline, last seen, counters, flash logs and seq gaps per device",
+        epilog="examples:\n  edgefleet fleet status --db sqlite:///fleet.db\n"
+        "  PGPASSWORD=... edgefleet fleet status --db postgresql://fleet@db/fleet --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument(
+        "--db", default="sqlite:///fleet.db", help="the collector's database URL, never created (default: %(default)s)"
+    )
     s.add_argument("--json", action="store_true", help="print the same data as JSON")
     s.set_defaults(func=_cmd_status)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import sqlite3
 import subprocess
@@ -17,8 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from test_collector import CollectorProc, assert_exactly_once, publish_run, wait_count
-from test_protocol_hostile import HOSTILE, _paths, _valid, _with
+from test_protocol_hostile import EVERY_TYPE, HOSTILE, JSON, _paths, _valid, _with
 
 from edgefleet import protocol
 from edgefleet.storage import open_storage
@@ -139,54 +140,73 @@ def test_hostile_payloads_and_a_refused_write_never_stop_collection(mqtt_broker,
     assert c.stop() == -signal.SIGINT  # drained, then died by the SIGINT it got
 
 
-def _bad_messages(rng: random.Random, n: int) -> list[tuple[str, bytes]]:
-    """Valid messages of every kind with one field replaced by a value of another JSON type or hostile text,
-    messages with a field removed, truncated and random bytes: all must be dead letters."""
-    values = [None, True, 0, -1, 2**63, 1.5, "", "\ud800", "a\x00", "x\n", [], [1], {}, {"a": 1}, "läuft" * 9]
-    kinds = ("telemetry", "event", "status", "ack", "cmd")
-    out = []
-    while len(out) < n:
-        kind = rng.choice(kinds)
-        obj = _valid(kind)
-        roll = rng.random()
-        if roll < 0.7:
-            path = rng.choice(_paths(obj))
-            obj = _with(kind, path, rng.choice(values))
-            raw = json.dumps(obj).encode()
-        elif roll < 0.8:
-            raw = json.dumps(obj).encode()[: rng.randrange(1, 40)]
-        elif roll < 0.9:
-            del obj[rng.choice([k for k in obj if k != "args"])]
-            raw = json.dumps(obj).encode()
-        else:
-            raw = rng.randbytes(rng.randrange(0, 64))
-        try:
-            protocol.parse("edgefleet", f"edgefleet/bad/{kind}", raw)
-        except protocol.ProtocolError:
-            out.append((f"edgefleet/bad/{kind}", raw))
-    return out
+KINDS = ("telemetry", "event", "status", "ack", "cmd")
+
+
+@st.composite
+def bad_message(draw) -> tuple[str, bytes]:
+    """A valid message of some kind with one field replaced by any JSON value (hostile text included), a field
+    removed, or truncated; or random bytes. Only what protocol.parse refuses is kept: all must be dead letters."""
+    kind = draw(st.sampled_from(KINDS))
+    obj = _valid(kind)
+    how = draw(st.integers(0, 9))
+    if how < 6:
+        path = draw(st.sampled_from(_paths(obj)))
+        raw = json.dumps(_with(kind, path, draw(EVERY_TYPE | JSON))).encode()
+    elif how < 7:
+        raw = json.dumps(obj).encode()[: draw(st.integers(1, 40))]
+    elif how < 9:
+        del obj[draw(st.sampled_from(sorted(k for k in obj if k != "args")))]
+        raw = json.dumps(obj).encode()
+    else:
+        raw = draw(st.binary(max_size=64))
+    topic = f"edgefleet/bad/{kind}"
+    try:
+        protocol.parse("edgefleet", topic, raw)
+    except protocol.ProtocolError:
+        return topic, raw
+    assume(False)  # still valid: not a bad message
+    raise AssertionError  # unreachable
 
 
 def test_live_barrage_of_generated_bad_messages(mqtt_broker, db_url, collectors) -> None:
-    """2,000 generated bad messages interleaved with 200 valid ones (4,000 readings) from two devices."""
-    rng = random.Random(10)
-    bad = _bad_messages(rng, 2000)
+    """About 2,000 hypothesis-generated bad messages (40 examples x 50) interleaved with valid telemetry from two
+    devices: the collector stays up, every bad message is a dead letter, every valid record is stored once."""
     c = collectors("collector-1").start()
     pub = Publisher(mqtt_broker.host, mqtt_broker.port, "pub-barrage", inflight=200)
     seqs = {"g1": 1, "g2": 1}
-    for i, (topic, raw) in enumerate(bad):
-        pub.publish(topic, raw)
-        if i % 10 == 0:
-            d = "g1" if i % 20 == 0 else "g2"
+    sent_bad = [0]
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+    )
+    @given(st.lists(bad_message(), min_size=50, max_size=50))
+    def barrage(bad: list[tuple[str, bytes]]) -> None:  # fmt: skip
+        for i, (topic, raw) in enumerate(bad):
+            pub.publish(topic, raw)
+            if i % 10 == 0:
+                d = "g1" if seqs["g1"] <= seqs["g2"] else "g2"
+                if seqs[d] <= 1000:
+                    pub.publish(f"edgefleet/{d}/telemetry", fs.telemetry_payload(d, seqs[d], 20))
+                    seqs[d] += 20
+        sent_bad[0] += len(bad)
+
+    barrage()
+    for d in seqs:  # top up to exactly 1,000 readings per device whatever hypothesis ran
+        while seqs[d] <= 1000:
             pub.publish(f"edgefleet/{d}/telemetry", fs.telemetry_payload(d, seqs[d], 20))
             seqs[d] += 20
     pub.drain()
     pub.close()
-    counts = wait_count(db_url, "dead_letter", len(bad), timeout=60)
-    counts = wait_count(db_url, "readings", 4000, timeout=60)
+    assert sent_bad[0] >= 1000
+    counts = wait_count(db_url, "dead_letter", sent_bad[0], timeout=60)
+    counts = wait_count(db_url, "readings", 2000, timeout=60)
     assert c.alive(), c.log.read_text()[-3000:]
-    assert counts["dead_letter"] == len(bad)
-    assert_exactly_once(db_url, ["g1", "g2"], 2000)
+    assert counts["dead_letter"] == sent_bad[0]
+    assert_exactly_once(db_url, ["g1", "g2"], 1000)
     assert c.stop() == -signal.SIGINT  # drained, then died by the SIGINT it got
 
 

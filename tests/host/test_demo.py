@@ -35,6 +35,11 @@ def test_demo_small_fleet_writes_report(tmp_path: Path) -> None:
     assert 0.5 < m["e_buffer"] <= 1.5 and 0 <= m["r_noise"] < 1 and m["r_ingest"] > 0
     assert m["l_infer"]["ms_total"] > 0 and m["l_infer"]["windows"] == 80
     assert 0 < m["forecast"]["a_forecast"] <= 1
+    # A_forecast beside both baselines, with the forecast-against-actual plot (issue 15 item 4)
+    f = m["forecast"]
+    assert 0 < f["naive_last_value"] <= 1 and 0 < f["seasonal_naive"] <= 1 and "plot" not in f
+    assert "seasonal naive" in r.stdout and "Forecast against actual" in html and html.count("data:image/png") >= 2
+    assert "edgefleet forecast on " in r.stdout and 0 < f["host"]["a_forecast"] <= 1, f["host"]  # the host's command
     # the activity nodes' model decisions were judged against the replayed labels, the faults against injections
     assert sum(s["support"] for s in rep["activity"].values()) >= 2
     assert rep["faults"]["unplugged"]["support"] >= 1

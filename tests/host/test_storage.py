@@ -171,3 +171,15 @@ def test_readers_do_not_create_databases_and_two_slashes_are_refused(tmp_path) -
     with pytest.raises(EdgefleetError, match="host part") as e:
         open_storage("sqlite://x.db")
     assert "sqlite:///x.db" in e.value.hint
+
+
+def test_export_order_runs_each_flash_log_in_arrival_order(db_url) -> None:
+    s = open_storage(db_url)
+    try:
+        # the log that arrived first is exported first, although its id sorts last
+        new = [_reading("n1", q, "00000000", 500 + q) for q in (2, 1)]
+        old = [_reading("n1", q, "ffffffff", 100 + q) for q in (3, 1, 2)]
+        s.write(Batch(readings={"n1": new + old}, seen={"n1": 600}))
+        assert [r[1] for r in s.iter_readings()] == [1, 2, 3, 1, 2]
+    finally:
+        s.close()

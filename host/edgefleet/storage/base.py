@@ -343,7 +343,7 @@ class Storage:
         until_ms: int | None = None,
         sensors: list[str] | None = None,
     ) -> Iterator[tuple[str, int, int, str, int, dict]]:
-        """(device, seq, ts_ms, sensor, flags, vals) sorted by device then seq, streamed."""
+        """(device, seq, ts_ms, sensor, flags, vals) sorted by device, flash log (first arrival), seq; streamed."""
         where, params = [], []
         if devices:
             where.append("device IN (" + ",".join("?" * len(devices)) + ")")
@@ -357,10 +357,16 @@ class Storage:
         if until_ms is not None:
             where.append("ts_ms < ?")
             params.append(until_ms)
-        sql = "SELECT device, seq, ts_ms, sensor, flags, vals FROM readings"
+        # Several flash logs of one device (an erased log, a replaced board) each restart seq at 1: export them
+        # one after the other, in the order their first record arrived, so seq still ascends within a run.
+        sql = (
+            "SELECT r.device, r.seq, r.ts_ms, r.sensor, r.flags, r.vals FROM readings r JOIN "
+            "(SELECT device, log, min(received_ms) AS first_ms FROM readings GROUP BY device, log) f "
+            "ON f.device = r.device AND f.log = r.log"
+        )
         if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY device, seq"
+            sql += " WHERE " + " AND ".join("r." + w for w in where)
+        sql += " ORDER BY r.device, f.first_ms, r.log, r.seq"
         cur = self._stream_cursor()
         cur.execute(self.q(sql), params)
         loads = json.loads

@@ -113,7 +113,7 @@ class PostgresStorage(Storage):
             store.migrate()
         except psycopg.Error as e:
             conn.close()
-            raise EdgefleetError(f"cannot set up the PostgreSQL schema: {str(e).strip()}") from None
+            raise EdgefleetError(f"cannot set up the PostgreSQL schema: {redact_text(str(e).strip(), url)}") from None
         return store
 
     def migrate(self) -> None:
