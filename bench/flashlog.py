@@ -83,8 +83,10 @@ def run_log(name, acks, align):
 
 def run_batch_log(acks):
     # The previous log (main before issue 11, module oldflashlog): records batched in RAM, programmed every
-    # flush_bytes or flush_s; PUBACK acks written after each flush. A power cut lost the batch.
+    # flush_bytes or flush_s; PUBACK acks written after each flush. A power cut lost the batch. It runs with its
+    # own record format (oldrecords: 16-byte header, a 3-channel reading 37 bytes).
     import oldflashlog
+    import oldrecords
     fl = open_board_flash(board, img + ".old")
     off, size = B.partition(board, "log")
     now = [0]
@@ -100,7 +102,7 @@ def run_batch_log(acks):
                 log.ack(log.durable)
         sname, _, vals = SENSORS[i]
         log.reading(sname, T0 + t, 0, CH[sname], vals)
-        rec_bytes += R.reading_size(sname, len(vals))
+        rec_bytes += oldrecords.reading_size(sname, len(vals))
         n += 1
         if acks and log.blen == 0:
             log.ack(log.durable)
@@ -138,15 +140,11 @@ print("BENCH " + json.dumps(out))
 """
 
 
-def _old_log_source() -> str | None:
-    """firmware/node/flashlog.py as it was before issue 11 (the batched log), for the same-run comparison."""
+def _old_source(path: str) -> str | None:
+    """A firmware file as it was before issue 11 (the batched log), for the same-run comparison."""
     try:
         return subprocess.run(
-            ["git", "show", f"{OLD_LOG_COMMIT}:firmware/node/flashlog.py"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
+            ["git", "show", f"{OLD_LOG_COMMIT}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -158,9 +156,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "bench_flashlog.py"
         script.write_text(MPY_BENCH)
-        old = _old_log_source()
-        if old is not None:
-            (Path(tmp) / "oldflashlog.py").write_text(old)
+        old_log = _old_source("firmware/node/flashlog.py")
+        old_rec = _old_source("firmware/node/records.py")
+        if old_log is not None and old_rec is not None:
+            (Path(tmp) / "oldflashlog.py").write_text(
+                old_log.replace("from node import records as R", "import oldrecords as R")
+            )
+            (Path(tmp) / "oldrecords.py").write_text(old_rec)
         argv = micropython_argv(
             board.heap_bytes * 4,  # the bench keeps a few logs' tables at once; the node's heap is tested elsewhere
             script,

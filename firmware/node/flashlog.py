@@ -148,8 +148,8 @@ class FlashLog:
         rb = self.rbuf
         mv = memoryview(rb)
         self.part.readblocks(s, mv[: R.HDR_SIZE], off)
-        ln = rb[0] | (rb[1] << 8)
-        if ln == 0xFFFF:
+        ln = rb[0]
+        if ln == 0xFF:
             return 0
         if ln < R.MIN_SIZE or ln > R.MAX_SIZE or off + ln > SECTOR:
             return -1
@@ -325,11 +325,11 @@ class FlashLog:
                 if ln > 0 and self.roff + ln > limit:
                     ln = 0
             if ln > 0:
-                if self.rbuf[2] >= R.REC_ACK:
+                if R.rtype(self.rbuf) == R.REC_ACK:
                     self.roff += self._pad(ln)
                     continue
                 if self._recovered:
-                    self.rbuf[3] |= FLAG_RECOVERED
+                    self.rbuf[1] |= FLAG_RECOVERED << 2  # the flags live above the type bits
                     self._recovered = False
                 self._peeked = ln
                 self._pnext = self.roff + self._pad(ln)

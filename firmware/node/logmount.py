@@ -132,7 +132,7 @@ def _last_seq_in(self, s):
         ln = self._read_record(s, off)
         if ln <= 0:
             return last
-        if self.rbuf[2] < R.REC_ACK:
+        if R.rtype(self.rbuf) != R.REC_ACK:
             last = R.header(self.rbuf)[3]
         off += self._pad(ln)
 

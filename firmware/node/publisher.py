@@ -181,7 +181,7 @@ class Publisher:
         self._pos = 0
         self._put(self._head)
         while count < self.max_recs and log.peek():
-            rtyp = log.rbuf[2]
+            rtyp = R.rtype(log.rbuf)
             seq = R.header(log.rbuf)[3]
             if typ and (rtyp != typ or seq != last + 1):
                 break  # one type, consecutive seqs: a stored range covers a whole message

@@ -25,7 +25,7 @@ def _drain(log, ack=False):
     while log.peek():
         seq = R.header(log.rbuf)[3]
         seqs.append(seq)
-        flags.append(log.rbuf[3])
+        flags.append(R.header(log.rbuf)[2])
         log.skip()
         if ack:
             log.ack(seq)
@@ -143,14 +143,14 @@ def test_power_cut_16_byte_aligned_records(flash_image):
 def test_corrupt_sector_skipped_counted_rest_delivered(flash_image):
     fl, p = _part(flash_image)
     log = FlashLog(p)
-    for i in range(300):  # 37-byte records: ~110 per sector, so sectors 0..2 are used
+    for i in range(300):  # 32-byte records: ~126 per sector, so sectors 0..2 are used
         log.reading("env", i, 0, CH, VALS)
     first_of_1 = log.base[1]
     first_of_2 = log.base[2]
     fl.close()
     fl, p = _part(flash_image)
     # Clear bits in the middle of sector 1's records (what a worn or disturbed block looks like).
-    fl.program(SECTOR + 1000, b"\x00\x00\x00")
+    fl.program(SECTOR + 1010, b"\x00\x00\x00")
     fl.close()
     fl, p = _part(flash_image)
     log = FlashLog(p)
@@ -195,7 +195,7 @@ def test_corrupt_sector_skipped_counted_rest_delivered(flash_image):
 def test_full_log_drops_oldest_counts_and_levels_wear(flash_image):
     fl, p = _part(flash_image, 4)
     log = FlashLog(p)
-    n = 1000  # ~9 sectors worth into 4
+    n = 1200  # ~9.5 sectors worth into 4
     for i in range(n):
         log.reading("env", i, 0, CH, VALS)
     log.close()

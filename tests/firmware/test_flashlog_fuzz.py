@@ -87,7 +87,7 @@ def _mount_drain(path, known_bad=False):
         # Without corruption counted, every record above the stored mark is delivered, no gap.
         assert known_bad or log.corrupt or log.torn or seq == (prev or first) + 1, (prev, first, seq, log.corrupt)
         prev = seq
-        if log.rbuf[2] == R.REC_EVENT:
+        if R.rtype(log.rbuf) == R.REC_EVENT:
             R.decode_event(log.rbuf)
         else:
             R.reading_name(log.rbuf)
