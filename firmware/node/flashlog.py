@@ -88,6 +88,7 @@ class FlashLog:
         self.rbuf = bytearray(R.MAX_SIZE)  # the record the reader looks at
         self._sh = bytearray(SH_SIZE)
         self._scan = bytearray(256)
+        # sector counters: needed by mount only (node.logmount), kept afterwards for readonly (--inspect) use
         self.cnt = array("I", [0] * self.n)
         self.base = array("I", [0] * self.n)
         self._emax = 0  # the highest erase count seen (for a sector whose own count is unreadable)
@@ -134,6 +135,8 @@ class FlashLog:
 
         try:
             logmount.mount(self)
+            if not self.readonly:
+                self.cnt = None  # 4 bytes per sector of heap the running node does not need
         finally:
             sys.modules.pop("node.logmount", None)
             import node
@@ -200,7 +203,8 @@ class FlashLog:
         R.crc_seal(sh, 0, SH_SIZE - 4, self.tab)
         self.part.writeblocks(s, sh, 0)
         self.state[s] = ST_VALID
-        self.cnt[s] = self.counter
+        if self.cnt is not None:
+            self.cnt[s] = self.counter
         self.base[s] = self.next_seq
         if self.head >= 0:
             self.end[self.head] = prev_end
