@@ -87,7 +87,6 @@ class FlashLog:
         self.buf = bytearray(R.MAX_SIZE + 32)  # the record being written (+ padding)
         self.rbuf = bytearray(R.MAX_SIZE)  # the record the reader looks at
         self._sh = bytearray(SH_SIZE)
-        self._scan = bytearray(256)
         # sector counters: needed by mount only (node.logmount), kept afterwards for readonly (--inspect) use
         self.cnt = array("I", [0] * self.n)
         self.base = array("I", [0] * self.n)

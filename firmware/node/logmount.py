@@ -11,12 +11,12 @@ def mount(self):
     self.log_id = 0
     best = -1
     bad = []
-    heads = [None] * n
     for s in range(n):
+        # pass 1: states and the head (headers are read again below rather than kept: 128 tuples would be
+        # several KB of heap at boot)
         st, h = self._read_header(s)
         self.state[s] = st
         if st == ST_VALID:
-            heads[s] = h
             if h[5] > self._emax:
                 self._emax = h[5]
             if best < 0 or h[0] > best:
@@ -42,19 +42,19 @@ def mount(self):
         else:
             self._open_next()
         return
-    self.log_id = heads[self.head][4]
-    self.acked = heads[self.head][2]
+    h = self._read_header(self.head)[1]
+    self.log_id = h[4]
+    self.acked = h[2]
     for s in range(n):
-        h = heads[s]
-        if h is None:
+        if self.state[s] != ST_VALID:
             continue
+        h = self._read_header(s)[1]
         if h[4] != self.log_id:
             self.state[s] = ST_STALE
             continue
         self.cnt[s] = h[0]
         self.base[s] = h[1]
         self.end[(s - 1) % n] = h[3]
-    heads = None
     self.counter = best
     for s in range(n):
         # prev_end is only meaningful when the previous sector is the one opened just before.
@@ -146,7 +146,7 @@ def _last_seq_in(self, s):
         off += self._pad(ln)
 
 def _erased_from(self, s, off):
-    sc = self._scan
+    sc = self.buf  # free during mount (the record-writing buffer)
     while off < SECTOR:
         k = min(len(sc), SECTOR - off)
         mv = memoryview(sc)[:k]
