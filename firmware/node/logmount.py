@@ -11,12 +11,12 @@ def mount(self):
     self.log_id = 0
     best = -1
     bad = []
+    heads = [None] * n
     for s in range(n):
-        # pass 1: states and the head (headers are read again below rather than kept: 128 tuples would be
-        # several KB of heap at boot)
         st, h = self._read_header(s)
         self.state[s] = st
         if st == ST_VALID:
+            heads[s] = h
             if h[5] > self._emax:
                 self._emax = h[5]
             if best < 0 or h[0] > best:
@@ -42,19 +42,19 @@ def mount(self):
         else:
             self._open_next()
         return
-    h = self._read_header(self.head)[1]
-    self.log_id = h[4]
-    self.acked = h[2]
+    self.log_id = heads[self.head][4]
+    self.acked = heads[self.head][2]
     for s in range(n):
-        if self.state[s] != ST_VALID:
+        h = heads[s]
+        if h is None:
             continue
-        h = self._read_header(s)[1]
         if h[4] != self.log_id:
             self.state[s] = ST_STALE
             continue
         self.cnt[s] = h[0]
         self.base[s] = h[1]
         self.end[(s - 1) % n] = h[3]
+    heads = None
     self.counter = best
     for s in range(n):
         # prev_end is only meaningful when the previous sector is the one opened just before.
@@ -117,22 +117,13 @@ def _scan_head(self):
     self.durable = last
     self.woff = off
     self.clean = True
-    # Anything but erased bytes after the last good record: never program over it. Right after it (within one
-    # record) that is a torn write; data further on is corruption inside the head: the records behind the bad
-    # one cannot be framed and their seqs may have been handed out, so seq skips as many as could fit there
-    # (never reused), the loss is counted and the next record delivered after the gap carries flag 4.
-    self.next_seq = last + 1
+    # Anything but erased bytes after the last good record is a torn write: never program over it.
     if not _erased_from(self, s, off):
+        self.torn += 1
         self._closed = True
         self.clean = False
-        far = off + R.MAX_SIZE + 32
-        if far < SECTOR and not _erased_from(self, s, far):
-            self.corrupt += 1
-            self._gap_after = last
-            self.next_seq = last + 1 + (SECTOR - off) // R.MIN_DATA_SIZE
-        else:
-            self.torn += 1
     self.end[s] = off
+    self.next_seq = last + 1
 
 def _last_seq_in(self, s):
     off = SH_SIZE
@@ -146,7 +137,7 @@ def _last_seq_in(self, s):
         off += self._pad(ln)
 
 def _erased_from(self, s, off):
-    sc = self.buf  # free during mount (the record-writing buffer)
+    sc = self._scan
     while off < SECTOR:
         k = min(len(sc), SECTOR - off)
         mv = memoryview(sc)[:k]
