@@ -1,6 +1,9 @@
-"""Fault injection, longer and wider than tests/host/test_fleet_faults.py: the same run (edgefleet.testing.chaos)
-with more nodes, a longer run and a longer broker outage. Prints every figure; exit 1 when a record is lost
-outside the documented power-cut window and corrupted block.
+"""Fault injection, longer and wider than tests/host/test_fleet_faults.py: the same run (edgefleet.testing.chaos:
+collector kill -9, broker outage with node SIGKILLs and a corrupted flash block, mosquitto kill -9 with
+persistence on, a collector outage past the broker's queue limit, a broker restarted without its persistence,
+and all of them at once with node SIGKILLs) with more nodes, a longer run and a longer broker outage. Prints
+every figure; exit 1 when a record is lost beyond one per power cut and the corrupted block
+(docs/reliability.md).
 
 Run: PYTHONPATH=host python bench/chaos.py [--nodes 12] [--run-s 240] [--outage-s 60] [--seed 7]
 """

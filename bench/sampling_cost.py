@@ -48,6 +48,7 @@ for sl in s.slots:
     sen = sl.sensor
     out = array("f", [0.0] * len(sen.channels))
     c = Cleaner(sen.kind, sen.channels, 1, limits=getattr(sen, "limits", None))
+    cleaned = array("f", out)
     sen.read(out)
 
     def read():
@@ -57,7 +58,7 @@ for sl in s.slots:
     def read_clean():
         for i in range(N):
             sen.read(out)
-            c.process(out)
+            c.process(out, cleaned)
 
     def cycle():
         for i in range(N):

@@ -15,7 +15,7 @@ import time
 from micropython import const
 
 from node import records as R
-from node.flashlog import FLUSH_BYTES, FLUSH_MS, FlashLog
+from node.flashlog import ALIGN, FlashLog
 from node.mqtt import MQTTClient
 from node.publisher import Publisher
 from node.status import Status, will
@@ -122,12 +122,10 @@ class Node:
         # The big buffers first, while the heap is least fragmented.
         gc.collect()
         bufs = [bytearray(_num(cfg, "max_batch_bytes", 2048, 512, 16384)) for _ in range(PUBLISH_WINDOW)]
-        logcfg = flush or cfg.get("log") or {}  # {"flush_bytes": N, "flush_s": T}
-        self.log = FlashLog(
-            part,
-            flush_bytes=logcfg.get("flush_bytes", FLUSH_BYTES),
-            flush_ms=int(logcfg.get("flush_s", FLUSH_MS / 1000) * 1000),
-        )
+        # {"flush_bytes": N, "flush_s": T, "stored_timeout_s": S, "align": A}: every record is on flash when
+        # logged; flush_bytes/flush_s batch the messages sent (docs/firmware.md).
+        logcfg = flush or cfg.get("log") or {}
+        self.log = FlashLog(part, align=logcfg.get("align", ALIGN))
         for s in board.get("sensors", ()):
             ch = R.KIND_CHANNELS.get(s.get("type"))
             if ch:
@@ -154,11 +152,27 @@ class Node:
         except ValueError as e:
             self._safe("no usable broker: %s" % e)
         if self.mqtt is not None:
-            self.publisher = Publisher(self.log, self.mqtt, self.dev, self.prefix, bufs=bufs)
+            self.publisher = Publisher(
+                self.log,
+                self.mqtt,
+                self.dev,
+                self.prefix,
+                bufs=bufs,
+                stored_timeout_s=logcfg.get("stored_timeout_s", 30),
+                batch_bytes=logcfg.get("flush_bytes", 256),
+                batch_ms=int(logcfg.get("flush_s", 5) * 1000),
+            )
             self.mqtt.subs.append(self.commands.topic)
-            self.mqtt.on_message = self.commands.on_message
+            self.mqtt.subs.append(self.publisher.stored_topic)
+            self.mqtt.on_message = self._on_message
             self.mqtt.on_puback = self.publisher.on_puback
             self.mqtt.on_connect = self._on_connect
+
+    def _on_message(self, topic, payload):
+        if topic == self.publisher.stored_topic:
+            self.publisher.on_stored(payload)
+        else:
+            self.commands.on_message(topic, payload)
 
     def _safe(self, why):
         print("node: safe mode:", why)
@@ -204,6 +218,8 @@ class Node:
         self._reboot.set()
 
     async def _on_connect(self):
+        if self.publisher is not None:
+            self.publisher.on_connect()  # resend from flash whatever is not stored yet
         try:
             from node import clock
 
@@ -212,17 +228,9 @@ class Node:
             print("node: clock sync failed: %r" % e)
         await self.status.publish()
 
-    async def _flush_loop(self):
-        # Time-based half of the flush policy (the size-based half runs inside FlashLog.append).
-        log = self.log
-        while True:
-            await asyncio.sleep_ms(250)
-            if log.flush_due():
-                log.flush()
-
     async def run(self, tasks=()):
         # Runs until a reboot is requested. `tasks`: coroutines of the sampling side (or a test's source).
-        running = [asyncio.create_task(self._flush_loop())]
+        running = []
         if self.mqtt is not None:
             running.append(asyncio.create_task(self.mqtt.run()))
             running.append(asyncio.create_task(self.publisher.run()))

@@ -1,4 +1,6 @@
-# Sample cleaning, one Cleaner per sensor, between the driver and everything after it.
+# Sample cleaning, one Cleaner per sensor, between the driver and everything after it. The raw reading is
+# never changed: it is what the node logs. Cleaning writes a cleaned copy (what the model path gets) and
+# flags the reading.
 #
 # For each reading (an array('f') aligned with the sensor's channels), in this order:
 # 1. Stuck sensor: N identical readings in a row (all channels bit-identical; N = stuck_n) flag the readings
@@ -6,18 +8,22 @@
 # 2. Range: a channel outside its physical limits (per sensor kind; an ADC's from its calibration) rejects
 #    the whole reading: it is counted, not logged and not windowed; a `fault` event "range" on the change.
 # 3. Spikes: a causal Hampel filter per channel. The reading is compared with the median of the previous
-#    `window` raw readings; if it is further than max(k * 1.4826 * MAD, floor) it is replaced by that
-#    median and the reading counts as rejected. The floor keeps a flat signal (MAD = 0) from turning every
-#    small change into an outlier. The window is kept sorted incrementally (one insert per reading), so the
-#    median costs no sort; the MAD is computed only for readings that already look suspicious.
+#    `window` raw readings; if it is further than max(k * 1.4826 * MAD, floor) the reading is flagged
+#    FLAG_SUSPECT (8), counts as rejected, and its cleaned copy carries that median instead. The floor keeps
+#    a flat signal (MAD = 0) from turning every small change into an outlier. The window is kept sorted
+#    incrementally (one insert per reading), so the median costs no sort; the MAD is computed only for
+#    readings that already look suspicious.
+# Settings per sensor (node config `clean`, docs/firmware.md): window, k, stuck_s, or "off" (no flags, no
+# rejects: the cleaned copy is the raw reading).
 # Missing samples (the driver raised SensorError, or the scheduler ran late) are counted by the sampler
-# through miss(). Counters: sampled (readings the driver returned), rejected (readings rejected or changed
-# by cleaning), missing, stuck (readings flagged stuck). R_noise = rejected / sampled.
+# through miss(). Counters: sampled (readings the driver returned), rejected (readings rejected or flagged
+# suspect), missing, stuck (readings flagged stuck). R_noise = rejected / sampled.
 from array import array
 
 from micropython import const
 
 FLAG_STUCK = const(2)
+FLAG_SUSPECT = const(8)
 REJECT = const(-1)
 
 # per channel: (low, high, hampel floor). A causal median lags a fast signal: at 10 Hz a 0.5 Hz, 0.5 g
@@ -46,8 +52,9 @@ def default_stuck_n(rate_hz, kind=None):
 
 
 class Cleaner:
-    def __init__(self, kind, channels, rate_hz=1, window=7, k=3.0, stuck_n=None, limits=None):
+    def __init__(self, kind, channels, rate_hz=1, window=7, k=3.0, stuck_n=None, limits=None, enabled=True):
         n = len(channels)
+        self.enabled = enabled
         self.n = n
         self.w = window
         self.k = k * 1.4826
@@ -79,11 +86,16 @@ class Cleaner:
     def miss(self, n=1):
         self.missing += n
 
-    def process(self, v):
-        # Cleans v in place. Returns the reading's flags (0 or FLAG_STUCK), or REJECT. Sets self.event.
+    def process(self, v, out):
+        # Cleans raw reading v (left as it is) into out. Returns the reading's flags (FLAG_STUCK,
+        # FLAG_SUSPECT) or REJECT. Sets self.event.
         self.event = None
         self.sampled += 1
         n = self.n
+        for i in range(n):
+            out[i] = v[i]
+        if not self.enabled:
+            return 0
         # 1. stuck
         last = self.last
         same = True
@@ -132,7 +144,7 @@ class Cleaner:
                     d = -d
                 if d > self.floor[i] and d > self.k * self._mad(i, med):
                     self._push(i, v[i])
-                    v[i] = med
+                    out[i] = med
                     changed = True
                 else:
                     self._push(i, v[i])
@@ -146,6 +158,7 @@ class Cleaner:
             self.fill += 1
         if changed:
             self.rejected += 1
+            flags |= FLAG_SUSPECT
         return flags
 
     def _mad(self, ch, med):

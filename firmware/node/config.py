@@ -24,14 +24,19 @@ DEFAULTS = {
     "ntp_host": "pool.ntp.org",
     "model": "model.efm",
     "rule": {"output": "relay", "on_class": "running"},
-    "log": {"flush_bytes": 256, "flush_s": 5},
+    "log": {"flush_bytes": 256, "flush_s": 5, "stored_timeout_s": 30, "align": 1},
     "mqtt": {"keepalive_s": 30, "backoff_max_s": 60},
+    # per sensor: "off", or {"window": odd 3..31, "k": 1..20, "stuck_s": s}; a sensor left out: the defaults
+    "clean": {},
 }
-MERGED = ("broker", "wifi", "rates", "log_every", "log", "mqtt")
+MERGED = ("broker", "wifi", "rates", "log_every", "log", "mqtt", "clean")
+_CLEAN = (("window", 3, 31, True), ("k", 1, 20, False), ("stuck_s", 1, 86400, False))
 # numeric tuning fields of the dict sections: (section, field, lo, hi, integer?)
 _TUNING = (
     ("log", "flush_bytes", 32, 4096, True),
     ("log", "flush_s", 0.1, 3600, False),
+    ("log", "stored_timeout_s", 1, 86400, False),
+    ("log", "align", 1, 32, True),
     ("mqtt", "keepalive_s", 5, 3600, True),
     ("mqtt", "backoff_max_s", 1, 3600, False),
 )
@@ -187,6 +192,9 @@ def _validate(cfg, board):
     err = _check_tuning(cfg)
     if err:
         return err
+    err = _check_clean(cfg.get("clean", {}), sensors)
+    if err:
+        return err
     v = cfg.get("model")
     if not (v is None or (isinstance(v, str) and v and len(v) <= 64)):
         return "model: %r must be a file name or null (decision stage off)" % (v,)
@@ -208,6 +216,31 @@ def _check_tuning(cfg):
             v = d[k]
             if not (_is_int(v) if whole else _is_num(v)) or not lo <= v <= hi:
                 return "%s.%s: %r must be %s in %s..%s" % (sec, k, v, "an integer" if whole else "a number", lo, hi)
+    if cfg.get("log", {}).get("align", 1) not in (1, 4, 16, 32):
+        return "log.align: must be 1, 4, 16 or 32 (16 with ESP32 flash encryption)"
+    return None
+
+
+def _check_clean(clean, sensors):
+    if not isinstance(clean, dict):
+        return "clean: must be an object of sensor name -> \"off\" or {window, k, stuck_s}"
+    for name, st in clean.items():
+        if name not in sensors:
+            return "clean.%s: no sensor %r on this board (has %s)" % (name, name, ", ".join(sensors))
+        if st == "off":
+            continue
+        if not isinstance(st, dict):
+            return "clean.%s: %r must be \"off\" or an object with window, k, stuck_s" % (name, st)
+        for k in st:
+            if k not in ("window", "k", "stuck_s"):
+                return "clean.%s.%s: unknown field (known: window, k, stuck_s)" % (name, k)
+        for k, lo, hi, whole in _CLEAN:
+            if k in st:
+                v = st[k]
+                if not (_is_int(v) if whole else _is_num(v)) or not lo <= v <= hi:
+                    return "clean.%s.%s: %r must be %s in %s..%s" % (name, k, v, "an integer" if whole else "a number", lo, hi)
+        if st.get("window", 7) % 2 == 0:
+            return "clean.%s.window: must be odd (the median of an odd window is a reading)" % name
     return None
 
 

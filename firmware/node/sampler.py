@@ -1,8 +1,9 @@
 # Sampling: one asyncio task per sensor at its configured rate, each reading cleaned (node.clean), logged
-# through the sink every `log_every`-th reading, and handed to listeners (the decision stage) every time.
+# raw (as the sensor read it, with the cleaner's flags) through the sink every `log_every`-th reading, and
+# handed cleaned to listeners (the decision stage) every time.
 #
 #   s = Sampler(hw, cfg, sink)          # cfg: the node config (rates, log_every)
-#   s.listen("imu", fn)                 # fn(ts_ms, flags, values) for every cleaned reading of "imu"
+#   s.listen("imu", fn)                 # fn(ts_ms, flags, cleaned values) for every reading of "imu"
 #   await s.run()                       # until s.stop()
 #   s.counters()                        # totals for status: sampled, rejected, missing, stuck
 #
@@ -25,14 +26,30 @@ from node.hw import SensorError
 UNPLUGGED_AFTER = const(3)
 
 
+def cleaner_for(sensor, rate, settings):
+    # settings: the sensor's entry of the config's `clean` section: "off", or {window, k, stuck_s} (each
+    # optional; validated by node.config).
+    lim = getattr(sensor, "limits", None)
+    if settings == "off":
+        return Cleaner(sensor.kind, sensor.channels, rate, limits=lim, enabled=False)
+    st = settings or {}
+    stuck_n = None
+    if "stuck_s" in st:
+        stuck_n = max(2, int(st["stuck_s"] * (rate or 1)))
+    return Cleaner(
+        sensor.kind, sensor.channels, rate, window=st.get("window", 7), k=st.get("k", 3.0), stuck_n=stuck_n, limits=lim
+    )
+
+
 class _Slot:
-    def __init__(self, sensor, rate, log_every):
+    def __init__(self, sensor, rate, log_every, clean=None):
         self.sensor = sensor
         self.name = sensor.name
         self.set_rate(rate)
         self.log_every = max(1, int(log_every))
-        self.buf = array("f", [0.0] * len(sensor.channels))
-        self.cleaner = Cleaner(sensor.kind, sensor.channels, rate, limits=getattr(sensor, "limits", None))
+        self.buf = array("f", [0.0] * len(sensor.channels))  # the raw reading: logged as it is
+        self.clean = array("f", [0.0] * len(sensor.channels))  # its cleaned copy: for listeners (the model)
+        self.cleaner = cleaner_for(sensor, rate, clean)
         self.good = 0  # cleaned readings, for decimation
         self.fails = 0  # failed reads in a row
         self.down = False
@@ -62,12 +79,13 @@ class Sampler:
         # its next tick; a sensor whose rate becomes 0 stops; one that was off starts (if running).
         rates = cfg.get("rates", {})
         every = cfg.get("log_every", {})
+        clean = cfg.get("clean") or {}
         for s in self.hw.sensors:
             r = rates.get(s.name, 0)
             sl = self.slot(s.name)
             if sl is None:
                 if r and r > 0:
-                    sl = _Slot(s, r, every.get(s.name, 1))
+                    sl = _Slot(s, r, every.get(s.name, 1), clean.get(s.name))
                     self.slots.append(sl)
                     if self._running:
                         self._tasks.append(asyncio.create_task(self._run_slot(sl)))
@@ -112,7 +130,7 @@ class Sampler:
         if sl.down:
             sl.down = False
             self._fault(ts, flags, "unplugged", "end", 0.0, sl.name)
-        f = c.process(sl.buf)
+        f = c.process(sl.buf, sl.clean)
         ev = c.event
         if ev is not None:
             self._fault(ts, flags, ev[0], ev[1], 1.0 if ev[1] == "begin" else 0.0, sl.name)
@@ -125,7 +143,7 @@ class Sampler:
         sl.good += 1
         for fn in sl.listeners:
             try:
-                fn(ts, flags, sl.buf)
+                fn(ts, flags, sl.clean)
             except Exception as e:  # noqa: BLE001 - a failing model must not stop sampling
                 sl.errors += 1
                 sl.last_error = "listener: %r" % (e,)

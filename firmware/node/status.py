@@ -30,7 +30,7 @@ class _Into(io.IOBase):
 
 
 def will(dev, prefix):
-    return ("%s/%s/status" % (prefix, dev), json.dumps({"v": 1, "dev": dev, "state": "offline"}), 1, True)
+    return ("%s/%s/status" % (prefix, dev), json.dumps({"v": 2, "dev": dev, "state": "offline"}), 1, True)
 
 
 class Status:
@@ -50,9 +50,11 @@ class Status:
         published = n.publisher.published if n.publisher else 0
         logged = log.logged if log else 0
         gc.collect()
+        pub = n.publisher
         return {
-            "v": 1,
+            "v": 2,
             "dev": n.dev,
+            "log": log.log if log else "",
             "state": "online",
             "ts": n.now_ms(),
             "fw": n.fw,
@@ -72,6 +74,10 @@ class Status:
                 "published": published,
                 "reconnects": n.mqtt.reconnects if n.mqtt else 0,
                 "corrupt": log.corrupt if log else 0,
+                "stored": pub.stored if pub else 0,
+                "resends": pub.resends if pub else 0,
+                "stored_bad": pub.stored_bad if pub else 0,
+                "acked": log.acked if log else 0,
             },
             "e_buffer": round(published / logged, 4) if logged else 0.0,
             "r_noise": round(rejected / sampled, 4) if sampled else 0.0,

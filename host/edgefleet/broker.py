@@ -52,10 +52,12 @@ def render_acl(prefix: str = "edgefleet", collector_user: str = "collector") -> 
         f"user {collector_user}",
         f"topic read {prefix}/#",
         f"topic write {prefix}/+/cmd",
+        f"topic write {prefix}/+/stored",  # end-to-end acks after the database COMMIT (docs/protocol.md)
         "",
         "# every other user is a device: its user name is its device id",
         *(f"pattern write {prefix}/%u/{kind}" for kind in ("telemetry", "event", "status", "ack")),
         f"pattern read {prefix}/%u/cmd",
+        f"pattern read {prefix}/%u/stored",
     ]
     return "\n".join(lines) + "\n"
 

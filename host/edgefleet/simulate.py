@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import signal
 import ssl
@@ -32,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -41,16 +43,28 @@ from .broker import Mosquitto, render_acl
 from .errors import EdgefleetError
 from .node import REBOOT_EXIT, check_broker_url
 from .nodeconfig import rule_for_model
-from .paths import project_root, writable_dir
+from .paths import firmware_dir, project_root, writable_dir
 from .runtime import find_micropython, micropython_env, unix_heap_bytes
 
 log = logging.getLogger(__name__)
 
 COLLECTOR_USER = "collector"
 SECTOR = 4096
-# What a node's RAM batch can lose in a power cut (docs/firmware.md, flash log): flush_bytes // 27 + 1.
-POWER_CUT_WINDOW = 256 // 27 + 1
 IMU_CHANNELS = ("ax", "ay", "az", "gx", "gy", "gz")
+
+
+@cache
+def power_cut_loss() -> int:
+    """Records one power cut can cost a node: firmware/node/flashlog.py's POWER_CUT_LOSS, read from its source.
+
+    The firmware is the one definition (the flash log's design decides it); the host's loss accounting reads
+    it rather than keeping a copy that could drift.
+    """
+    text = (firmware_dir() / "node" / "flashlog.py").read_text()
+    m = re.search(r"^POWER_CUT_LOSS = const\((\d+)\)", text, re.M)
+    if m is None:
+        raise EdgefleetError("firmware/node/flashlog.py defines no POWER_CUT_LOSS = const(N)")
+    return int(m.group(1))
 
 
 # ---------------------------------------------------------------- scenarios

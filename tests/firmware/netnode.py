@@ -14,7 +14,7 @@ from node.sim.launch import default_config, prepare
 CH = ("temperature", "humidity", "pressure")
 
 
-async def source(log, rate_hz, event_every):
+async def source(log, rate_hz, event_every, label="high"):
     # Appends readings through the Sink at a fixed rate; values encode the record count so a reused seq
     # would show up at the subscriber as the same seq with a different payload.
     vals = array("f", [0.0, 0.0, 0.0])
@@ -29,7 +29,7 @@ async def source(log, rate_hz, event_every):
         vals[2] = 1000.0 + n % 50
         log.reading("env", ts, 0, CH, vals)
         if event_every and n % event_every == 0:
-            log.event(ts, 0, "anomaly", "high", 0.91, "test-model", None, None)
+            log.event(ts, 0, "anomaly", label, 0.91, "test-model", None, None)
         t_next = time.ticks_add(t_next, period)
         d = time.ticks_diff(t_next, time.ticks_ms())
         await asyncio.sleep_ms(d if d > 0 else 0)
@@ -63,12 +63,15 @@ def main():
         board,
         cfg,
         part,
-        flush={"flush_bytes": flush_bytes, "flush_s": flush_s},
+        flush={"flush_bytes": flush_bytes, "flush_s": flush_s, "stored_timeout_s": 3},
         mqtt_opts={"keepalive_s": keepalive, "backoff_max_s": 4},
     )
     print("netnode: %s seq=%d acked=%d boot=%d" % (dev, node.log.last_seq(), node.log.acked, node.boot))
     try:
-        code = asyncio.run(node.run([source(node.log, rate, event_every)]))
+        import os
+
+        label = os.getenv("NETNODE_LABEL") or "high"  # e.g. non-ASCII text, end to end
+        code = asyncio.run(node.run([source(node.log, rate, event_every, label)]))
     except KeyboardInterrupt:
         node.log.close()  # as node.app.main does on Ctrl-C
         code = 0

@@ -35,6 +35,14 @@ BAD = (
     ({"colour": "red"}, "colour"),
     ({"log": {"flush_bytes": 8}}, "log.flush_bytes"),
     ({"log": {"flush_bytes": 256.5}}, "log.flush_bytes"),
+    ({"log": {"stored_timeout_s": 0}}, "log.stored_timeout_s"),
+    ({"log": {"align": 8}}, "log.align"),
+    ({"clean": {"nosuch": "off"}}, "clean.nosuch"),
+    ({"clean": {"env": "on"}}, "clean.env"),
+    ({"clean": {"env": {"window": 6}}}, "clean.env.window"),
+    ({"clean": {"env": {"k": 0}}}, "clean.env.k"),
+    ({"clean": {"env": {"hampel": True}}}, "clean.env.hampel"),
+    ({"clean": []}, "clean"),
     ({"log": {"flush_s": 0}}, "log.flush_s"),
     ({"log": {"size": 1}}, "log.size"),
     ({"log": 5}, "log"),
@@ -58,7 +66,7 @@ def test_defaults_are_valid_and_merge(sim_board, workdir):
     write_json(p, {"log": {"flush_s": 1}, "mqtt": {"keepalive_s": 60}})
     cfg, err = config.load(p, b)
     assert err is None, err
-    assert cfg["log"] == {"flush_bytes": 256, "flush_s": 1} and cfg["mqtt"] == {"keepalive_s": 60, "backoff_max_s": 60}
+    assert cfg["log"] == {"flush_bytes": 256, "flush_s": 1, "stored_timeout_s": 30, "align": 1} and cfg["mqtt"] == {"keepalive_s": 60, "backoff_max_s": 60}
 
 
 def test_each_bad_config_names_its_field(sim_board):

@@ -120,3 +120,61 @@ def test_failing_listener_or_sink_does_not_stop_sampling(sim_board):
     assert c["errors"] >= c["sampled"] - 5, c  # the listener fails on every good reading
     assert "cycle: OSError" in c["error"] or "listener: ValueError" in c["error"], c["error"]
     assert sink.counts["imu"] >= 15
+
+
+class _Series:
+    # A sensor that returns a scripted series of temperature readings (humidity, pressure constant).
+    name = "env"
+    kind = "bme280"
+    channels = ("temperature", "humidity", "pressure")
+
+    def __init__(self, temps):
+        self.temps = temps
+        self.i = 0
+
+    def read(self, buf):
+        buf[0] = self.temps[self.i % len(self.temps)]
+        buf[1] = 45.0
+        buf[2] = 1013.0
+        self.i += 1
+
+
+class _Hw:
+    def __init__(self, sensors):
+        self.sensors = sensors
+
+
+class _RecSink:
+    def __init__(self):
+        self.recs = []
+
+    def reading(self, name, ts, flags, channels, values):
+        self.recs.append((flags, values[0]))
+        return len(self.recs)
+
+    def event(self, *a):
+        return 0
+
+
+def test_raw_reading_logged_flagged_cleaned_copy_to_model(sim_board):
+    temps = [21.0 + 0.05 * (i % 3) for i in range(12)] + [70.0] + [21.0] * 3
+    for clean in (None, "off"):
+        cfg = {"rates": {"env": 1}, "log_every": {"env": 1}}
+        if clean:
+            cfg["clean"] = {"env": clean}
+        sink = _RecSink()
+        s = Sampler(_Hw([_Series(temps)]), cfg, sink)
+        seen = []
+        s.listen("env", lambda ts, flags, v: seen.append((flags, v[0])))
+        sl = s.slot("env")
+        for _ in temps:
+            s.cycle(sl)
+        # What is logged (and so stored) is what the sensor read, reading for reading.
+        assert [round(v, 3) for _, v in sink.recs] == [round(t, 3) for t in temps], sink.recs
+        if clean is None:
+            assert sink.recs[12][0] & 8 and not sink.recs[11][0] & 8, sink.recs[10:14]
+            assert seen[12][1] < 22.0, seen[12]  # the model path gets the median
+            assert s.counters()["rejected"] == 1
+        else:
+            assert all(not f & 10 for f, _ in sink.recs) and abs(seen[12][1] - 70.0) < 1e-3
+            assert s.counters()["rejected"] == 0

@@ -24,6 +24,7 @@ HERE = Path(__file__).parent
 HELPER = HERE.parent / "firmware" / "netnode.py"  # MicroPython, beside the firmware tests
 SIM = load_board("sim")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+LOG_ID = re.compile(r"^[0-9a-f]{8}$")
 EVENT_KINDS = {"class", "anomaly", "forecast", "fault"}
 
 
@@ -51,6 +52,7 @@ class NetNode:
         self.out = workdir / f"{dev}.log"
         self.proc: subprocess.Popen | None = None
         self.starts: list[tuple[int, int]] = []  # (seq, acked) the log mounted with, per start
+        self.label: str | None = None  # the label of the node's event records (default "high")
 
     def argv(self) -> list[str]:
         return [
@@ -69,7 +71,12 @@ class NetNode:
         n_before = self._banner_count()
         with self.out.open("a") as f:
             self.proc = procs.spawn(  # dies with the test process, even a SIGKILLed one
-                self.argv(), env=micropython_env(extra_path=[HELPER.parent]), stdout=f, stderr=subprocess.STDOUT
+                self.argv(),
+                env=micropython_env(
+                    extra_path=[HELPER.parent], **({"NETNODE_LABEL": self.label} if self.label else {})
+                ),
+                stdout=f,
+                stderr=subprocess.STDOUT,
             )
         wait_until(lambda: self._banner_count() > n_before or self.proc.poll() is not None, 20, "node start")
         assert self.proc.poll() is None, self.output()[-3000:]
@@ -109,9 +116,13 @@ class NetNode:
 class Subscriber:
     """A persistent-session QoS 1 subscriber to everything a device publishes, with reconnects."""
 
-    def __init__(self, host: str, port: int, dev: str, prefix: str = "edgefleet") -> None:
+    def __init__(self, host: str, port: int, dev: str, prefix: str = "edgefleet", ack_stored: bool = True) -> None:
         self.dev = dev
         self.prefix = prefix
+        # Stand-in for the collector's end-to-end acks: answer each telemetry/event message with a `stored`
+        # message for its seqs (docs/protocol.md), as a collector does after its COMMIT. Off: the node gets none.
+        self.ack_stored = ack_stored
+        self.stored_sent = 0
         self.lock = threading.Lock()
         self.messages: list[tuple[str, bytes, bool]] = []
         self.client = mqtt.Client(
@@ -130,6 +141,12 @@ class Subscriber:
     def _on_message(self, client, userdata, msg):
         with self.lock:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+        if self.ack_stored and (msg.topic.endswith("/telemetry") or msg.topic.endswith("/event")):
+            body = json.loads(msg.payload)
+            seqs = [r["seq"] for r in body["recs"]]
+            ack = {"v": 2, "log": body.get("log", ""), "ranges": [[min(seqs), max(seqs)]]}
+            client.publish(f"{self.prefix}/{self.dev}/stored", json.dumps(ack), qos=1)
+            self.stored_sent += 1
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -167,7 +184,7 @@ class Subscriber:
 
 def check_records_message(msg: dict, dev: str, leaf: str) -> None:
     """docs/protocol.md: telemetry and event payloads (checked field by field)."""
-    assert msg["v"] == 1 and msg["dev"] == dev, msg
+    assert msg["v"] == 2 and msg["dev"] == dev and LOG_ID.match(msg["log"]), msg
     recs = msg["recs"]
     assert isinstance(recs, list) and 1 <= len(recs) <= 500
     seqs = [r["seq"] for r in recs]
@@ -189,7 +206,7 @@ def check_records_message(msg: dict, dev: str, leaf: str) -> None:
 
 def check_status(msg: dict, dev: str) -> None:
     """docs/protocol.md: an online status has every field."""
-    assert msg["v"] == 1 and msg["dev"] == dev and msg["state"] == "online", msg
+    assert msg["v"] == 2 and msg["dev"] == dev and msg["state"] == "online" and LOG_ID.match(msg["log"]), msg
     for k in ("ts", "uptime_s", "heap_free", "boot", "seq"):
         assert isinstance(msg[k], int), (k, msg)
     for k in ("fw", "board"):
@@ -198,7 +215,7 @@ def check_status(msg: dict, dev: str) -> None:
     assert isinstance(msg["safe_mode"], bool)
     assert msg["error"] is None or isinstance(msg["error"], str)
     c = msg["counters"]
-    for k in ("sampled", "rejected", "logged", "dropped", "published", "reconnects", "corrupt"):
+    for k in ("sampled", "rejected", "logged", "dropped", "published", "reconnects", "corrupt", "stored", "acked"):
         assert isinstance(c[k], int) and c[k] >= 0, (k, c)
     for k in ("e_buffer", "r_noise"):
         assert isinstance(msg[k], int | float) and math.isfinite(msg[k]), (k, msg)

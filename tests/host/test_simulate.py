@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.paths import models_dir
-from edgefleet.simulate import POWER_CUT_WINDOW, Fleet, activity_scenario, basicmotions_replay, fault_scenario
+from edgefleet.simulate import Fleet, activity_scenario, basicmotions_replay, fault_scenario, power_cut_loss
 
 MODEL = models_dir() / "basicmotions-rf"
 
@@ -135,7 +135,7 @@ def test_fleet_reboot_command_restarts_node_and_kill_restart_keep_seq(mqtt_broke
         assert not nd.running and nd.kills == 1  # a power cut: nobody restarts it
         info = fleet.inspect(0)
         # the status' seq may include the RAM batch a power cut loses (docs/firmware.md), at most the window
-        assert info["durable"] >= seq_before - POWER_CUT_WINDOW
+        assert info["durable"] >= seq_before - power_cut_loss()
         assert info["next_seq"] > info["durable"]  # nothing that may have been published is handed out again
         fleet.restart(0)
         _wait(lambda: fleet.status().get("node-001", {}).get("boot") == 3, 30, "status after power cut")

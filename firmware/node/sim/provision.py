@@ -31,11 +31,12 @@ def inspect(board_path, image):
     board = boardmod.load(board_path)
     flash = open_board_flash(board, image)
     off, size = boardmod.partition(board, "log")
-    log = FlashLog(flash.partition(off, size))
+    log = FlashLog(flash.partition(off, size), readonly=True)
     # per sector with data: [index, counter, first seq, end of valid data]
     secs = [[s, log.cnt[s], log.base[s], log.woff if s == log.head else log.end[s]] for s in range(log.n) if log.cnt[s]]
     out = {"durable": log.durable, "acked": log.acked, "next_seq": log.next_seq, "clean": log.clean,
-           "corrupt": log.corrupt, "head": log.head, "log_offset": off, "sectors": secs}
+           "corrupt": log.corrupt, "head": log.head, "log_offset": off, "sectors": secs, "log": log.log,
+           "erase_counts": log.erase_counts()}
     print(json.dumps(out))
 
 
