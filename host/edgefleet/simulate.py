@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import random
-import secrets
 import signal
 import subprocess
 import threading
@@ -36,7 +35,7 @@ from urllib.parse import urlsplit
 
 from . import protocol
 from .boards import Board, load_board
-from .broker import Mosquitto, render_acl
+from .broker import COLLECTOR_USER, OPERATOR_USER, Mosquitto, fleet_credentials, render_acl, write_password_file
 from .errors import EdgefleetError
 from .node import REBOOT_EXIT, check_broker_url
 from .nodeconfig import rule_for_model
@@ -45,7 +44,6 @@ from .runtime import find_micropython, micropython_env, unix_heap_bytes
 
 log = logging.getLogger(__name__)
 
-COLLECTOR_USER = "collector"
 SECTOR = 4096
 # What a node's RAM batch can lose in a power cut (docs/firmware.md, flash log): flush_bytes // 27 + 1.
 POWER_CUT_WINDOW = 256 // 27 + 1
@@ -242,57 +240,63 @@ class Fleet:
         )
 
     def credentials(self) -> dict[str, str]:
-        """Per-device passwords (and the collector's), created once and kept in the workdir."""
-        path = self.workdir / "credentials.json"
-        creds = json.loads(path.read_text()) if path.is_file() else {}
-        for user in [COLLECTOR_USER, *(nd.device_id for nd in self.nodes)]:
-            creds.setdefault(user, secrets.token_urlsafe(12))
-        path.write_text(json.dumps(creds, indent=1))
-        path.chmod(0o600)
-        return creds
+        """Per-identity passwords (every device, the collector, the operator), created once and kept in the
+        workdir (credentials.json, 0600 from creation)."""
+        return fleet_credentials(self.workdir / "credentials.json", [nd.device_id for nd in self.nodes])
 
     @staticmethod
     def write_password_file(creds: dict[str, str], path: Path) -> Path:
-        """A mosquitto password file: plain user:password lines hashed in place by `mosquitto_passwd -U`."""
-        path.write_text("".join(f"{u}:{p}\n" for u, p in creds.items()))
-        path.chmod(0o600)
-        try:
-            subprocess.run(["mosquitto_passwd", "-U", str(path)], check=True, capture_output=True, text=True)
-        except FileNotFoundError:
-            raise EdgefleetError(
-                "mosquitto_passwd not found", hint="sudo apt-get install mosquitto mosquitto-clients"
-            ) from None
-        except subprocess.CalledProcessError as e:
-            raise EdgefleetError(f"mosquitto_passwd failed: {e.stderr.strip()}") from None
-        return path
+        return write_password_file(creds, path)
 
     @classmethod
     def secure_broker(
-        cls, workdir: Path, device_ids: Sequence[str], prefix: str = protocol.DEFAULT_PREFIX
+        cls, workdir: Path, device_ids: Sequence[str], prefix: str = protocol.DEFAULT_PREFIX, tls: bool = False
     ) -> Mosquitto:
-        """A mosquitto with a password per device and the per-device ACL (docs/collect.md), data in workdir/broker."""
+        """The secure broker configuration (docs/security.md): a login per device, collector and operator, the
+        per-identity ACL, client ids pinned to user names; with `tls`, also a TLS listener whose CA and server
+        certificate (SANs localhost, 127.0.0.1) are created in workdir/tls. Data in workdir/broker."""
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "credentials.json"
-        creds = json.loads(path.read_text()) if path.is_file() else {}
-        for user in [COLLECTOR_USER, *device_ids]:
-            creds.setdefault(user, secrets.token_urlsafe(12))
-        path.write_text(json.dumps(creds, indent=1))
-        path.chmod(0o600)
+        creds = fleet_credentials(workdir / "credentials.json", device_ids)
         bdir = workdir / "broker"
         bdir.mkdir(exist_ok=True)
-        pw = cls.write_password_file(creds, bdir / "passwd")
+        pw = write_password_file(creds, bdir / "passwd")
         acl = bdir / "acl"
-        acl.write_text(render_acl(prefix, COLLECTOR_USER))
-        return Mosquitto(data_dir=bdir, password_file=pw, acl_file=acl)
+        acl.write_text(render_acl(prefix, COLLECTOR_USER, OPERATOR_USER))
+        files = None
+        if tls:
+            from .pki import create, existing
+
+            tdir = workdir / "tls"
+            files = existing(tdir) if (tdir / "server.key").is_file() else create(tdir, ["localhost", "127.0.0.1"])
+        return Mosquitto(data_dir=bdir, password_file=pw, acl_file=acl, tls=files)
 
     def collector_url(self) -> str:
-        """Broker URL with the collector's login when the broker requires one."""
+        """Broker URL with the collector's login when the broker requires one. Internal: demo.start_collector
+        moves the password into a 0600 file; never print this URL (collector_hint says what to run)."""
         if not self.secure:
             return self.broker_url
         pw = self.credentials()[COLLECTOR_USER]
         u = urlsplit(self.broker_url)
         return f"{u.scheme}://{COLLECTOR_USER}:{pw}@{u.hostname}:{u.port}"
+
+    def collector_password_file(self) -> Path:
+        """The collector's password in a 0600 file (for `edgefleet collect --password-file`)."""
+        from .pki import write_secret
+
+        path = self.workdir / "collector.secret"
+        write_secret(path, (self.credentials()[COLLECTOR_USER] + "\n").encode())
+        return path
+
+    def collector_hint(self) -> str:
+        """The collect command line for this fleet, without any secret on it."""
+        if not self.secure:
+            return f"edgefleet collect --broker '{self.broker_url}'"
+        u = urlsplit(self.broker_url)
+        return (
+            f"edgefleet collect --broker '{u.scheme}://{COLLECTOR_USER}@{u.hostname}:{u.port}' "
+            f"--password-file {self.collector_password_file()}"
+        )
 
     def node_config(self, nd: SimNode) -> dict:
         cfg = {
@@ -519,8 +523,8 @@ class Fleet:
 
         u = urlsplit(self.broker_url)
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgefleet-simulate-{os.getpid()}-{id(self)}")
-        if self.secure:
-            c.username_pw_set(COLLECTOR_USER, self.credentials()[COLLECTOR_USER])
+        if self.secure:  # the operator identity: reads status; the collector's would take over its session
+            c.username_pw_set(OPERATOR_USER, self.credentials()[OPERATOR_USER])
         if u.scheme == "mqtts":
             c.tls_set()
 
@@ -629,9 +633,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         fleet.start()
         if broker:
-            print(
-                f"broker {broker.url}; collect with: edgefleet collect --broker '{fleet.collector_url()}'", flush=True
-            )
+            print(f"broker {broker.url}; collect with: {fleet.collector_hint()}", flush=True)
         t0 = time.monotonic()
         total = args.duration or None
         with tqdm(total=total, unit="s", desc="fleet", dynamic_ncols=True) as bar:
