@@ -16,8 +16,10 @@ def _error_text(e):
 
 
 class Commands:
-    def __init__(self, node):
+    def __init__(self, node, gate=None):
+        # gate: the app's long-lived command state (seen ids, counters); this module is reloaded per command.
         self.node = node
+        self.gate = gate
         self.topic = "%s/%s/cmd" % (node.prefix, node.dev)
         self.ack_topic = "%s/%s/ack" % (node.prefix, node.dev)
         self.handled = 0
@@ -66,6 +68,9 @@ class Commands:
                 if len(e.args) > 1:
                     cid = e.args[1]
                 raise
+            if self._seen(cid):
+                print("commands: id %s already handled, ignored" % cid)
+                return
             fn = self.handlers.get(cmd)
             if fn is None:
                 raise CommandError("unknown command '%s'" % cmd[:32])
@@ -84,6 +89,19 @@ class Commands:
         if ack.get("ok") and ack["result"] == {"rebooting": True}:
             await self._wait_acked(pid, 5000)
             self.node.request_reboot()
+
+    def _seen(self, cid):
+        # True for an id handled before (QoS 1 redelivery or a replay); remembers the newest ids, bounded.
+        g = self.gate
+        if g is None:
+            return False
+        if cid in g.seen:
+            g.duplicates += 1
+            return True
+        g.seen.append(cid)
+        if len(g.seen) > 16:
+            g.seen.pop(0)
+        return False
 
     async def _wait_acked(self, pid, timeout_ms):
         t = 0
