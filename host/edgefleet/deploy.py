@@ -200,6 +200,7 @@ def node_config(
     broker: str | None,
     model: Path | None,
     model_key: bytes | None = None,
+    ca: Path | None = None,
 ) -> dict[str, Any]:
     """config.json for the board: the node's defaults, the user's file, the flags; checked by the node's rules."""
     overrides: dict[str, Any] = {}
@@ -216,6 +217,8 @@ def node_config(
         if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", broker):
             raise EdgefleetError(f"invalid broker URL {broker!r}", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
         overrides["broker"] = {**overrides.get("broker", {}), "url": broker}
+    if ca is not None:
+        overrides["broker"] = {**overrides.get("broker", {}), "ca": CA_NAME}
     return nodeconfig.build(board, device_id, overrides, model, model_key=model_key)
 
 
@@ -245,7 +248,29 @@ def model_file(model: str, key: bytes | None = None) -> Path:
     return f
 
 
-def build_plan(board: Board, cfg: dict[str, Any], model: Path | None, extra_cmodules: list[Path]) -> Plan:
+CA_NAME = "ca.pem"  # the broker's CA on the board (config broker.ca), from deploy --ca
+
+
+def ca_file(path: Path) -> Path:
+    """The CA certificate for the node, checked to be a PEM or DER certificate (not a key, not empty)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise EdgefleetError(f"cannot read CA file {path}: {e.strerror}") from None
+    if b"PRIVATE KEY" in data:
+        raise EdgefleetError(f"{path} holds a private key, not the CA certificate", hint="use ca.pem, never ca.key")
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise EdgefleetError(f"{path} is not a certificate", hint="the broker's CA: ca.pem from edgefleet broker pki") from None
+    return path
+
+
+def build_plan(
+    board: Board, cfg: dict[str, Any], model: Path | None, extra_cmodules: list[Path], ca: Path | None = None
+) -> Plan:
     from .firmware_build import compiled_firmware
 
     tree = compiled_firmware(board.arch)
@@ -261,6 +286,8 @@ def build_plan(board: Board, cfg: dict[str, Any], model: Path | None, extra_cmod
     plan.files["/config.json"] = json.dumps(cfg, indent=1).encode()
     if model is not None:
         plan.files["/model.efm"] = model.read_bytes()
+    if ca is not None:
+        plan.files["/" + CA_NAME] = ca.read_bytes()
     cdir = project_root() / "build" / "cmodule" / board.arch
     for m in [*sorted(cdir.glob("*.mpy")), *extra_cmodules]:
         plan.files[f"/lib/{m.name}"] = m.read_bytes()
@@ -360,8 +387,9 @@ def run_deploy(args: argparse.Namespace) -> DeployResult:
     board = load_board(args.board)
     key = read_key(Path(args.model_key_file)) if args.model_key_file else None
     model = model_file(args.model, key) if args.model else None
-    cfg = node_config(board, args.device_id, Path(args.config) if args.config else None, args.broker, model, key)
-    plan = build_plan(board, cfg, model, [Path(m) for m in args.cmodule or []])
+    ca = ca_file(Path(args.ca)) if args.ca else None
+    cfg = node_config(board, args.device_id, Path(args.config) if args.config else None, args.broker, model, key, ca)
+    plan = build_plan(board, cfg, model, [Path(m) for m in args.cmodule or []], ca)
     link = open_link(args.transport, args.port, args.baud)
     ok = False
     try:
@@ -402,6 +430,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="node config JSON (Wi-Fi, broker, credentials, rates); see docs/deploy.md")
     p.add_argument("--broker", help="broker URL for the node, e.g. mqtt://192.168.1.10:1883 (overrides --config)")
+    p.add_argument(
+        "--ca", help="the broker's CA certificate (ca.pem from `edgefleet broker pki`): copied to the board as "
+        "ca.pem and set as broker.ca; required with an mqtts:// broker unless --config names one (default: none)",
+    )  # fmt: skip
     p.add_argument("--cmodule", action="append", help="extra C module .mpy for the board's arch (repeatable)")
     p.add_argument("--transport", choices=("mpremote", "ampy"), default="mpremote")
     p.add_argument("--baud", type=int, default=115200)
