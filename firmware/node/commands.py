@@ -15,6 +15,25 @@ def _error_text(e):
     return str(e) or e.__class__.__name__
 
 
+def _clean(s, n=200):
+    # An ack's text must be storable (protocol.py's rules: no control characters, no surrogates) whatever the
+    # command echoed into it: anything outside printable ASCII becomes "?", and the length is bounded.
+    s = s[:n]
+    for ch in s:
+        if not " " <= ch <= "~":
+            return "".join(c if " " <= c <= "~" else "?" for c in s)
+    return s
+
+
+def _valid_id(cid):
+    if not isinstance(cid, str) or not 0 < len(cid) <= 32:
+        return False
+    for ch in cid:
+        if not "!" <= ch <= "~":
+            return False
+    return True
+
+
 class Commands:
     def __init__(self, node, gate=None):
         # gate: the app's long-lived command state (seen ids, counters); this module is reloaded per command.
@@ -45,10 +64,10 @@ class Commands:
         if not isinstance(msg, dict):
             raise CommandError("command must be a JSON object")
         cid = msg.get("id")
-        if not isinstance(cid, str) or not 0 < len(cid) <= 32:
-            raise CommandError("command needs an id (string of 1 to 32 characters)")
+        if not _valid_id(cid):
+            raise CommandError("command needs an id (1 to 32 printable ASCII characters, no spaces)")
         if msg.get("v", 1) != 1:
-            raise CommandError("unsupported command version %r" % (msg.get("v"),), cid)
+            raise CommandError("unsupported command version %s" % ("%r" % (msg.get("v"),))[:32], cid)
         cmd = msg.get("cmd")
         if not isinstance(cmd, str):
             raise CommandError("command needs a cmd (string)", cid)
@@ -78,7 +97,7 @@ class Commands:
             ack = {"v": 1, "dev": self.node.dev, "id": cid, "ok": True, "result": result}
         except Exception as e:  # noqa: every failure becomes an error ack
             self.errors += 1
-            msg = e.args[0] if isinstance(e, CommandError) else "command failed: " + _error_text(e)
+            msg = _clean(e.args[0] if isinstance(e, CommandError) else "command failed: " + _error_text(e))
             ack = {"v": 1, "dev": self.node.dev, "id": cid, "ok": False, "error": msg}
         self.handled += 1
         try:

@@ -262,9 +262,13 @@ def ca_file(path: Path) -> Path:
     from cryptography import x509
 
     try:
-        x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_certificate(data)
+        x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_certificate(
+            data
+        )
     except ValueError:
-        raise EdgefleetError(f"{path} is not a certificate", hint="the broker's CA: ca.pem from edgefleet broker pki") from None
+        raise EdgefleetError(
+            f"{path} is not a certificate", hint="the broker's CA: ca.pem from edgefleet broker pki"
+        ) from None
     return path
 
 
