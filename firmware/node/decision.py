@@ -9,6 +9,11 @@
 #   {"output": "relay", "on_class": "running"}   on while the decision is that class
 #   {"output": "led", "on_anomaly_over": 0.8}    on while the score is over 0.8
 # and the event that switches it says so in `action` ("relay:on" / "relay:off").
+# Forecast models predict the change of their first channel from its last value (host: edgefleet.forecast.node),
+# so the forecast of the next sample is last + score; the model file's threshold is the half-width of the
+# prediction interval. When the next sample arrives and its residual (actual - forecast) is outside
+# +-threshold, an `anomaly` event (label "forecast", score = the residual) goes to the sink, once per
+# excursion: the next one only after a residual back inside the interval.
 #
 #   d, err = setup(cfg, hw, sink, sampler)   # (None, None): no model configured, stage off
 #   d = Decision(hw, cfg, sink, sampler)     # the same for the app: raises DecisionError(message)
@@ -70,9 +75,15 @@ class Stage:
         self.score = 0.0
         self.inferences = 0
         self.events = 0
+        band = r.threshold if self.kind == "forecast" else None
+        self.band = float(band) if band is not None and band == band and band > 0 else None
+        self.pending = None  # forecast of the next sample of channel idx[0], or None
+        self.outside = False
 
     def feed(self, ts, flags, values):
         # Called by the sampler with every cleaned reading of the model's sensor.
+        if self.pending is not None:
+            self._residual(ts, flags, values[self.idx[0]])
         p = self.pos
         ring = self.ring
         for j, i in enumerate(self.idx):
@@ -109,6 +120,8 @@ class Stage:
             label = "anomaly" if index else "normal"
         else:
             label = "forecast"
+            if self.band is not None:
+                self.pending = self.win[0][w - 1] + score
         level = self.level
         if self.out is not None:
             if self.on_class is not None:
@@ -124,6 +137,15 @@ class Stage:
             self.label = label
             self.events += 1
             self.sink.event(ts, flags, self.kind, label, score, r.model_id, action, r.sensor)
+
+    def _residual(self, ts, flags, actual):
+        res = actual - self.pending
+        self.pending = None
+        out = res > self.band or res < -self.band
+        if out and not self.outside:
+            self.events += 1
+            self.sink.event(ts, flags, "anomaly", "forecast", res, self.r.model_id, None, self.r.sensor)
+        self.outside = out
 
 
 def attach(runner, cfg, hw, sink, sampler):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -135,6 +137,11 @@ def _semantic_errors(data: dict[str, Any]) -> list[str]:
         seen.add(s["name"])
         if "bus" in s and s["bus"] not in buses:
             errors.append(f"sensors/{i}/bus: no bus named {s['bus']!r} in buses")
+    inf = data.get("inference")
+    if inf and inf["max_model_bytes"] >= data["heap_bytes"]:
+        errors.append(
+            f"inference/max_model_bytes: {inf['max_model_bytes']} must be below heap_bytes {data['heap_bytes']}"
+        )
     return errors
 
 
@@ -149,14 +156,45 @@ def validate(data: Any, source: str) -> None:
         raise EdgefleetError(f"invalid board definition {source}:\n  " + "\n  ".join(messages))
 
 
+BOARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def board_path(name_or_path: str | Path) -> Path:
+    """Where a board argument points, without guessing: a `Path`, or a string with a path separator or ending in
+    `.json`, is a file (`./sim.json`, `boards/custom.json`, `/abs/board.json`); any other string is a board name,
+    boards/<name>.json. Why no guessing: a `sim/` directory in the working directory (`simulate --workdir sim`)
+    used to shadow the board named `sim`."""
+    if isinstance(name_or_path, Path):
+        return name_or_path
+    arg = str(name_or_path)
+    if "/" in arg or os.sep in arg or (os.altsep and os.altsep in arg) or arg.endswith(".json"):
+        return Path(arg)
+    if not BOARD_NAME.match(arg):
+        raise EdgefleetError(
+            f"bad board name {arg!r}",
+            hint=f"known boards: {', '.join(available_boards())}; a board file is given as a path ending in .json",
+        )
+    return boards_dir() / f"{arg}.json"
+
+
 def load_board(name_or_path: str | Path) -> Board:
-    """Load a board by name (boards/<name>.json) or by path, validated."""
-    candidate = Path(name_or_path)
-    path = candidate if candidate.suffix == ".json" or candidate.exists() else boards_dir() / f"{name_or_path}.json"
+    """Load a board by name (boards/<name>.json) or by path (see board_path), validated."""
+    path = board_path(name_or_path)
     if not path.is_file():
-        raise EdgefleetError(f"no board definition {path}", hint=f"known boards: {', '.join(available_boards())}")
+        known = ", ".join(available_boards())
+        if path.parent == boards_dir() and path.suffix == ".json" and not isinstance(name_or_path, Path):
+            raise EdgefleetError(f"no board named {path.stem!r}", hint=f"known boards: {known}")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise EdgefleetError(
+            f"board definition file {path} {what}",
+            hint=f"a board name is one of: {known}; a board file is a path to a .json file",
+        )
     try:
         data = json.loads(path.read_text())
+    except OSError as e:
+        raise EdgefleetError(f"cannot read board definition {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise EdgefleetError(f"board definition {path} is not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise EdgefleetError(f"board definition {path} is not valid JSON: line {e.lineno}: {e.msg}") from None
     validate(data, str(path))
@@ -188,7 +226,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("boards", help="list and validate board definitions (boards/*.json)")
+    p = sub.add_parser(
+        "boards",
+        help="list and validate board definitions (boards/*.json)",
+        epilog="examples:\n  edgefleet boards list\n  edgefleet boards validate sim ./my-board.json\n"
+        "A board argument (here and in --board) is a name in boards/ unless it contains / or ends in .json.",
+    )
     s = p.add_subparsers(dest="boards_cmd", required=True)
     s.add_parser("list", help="list known boards").set_defaults(func=_cmd_list)
     v = s.add_parser("validate", help="validate board files (all by default); names the bad field")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import procs
 from .errors import EdgefleetError
 
 if TYPE_CHECKING:
@@ -237,7 +238,8 @@ class Mosquitto:
         if self.proc and self.proc.poll() is None:
             return self
         logf = self.log_path.open("ab")
-        self.proc = subprocess.Popen([find_mosquitto(), "-c", str(self.conf)], stdout=logf, stderr=logf)
+        self.proc = procs.spawn([find_mosquitto(), "-c", str(self.conf)], name="mosquitto", stdout=logf, stderr=logf)
+        logf.close()  # the child has its own copy
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -255,14 +257,9 @@ class Mosquitto:
         if not self.proc or self.proc.poll() is not None:
             return
         if kill:
-            self.proc.kill()
+            procs.kill(self.proc)
         else:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            procs.terminate(self.proc, signal.SIGTERM, grace=10)
 
     def restart(self) -> None:
         self.stop()

@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 
-from . import __version__
+from . import __version__, procs
 from .errors import EdgefleetError
 
 # Modules with a `register(subparsers)` function, in the order --help lists them.
@@ -23,9 +25,11 @@ COMMAND_MODULES = [
     "edgefleet.collector",
     "edgefleet.fleet",
     "edgefleet.export",
+    "edgefleet.model.capture",
     # models
     "edgefleet.train",
     "edgefleet.convert",
+    "edgefleet.forecast.command",
     "edgefleet.build_module",
     # boards
     "edgefleet.boards",
@@ -46,10 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, action=_Commands)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
+
+
+class _Commands(argparse._SubParsersAction):
+    """Subcommands: one registered with only a one-line `help` gets it as its --help description too, and an
+    epilog keeps its line breaks (examples are written one per line)."""
+
+    def add_parser(self, name: str, **kwargs):  # type: ignore[override]
+        if kwargs.get("help") and "description" not in kwargs:
+            kwargs["description"] = kwargs["help"]
+        if kwargs.get("epilog"):
+            kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        return super().add_parser(name, **kwargs)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -64,14 +80,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
-    try:
-        return int(args.func(args) or 0)
-    except EdgefleetError as e:
-        print(f"edgefleet {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    # SIGTERM and SIGINT both unwind through every cleanup path (procs.Interrupted), and whatever child process a
+    # command left running is stopped on the way out, so no child outlives the command.
+    rc = 0
+    with procs.signal_handlers():
+        try:
+            rc = int(args.func(args) or 0)
+            sys.stdout.flush()  # inside the try: a closed pipe shows here, not as a warning at exit
+        except BrokenPipeError:
+            # The reader of our output went away (`fleet status | head`): not an error. Point stdout at /dev/null
+            # so the interpreter's final flush does not print a traceback; 141 = 128 + SIGPIPE, as coreutils exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            rc = 141
+        except EdgefleetError as e:
+            if procs.received_signal() is None:  # an error while stopping is not news: the signal is
+                print(f"edgefleet {args.command}: error: {e}", file=sys.stderr)
+                rc = 2
+        except KeyboardInterrupt:
+            procs.note_signal(signal.SIGINT)  # a KeyboardInterrupt we did not raise ourselves
+    sig = procs.received_signal()
+    if sig is not None:
+        print(f"edgefleet {args.command}: stopped by {procs.signal_name(sig)}", file=sys.stderr, flush=True)
+        if argv is None:
+            # We are the program (not a call from Python): everything is stopped, now die by the signal itself, as
+            # Python does for Ctrl-C. The shell reports 128 + signum (130, 143) and stops a script on Ctrl-C;
+            # systemd and other supervisors count death by SIGTERM as a clean stop, where exit 143 is a failure.
+            procs.die_by(sig)
+        return procs.exit_status(sig)
+    return rc
 
 
 if __name__ == "__main__":

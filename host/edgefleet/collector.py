@@ -9,6 +9,13 @@ reconnect, and (device, seq) keys turn the redelivered records into counted dupl
 the connection the message arrived on: after a reconnect the broker redelivers the unacknowledged messages
 anyway, and an ack with a stale packet id could acknowledge a different, uncommitted message.
 
+Survival (issue 10). A message that fails validation, or whose building raises anything at all, is dead-lettered
+whole with its reason; if the database refuses a batch for its data, the batch is written again message by
+message and the message it refuses is dead-lettered (the others are stored, both acked). If the database is
+unavailable (PostgreSQL down, SQLite locked past --db-timeout, disk full), nothing is acked: the writer keeps the
+batch, logs one line, retries with backoff (the MQTT session stays up; --inflight bounds what piles up) and logs
+one line when it is back. After each COMMIT it publishes the `stored` acks of protocol v2 (storedack.py).
+
 --inflight is the MQTT 5 Receive Maximum asked of the broker (mosquitto 2.0.11 was seen to exceed it under a
 burst; see docs/collect.md). The MQTT client is `mqttfast.FastClient`, paho with batched I/O (the figures are in
 docs/collect.md, "Benchmark").
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import queue
 import signal
 import socket
@@ -27,14 +35,18 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
-from . import protocol
+from . import procs, protocol
 from .errors import EdgefleetError
-from .storage import Batch, Storage, open_storage
-from .storage.base import DEAD_LETTER_CAP, now_ms
+from .redact import read_secret_file, redact_text, redact_url, refuse_password_in_url
+from .storage import Batch, Storage, WriteResult, open_storage
+from .storage.base import DEAD_LETTER_CAP, DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ROWS, now_ms
+from .storedack import StoredAcks
 
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+PASSWORD_ENV = "EDGEFLEET_BROKER_PASSWORD"
+RETRY_FIRST_S = 0.5  # first wait after a database outage; doubles up to retry_max_s
 
 
 @dataclass
@@ -47,13 +59,17 @@ class BrokerURL:
 
 
 def parse_broker_url(url: str) -> BrokerURL:
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-        raise EdgefleetError(f"bad broker URL {url!r}", hint="mqtt://[user:pass@]host:port or mqtts://...")
+    try:
+        u = urlparse(url)
+        hostname = u.hostname
+    except ValueError:
+        hostname = None
+    if u.scheme not in ("mqtt", "mqtts") or not hostname:
+        raise EdgefleetError(f"bad broker URL {redact_url(url)!r}", hint="mqtt://[user@]host:port or mqtts://...")
     try:
         port = u.port or (8883 if u.scheme == "mqtts" else 1883)
     except ValueError:
-        raise EdgefleetError(f"bad port in broker URL {url!r}") from None
+        raise EdgefleetError(f"bad port in broker URL {redact_url(url)!r}") from None
     return BrokerURL(
         host=u.hostname,
         port=port,
@@ -69,6 +85,10 @@ class Stats:
     stored: int = 0
     duplicates: int = 0
     dead: int = 0
+    dead_pruned: int = 0
+    storage_refused: int = 0  # messages the database refused for their data (dead-lettered)
+    outages: int = 0
+    stored_acks: int = 0  # `stored` messages published
     batches: int = 0
     busy_s: float = 0.0  # worker time spent validating and writing (the rest is waiting for messages)
     busy_cpu_s: float = 0.0  # CPU time of the worker thread in that (the benchmark's split of CPU per message)
@@ -92,6 +112,8 @@ class Collector:
         batch_ms: float = 20.0,
         inflight: int = 1000,
         connect_timeout: float = 15.0,
+        password: str | None = None,
+        retry_max_s: float = 10.0,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -99,6 +121,10 @@ class Collector:
         from paho.mqtt.properties import Properties
 
         self.url = parse_broker_url(broker)
+        if password is not None:
+            self.url.password = password
+        self.retry_max_s = retry_max_s
+        self.unacked_at_stop = 0
         self.storage = storage
         self.prefix = prefix
         self.group = group
@@ -138,6 +164,9 @@ class Collector:
         self._props = Properties(PacketTypes.CONNECT)
         self._props.SessionExpiryInterval = SESSION_EXPIRY_S
         self._props.ReceiveMaximum = inflight
+        # Which collector stored it (for operators and the shared-group test; nodes ignore it).
+        self._stored_props = Properties(PacketTypes.PUBLISH)
+        self._stored_props.UserProperty = ("collector", self.client_id)
 
     # -- MQTT thread (paho's loop): never blocks
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -193,56 +222,149 @@ class Collector:
                     break
         return items
 
-    def build_batch(self, items: list) -> Batch:
-        """Validate each message and sort it into the batch; a bad message becomes a dead letter."""
+    def build_batch(self, items: list) -> tuple[Batch, StoredAcks]:
+        """Validate each message and sort it into the batch; a bad message becomes a dead letter. Also collects
+        the seqs each message settles, for the `stored` acks published after the commit."""
         batch = Batch()
-        prefix = self.prefix
-        for _gen, msg, received in items:
-            raw_topic = msg._topic  # bytes: a topic that is not UTF-8 must not raise here
-            payload = msg.payload
+        settled = StoredAcks()
+        for item in items:
             try:
-                topic = raw_topic.decode("utf-8")
-                m = protocol.parse(prefix, topic, payload, received)
-            except (protocol.ProtocolError, UnicodeDecodeError) as e:
-                reason = e.reason if isinstance(e, protocol.ProtocolError) else "topic not UTF-8"
-                batch.dead.append(
-                    (received, raw_topic.decode("utf-8", "replace"), reason, len(payload), payload[:DEAD_LETTER_CAP])
-                )
-                continue
-            device = m.device
-            if m.kind == "telemetry":
-                rows = batch.readings.get(device)
-                if rows is None:
-                    batch.readings[device] = rows = []
-                rows.extend(m.records)  # already storage rows
-            elif m.kind == "event":
-                rows = batch.events.setdefault(device, [])
-                for rec in m.records:
-                    rows.append((device, *rec, received))
-            elif m.kind == "status":
-                batch.statuses.append((device, received, m.body["state"], bool(msg.retain), payload.decode()))
-            elif m.kind == "ack":
-                batch.acks.append((device, m.body.get("id"), m.body["ok"], payload.decode(), received))
-            else:
-                continue  # a valid command to a node: not ours to store
-            batch.seen[device] = max(received, batch.seen.get(device, 0))
-        return batch
+                self._add_message(batch, settled, item)
+            except Exception as e:
+                log.exception("internal error on a message; dead-lettering it")
+                self._add_dead(batch, settled, item, f"internal error: {type(e).__name__}")
+        return batch, settled
 
-    def _process(self, items: list) -> None:
+    def _add_message(self, batch: Batch, settled: StoredAcks, item: tuple) -> None:
+        _gen, msg, received = item
+        raw_topic = msg._topic  # bytes: a topic that is not UTF-8 must not raise here
+        try:
+            topic = raw_topic.decode("utf-8")
+            m = protocol.parse(self.prefix, topic, msg.payload, received)
+        except (protocol.ProtocolError, UnicodeDecodeError) as e:
+            self._add_dead(
+                batch, settled, item, e.reason if isinstance(e, protocol.ProtocolError) else "topic not UTF-8"
+            )
+            return
+        device = m.device
+        if m.kind == "telemetry":
+            rows = batch.readings.get(device)
+            if rows is None:
+                batch.readings[device] = rows = []
+            rows.extend(m.records)  # already storage rows
+            settled.add(device, m.log, [r[2] for r in m.records])
+        elif m.kind == "event":
+            rows = batch.events.setdefault(device, [])
+            for rec in m.records:
+                rows.append((device, m.log, *rec, received))
+            settled.add(device, m.log, [r[0] for r in m.records])
+        elif m.kind == "status":
+            batch.statuses.append((device, received, m.body["state"], bool(msg.retain), msg.payload.decode()))
+        elif m.kind == "ack":
+            batch.acks.append((device, m.body.get("id"), m.body["ok"], msg.payload.decode(), received))
+        else:
+            return  # a valid command to a node, or a `stored` ack (ours or another collector's): not ours to store
+        batch.seen[device] = max(received, batch.seen.get(device, 0))
+
+    def _add_dead(self, batch: Batch, settled: StoredAcks, item: tuple, reason: str) -> None:
+        _gen, msg, received = item
+        payload = msg.payload
+        topic = msg._topic.decode("utf-8", "replace")
+        reason = reason.encode("ascii", "backslashreplace").decode()
+        batch.dead.append((received, topic, reason, len(payload), payload[:DEAD_LETTER_CAP]))
+        log.info("dead letter: %s on %r (%d bytes)", reason, topic[:80], len(payload))
+        if len(payload) <= DEAD_LETTER_CAP:  # kept whole: the node may free it
+            readable = protocol.readable_seqs(self.prefix, topic, payload)
+            if readable:
+                settled.add(*readable)
+
+    def _dead_only(self, item: tuple, reason: str) -> tuple[Batch, StoredAcks]:
+        batch, settled = Batch(), StoredAcks()
+        self._add_dead(batch, settled, item, reason)
+        return batch, settled
+
+    def _write(self, batch: Batch, pending: int, any_error_is_outage: bool = False) -> WriteResult | None:
+        """Write one batch; while the database is unavailable, retry with backoff (one log line per outage and
+        one when it is back). Returns None if the collector is stopping first (nothing written, nothing acked).
+        Raises what is not an outage: the data was refused. With any_error_is_outage (writing a lone dead
+        letter: if even that fails, the database is not usable) every error is retried."""
+        delay = RETRY_FIRST_S
+        since = None
+        while True:
+            try:
+                res = self.storage.write(batch)
+            except Exception as e:
+                if not (any_error_is_outage or self.storage.is_outage(e)):
+                    raise
+                if since is None:
+                    since = time.monotonic()
+                    self.stats.outages += 1
+                    log.error(
+                        "database unavailable (%s): this batch (%d messages) and all after it stay unacknowledged "
+                        "in the broker session; retrying with backoff up to %.0f s",
+                        redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__),
+                        pending,
+                        self.retry_max_s,
+                    )
+                if self._stop.wait(delay):
+                    return None
+                delay = min(delay * 2, self.retry_max_s)
+                try:
+                    self.storage.reconnect()
+                except Exception as e2:
+                    log.debug("reconnect failed: %s", e2)
+                continue
+            if since is not None:
+                log.warning(
+                    "database available again after %.1f s: writing and acknowledging", time.monotonic() - since
+                )
+            return res
+
+    def _write_isolating(self, items: list) -> tuple[WriteResult, StoredAcks] | None:
+        """Write the batch; if the database refuses its data, write each message alone and dead-letter the one
+        it refuses, so one bad message never stops the rest (all are acked)."""
+        batch, settled = self.build_batch(items)
+        try:
+            res = self._write(batch, len(items))
+        except Exception as e:
+            log.error("database refused a batch (%s); writing its %d messages one by one", _oneline(e), len(items))
+        else:
+            return (res, settled) if res is not None else None
+        total, all_settled = WriteResult(), StoredAcks()
+        for item in items:
+            one, one_settled = self.build_batch([item])
+            try:
+                res = self._write(one, 1)
+            except Exception as e:
+                self.stats.storage_refused += 1
+                one, one_settled = self._dead_only(item, f"storage refused: {type(e).__name__}")
+                res = self._write(one, 1, any_error_is_outage=True)
+            if res is None:
+                return None
+            for f in ("stored", "duplicates", "dead", "pruned"):
+                setattr(total, f, getattr(total, f) + getattr(res, f))
+            all_settled.update(one_settled)
+        return total, all_settled
+
+    def _process(self, items: list) -> bool:
+        """Write, ack, publish `stored`. False if stopping during an outage (the batch stays unacknowledged)."""
         t0, cpu0 = time.perf_counter(), time.thread_time()
-        batch = self.build_batch(items)
-        res = self.storage.write(batch)
+        written = self._write_isolating(items)
+        if written is None:
+            self.unacked_at_stop += len(items)
+            return False
+        res, settled = written
         committed = now_ms()
         s = self.stats
         s.messages += len(items)
         s.stored += res.stored
         s.duplicates += res.duplicates
         s.dead += res.dead
+        s.dead_pruned += res.pruned
         s.batches += 1
         s.max_batch = max(s.max_batch, len(items))
         if res.dead:
-            for d in batch.dead:
-                log.warning("dead letter: %s on %r (%d bytes)", d[2], d[1][:80], d[3])
+            log.warning("%d dead letters in this batch (reasons in the dead_letter table)", res.dead)
         with self._gen_lock:
             gen = self._gen
             mids = [msg.mid for g, msg, _ in items if g == gen and msg.qos == 1]
@@ -252,9 +374,17 @@ class Collector:
             else:
                 for mid in mids:
                     self.client.ack(mid, 1)
+        self._publish_stored(settled)
         s.busy_s += time.perf_counter() - t0
         s.busy_cpu_s += time.thread_time() - cpu0
         self.on_committed(items, committed)
+        return True
+
+    def _publish_stored(self, settled: StoredAcks) -> None:
+        """The end-to-end acks, after the COMMIT: QoS 1, never retained (a retained one would be stale)."""
+        for topic, payload in settled.messages(self.prefix):
+            self.client.publish(topic, payload, qos=1, retain=False, properties=self._stored_props)
+            self.stats.stored_acks += 1
 
     def on_committed(self, items: list, committed_ms: int) -> None:
         """Hook for the benchmark (publish-to-commit latency); nothing to do in production."""
@@ -265,10 +395,12 @@ class Collector:
             items = self._take_batch()
             if items:
                 try:
-                    self._process(items)
-                except Exception as e:  # a database error: nothing was acked, so nothing is lost
+                    if not self._process(items):
+                        self._drain_unacked()
+                        return
+                except Exception as e:  # a bug in the writer itself: nothing was acked, so nothing is lost
                     self.error = e
-                    log.error("write failed, stopping without acknowledging the batch: %s", e)
+                    log.exception("writer failed, stopping without acknowledging the batch")
                     self._stop.set()
                     return
             elif self._stop.is_set():
@@ -277,12 +409,25 @@ class Collector:
                 last_report = time.monotonic()
                 s = self.stats
                 log.info(
-                    "%d messages, %d records stored, %d duplicates, %d dead letters",
+                    "%d messages, %d records stored, %d duplicates, %d dead letters (%d pruned by the cap), "
+                    "%d stored acks published, %d database outages",
                     s.messages,
                     s.stored,
                     s.duplicates,
                     s.dead,
+                    s.dead_pruned,
+                    s.stored_acks,
+                    s.outages,
                 )
+
+    def _drain_unacked(self) -> None:
+        """Stopping during an outage: count what stays in the broker session (redelivered on the next start)."""
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.unacked_at_stop += 1
 
     # -- lifecycle
     def start(self) -> None:
@@ -334,14 +479,15 @@ class Collector:
                 )
                 raise EdgefleetError(
                     f"broker {self.url.host}:{self.url.port} {why}",
-                    hint="check the user name/password in --broker, and --cert/--key if the broker wants a client "
-                    "certificate",
+                    hint="check the user name in --broker, the password (--password-file or "
+                    f"${PASSWORD_ENV}), and --cert/--key if the broker wants a client certificate",
                 )
 
     def run_forever(self) -> int:
         stopping = threading.Event()
 
         def on_signal(signum, frame):
+            procs.note_signal(signum)  # the CLI exits 128 + signum once the queue is flushed
             stopping.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -359,15 +505,41 @@ class Collector:
         log.info("stopping: flushing queued messages")
         self.stop()
         if self.error:
-            raise EdgefleetError(f"database write failed: {self.error}")
+            raise EdgefleetError(f"collector writer failed: {_oneline(self.error)}")
+        if self.unacked_at_stop:
+            log.warning(
+                "stopped during a database outage: %d messages left unacknowledged in the broker session; they "
+                "are delivered again when the collector restarts",
+                self.unacked_at_stop,
+            )
+            return 1
         return 0
 
 
+def _oneline(e: BaseException) -> str:
+    text = str(e).strip()
+    return redact_text(text.splitlines()[0] if text else type(e).__name__)
+
+
+def broker_password(password_file: str | None) -> str | None:
+    """The broker password: --password-file, else $EDGEFLEET_BROKER_PASSWORD, else none."""
+    if password_file:
+        return read_secret_file(password_file)
+    return os.environ.get(PASSWORD_ENV) or None
+
+
 def _cmd_collect(args: argparse.Namespace) -> int:
+    refuse_password_in_url(
+        args.broker, "--broker", f"put it in a file given with --password-file (mode 600) or in ${PASSWORD_ENV}"
+    )
+    refuse_password_in_url(args.db, "--db", "use $PGPASSWORD or a ~/.pgpass file (libpq reads both)")
+    password = broker_password(args.password_file)
     if args.group and not args.client_id:
         log.warning("--group without --client-id: give every collector of the group its own stable --client-id")
-    storage = open_storage(args.db, durability=args.durability)
-    log.info("database %s (%s, schema v%d)", args.db.split("@")[-1], storage.name, storage.schema_version())
+    storage = open_storage(args.db, durability=args.durability, create=True, busy_timeout_s=args.db_timeout)
+    storage.dead_max_rows = args.dead_max_rows
+    storage.dead_max_bytes = int(args.dead_max_mb * 1024 * 1024)
+    log.info("database %s (%s, schema v%d)", redact_url(args.db), storage.name, storage.schema_version())
     try:
         c = Collector(
             args.broker,
@@ -382,6 +554,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             batch_ms=args.batch_ms,
             inflight=args.inflight,
             connect_timeout=args.connect_timeout,
+            password=password,
         )
         return c.run_forever()
     finally:
@@ -389,25 +562,75 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("collect", help="store fleet telemetry from MQTT in SQLite or PostgreSQL, each record once")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://[user:pass@]host:port or mqtts://...")
-    p.add_argument("--db", default="sqlite:///fleet.db", help="sqlite:///fleet.db (default) or postgresql://...")
+    p = sub.add_parser(
+        "collect",
+        help="store fleet telemetry from MQTT in SQLite or PostgreSQL, each record once",
+        epilog="examples:\n"
+        "  edgefleet collect --broker mqtt://127.0.0.1:1883 --db sqlite:///fleet.db --client-id collector-1\n"
+        "  EDGEFLEET_BROKER_PASSWORD=... edgefleet collect --broker mqtts://collector@broker:8883 --ca ca.pem \\\n"
+        "      --db postgresql://fleet@db/fleet --group g --client-id collector-2\n"
+        "  edgefleet collect --password-file /etc/edgefleet/collector.pw --dead-max-rows 10000\n"
+        "see docs/collect.md (outages, dead letters, credentials)",
+    )
+    p.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        help="mqtt://[user@]host:port or mqtts://... (no password here: see --password-file; default: %(default)s)",
+    )
+    p.add_argument(
+        "--password-file",
+        help=f"file whose first line is the broker password (mode 600); default: ${PASSWORD_ENV} if set",
+    )
+    p.add_argument(
+        "--db",
+        default="sqlite:///fleet.db",
+        help="sqlite:///fleet.db (default; created if missing) or postgresql://user@host/db (password: $PGPASSWORD)",
+    )
     p.add_argument("--prefix", default=protocol.DEFAULT_PREFIX, help="topic prefix (default: edgefleet)")
     p.add_argument("--group", help="MQTT 5 shared subscription group: collectors in one group split the traffic")
     p.add_argument("--client-id", help="stable MQTT client id: the broker keeps this id's session while it is down")
     p.add_argument("--ca", help="CA certificate file for TLS (mqtts://)")
     p.add_argument("--cert", help="client certificate file for TLS")
     p.add_argument("--key", help="client private key file for TLS")
-    p.add_argument("--batch", type=int, default=2000, help="max messages per database transaction")
-    p.add_argument("--batch-ms", type=float, default=20.0, help="max wait to fill a batch, in ms")
-    p.add_argument("--inflight", type=int, default=1000, help="max unacknowledged messages from the broker")
     p.add_argument(
-        "--connect-timeout", type=float, default=15.0, help="give up if the first connection fails for this long (s)"
+        "--batch", type=int, default=2000, help="max messages per database transaction (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-ms", type=float, default=20.0, help="max wait to fill a batch, in ms (default: %(default)s)"
+    )
+    p.add_argument(
+        "--inflight", type=int, default=1000, help="max unacknowledged messages from the broker (default: %(default)s)"
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=15.0,
+        help="give up if the first connection fails for this long (s, default: %(default)s)",
+    )
+    p.add_argument(
+        "--db-timeout",
+        type=float,
+        default=10.0,
+        help="SQLite: wait this long (s) for another writer's lock before reporting an outage and retrying "
+        "(default 10)",
+    )
+    p.add_argument(
+        "--dead-max-rows",
+        type=int,
+        default=DEAD_LETTER_MAX_ROWS,
+        help=f"keep at most this many dead letters, oldest pruned (default {DEAD_LETTER_MAX_ROWS})",
+    )
+    p.add_argument(
+        "--dead-max-mb",
+        type=float,
+        default=DEAD_LETTER_MAX_BYTES / 1024 / 1024,
+        help=f"keep at most this many MB of dead-letter payloads, oldest pruned "
+        f"(default {DEAD_LETTER_MAX_BYTES // 1024 // 1024})",
     )
     p.add_argument(
         "--durability",
         choices=("normal", "full"),
         default="normal",
-        help="SQLite: normal survives a collector crash, full also a power loss (fsync per batch)",
+        help="SQLite: normal survives a collector crash, full also a power loss (fsync per batch; default: %(default)s)",
     )
     p.set_defaults(func=_cmd_collect)

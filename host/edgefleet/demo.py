@@ -18,6 +18,7 @@ import base64
 import io
 import json
 import logging
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -29,8 +30,9 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from . import procs
 from .errors import EdgefleetError
-from .paths import models_dir
+from .paths import models_dir, writable_dir
 from .simulate import (
     Fleet,
     activity_scenario,
@@ -86,23 +88,17 @@ def start_collector(url: str, db: Path, logfile: Path, client_id: str = "edgefle
         argv[4] = f"{u.scheme}://{u.username}@{host}:{u.port}"
         argv += ["--password-file", str(secret)]
     out = logfile.open("ab")
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    # own process group, killed with us (procs); SIGTERM makes it flush its batch and ack before it exits
+    proc = procs.spawn(argv, name="collector", stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     out.close()
     return proc
 
 
 def stop_process(proc: subprocess.Popen, sig_kill: bool = False) -> None:
-    if proc.poll() is not None:
-        return
     if sig_kill:
-        proc.kill()
+        procs.kill(proc)
     else:
-        proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        procs.terminate(proc, signal.SIGTERM, grace=20)
 
 
 # ---------------------------------------------------------------- the database
@@ -315,10 +311,13 @@ def measure_inference(model_dir: Path, heap: int) -> dict:
 
 
 def forecast_accuracy(db: Path, work: Path, window: int = 10) -> dict:
-    """A_forecast: the model pipeline's forecast regressor (RandomForestRegressor on the shared window features)
-    trained on the first 70% of each node's env temperature, tested on the last 30%, next-sample prediction."""
+    """A_forecast of the node's `forecast` model kind (edgefleet.forecast.node: a forest on the shared window
+    features predicting the change of the next env temperature from the last one), trained on the first 70% of
+    each node's series and tested on the last 30%, beside naive (last value) and seasonal naive (the value one
+    window back), with a plot of forecast against actual for one node's test part."""
     from . import datasets, modelfile, train
     from .export import export_csv
+    from .forecast import node as forecast_node
     from .storage import open_storage
 
     csv_path = work / "env-export.csv"
@@ -327,9 +326,8 @@ def forecast_accuracy(db: Path, work: Path, window: int = 10) -> dict:
         export_csv(store, csv_path, sensors=["env"])
     finally:
         store.close()
-    w = datasets.load_csv(csv_path, window, 1, "env")
-    ch = w.channels.index("temperature")
-    y = w.nxt[:, ch]
+    w = forecast_node.target_first(datasets.load_csv(csv_path, window, 1, "env"), "temperature")
+    y = forecast_node.delta_target(w)
     tr_idx, te_idx = [], []
     for g in np.unique(w.groups):
         idx = np.where((w.groups == g) & ~np.isnan(y))[0]
@@ -338,17 +336,89 @@ def forecast_accuracy(db: Path, work: Path, window: int = 10) -> dict:
         te_idx += list(idx[cut:])
     if len(tr_idx) < 4 or not te_idx:
         return {"error": f"too little env data ({len(tr_idx)} train windows)"}
+    tr, te = np.array(tr_idx), np.array(te_idx)
     x = train.feature_matrix(w)
-    scaling = modelfile.Scaling.fit(x[tr_idx])
+    scaling = modelfile.Scaling.fit(x[tr])
     xq = scaling.apply(x).astype(np.float64)
     args = argparse.Namespace(trees=10, max_depth=None, seed=1)
-    est = train.fit("forecast", xq[tr_idx], y[tr_idx], 0, args)
-    pred = est.predict(xq[te_idx])
-    yt = y[te_idx]
-    acc = 1 - float(np.mean(np.abs(yt - pred) / np.abs(yt)))
-    naive = 1 - float(np.mean(np.abs(yt - w.x[te_idx, ch, -1]) / np.abs(yt)))
-    return {"a_forecast": acc, "naive_last_value": naive, "train_windows": len(tr_idx), "test_windows": len(te_idx),
-            "mae": float(np.mean(np.abs(yt - pred)))}  # fmt: skip
+    est = train.fit("forecast", xq[tr], y[tr], 0, args)
+    pred = est.predict(xq[te])
+    extra = forecast_node.testset_extra(w, te)
+    m = forecast_node.regress_metrics({"y": y[te], **extra}, pred)
+    g0 = w.groups[te[0]]
+    one = w.groups[te] == g0
+    last = extra["last"][one]
+    plot = plot_forecast(last + y[te][one], last + pred[one], last, extra["season_ago"][one], m)
+    return {"a_forecast": m["A_forecast"], "naive_last_value": m["naive_A_forecast"],
+            "seasonal_naive": m["seasonal_naive_A_forecast"], "mae": m["mae"], "naive_mae": m["naive_mae"],
+            "seasonal_naive_mae": m["seasonal_naive_mae"], "beats_naive": m["beats_naive"],
+            "beats_seasonal_naive": m["beats_seasonal_naive"], "train_windows": len(tr), "test_windows": len(te),
+            "target": m["target"], "plot": plot, "host": host_forecast(db)}  # fmt: skip
+
+
+def host_forecast(db: Path, horizon_s: int = 5) -> dict:
+    """`edgefleet forecast` (backtest, auto model) on the env temperature of the node with the most readings."""
+    from .forecast import forecast
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute(
+            "SELECT device FROM readings WHERE sensor = 'env' GROUP BY device ORDER BY count(*) DESC, device LIMIT 1"
+        ).fetchone()
+    finally:
+        con.close()
+    if row is None:
+        return {"error": "no env readings"}
+    try:
+        r = forecast(f"sqlite:///{db}", row[0], "env", "temperature", horizon_s * 1000, folds=3)
+    except EdgefleetError as e:
+        return {"device": row[0], "error": str(e)}
+    bt = r.backtest
+    best, naive, snaive = bt.score(bt.best), bt.score("naive"), bt.score("seasonal-naive")
+    return {"device": row[0], "model": bt.best, "horizon_steps": bt.h, "step_ms": r.series.step_ms,
+            "season": bt.season, "folds": bt.folds, "a_forecast": best.a_forecast, "naive": naive.a_forecast,
+            "seasonal_naive": snaive.a_forecast, "vs_naive": best.vs_naive, "vs_snaive": best.vs_snaive}  # fmt: skip
+
+
+def host_forecast_text(h: dict) -> str:
+    if "error" in h:
+        return f"edgefleet forecast: {h['error']}"
+    return (f"edgefleet forecast on {h['device']} ({h['horizon_steps']} steps ahead, {h['folds']}-fold backtest): "
+            f"{h['model']} A_forecast {_f(h['a_forecast'], '{:.4f}')}, naive {_f(h['naive'], '{:.4f}')}, seasonal "
+            f"naive {_f(h['seasonal_naive'], '{:.4f}')} (season {h['season']}), MAE x{h['vs_naive']:.2f} of naive")  # fmt: skip
+
+
+def forecast_verdict(f: dict) -> str:
+    """Says plainly whether the forecaster beats "no change" and the seasonal baseline."""
+    if "beats_naive" not in f:
+        return f.get("error", "not measured")
+    if f["beats_naive"] and f["beats_seasonal_naive"]:
+        return f"beats both baselines (MAE {f['mae']:.4g} vs {f['naive_mae']:.4g} naive)"
+    lost = [n for n, k in (("naive", "beats_naive"), ("seasonal naive", "beats_seasonal_naive")) if not f[k]]
+    return "does NOT beat " + " and ".join(lost)
+
+
+def plot_forecast(actual: np.ndarray, pred: np.ndarray, naive: np.ndarray, snaive: np.ndarray, m: dict) -> str:
+    """Base64 PNG: one node's held-out env temperature, the forecast and both baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    k = np.arange(len(actual))
+    ax.plot(k, actual, "k", lw=1.2, label="actual")
+    ax.plot(k, pred, "C0", lw=1.2, label=f"forecast model: A_forecast {_f(m['A_forecast'], '{:.4f}')}")
+    ax.plot(k, naive, "C1--", lw=1, label=f"naive: {_f(m['naive_A_forecast'], '{:.4f}')}")
+    ax.plot(k, snaive, "C2:", lw=1, label=f"seasonal naive: {_f(m['seasonal_naive_A_forecast'], '{:.4f}')}")
+    ax.set_xlabel("held-out sample (next-sample forecasts)")
+    ax.set_ylabel("temperature")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 # ---------------------------------------------------------------- plot and report
@@ -422,7 +492,9 @@ def render_text(r: dict) -> str:
         f"(features {_f(m['l_infer'].get('us_per_features'), '{:.0f}')} us + model "
         f"{_f(m['l_infer'].get('us_per_infer'), '{:.0f}')} us, {m['l_infer'].get('backend', '?')} runner)",
         f"A_forecast {_f(m['forecast'].get('a_forecast'), '{:.4f}')} (env temperature, next sample; naive last value "
-        f"{_f(m['forecast'].get('naive_last_value'), '{:.4f}')})",
+        f"{_f(m['forecast'].get('naive_last_value'), '{:.4f}')}, seasonal naive "
+        f"{_f(m['forecast'].get('seasonal_naive'), '{:.4f}')}): {forecast_verdict(m['forecast'])}",
+        f"           {host_forecast_text(m['forecast'].get('host', {'error': 'not measured'}))}",
         "",
         "activity (per replayed 10 s segment, decision in force at its end):",
     ]
@@ -466,6 +538,8 @@ def render_html(r: dict) -> str:
     )
     metric_rows = "".join(f"<tr><td>{k}</td><td>{v}</td><td>{escape(d)}</td></tr>" for k, v, d in r["metric_rows"])
     img = f"<img alt='signal and events' src='data:image/png;base64,{r['plot']}'>" if r["plot"] else "<p>no plot</p>"
+    fp = r.get("forecast_plot")
+    fimg = f"<img alt='forecast against actual' src='data:image/png;base64,{fp}'>" if fp else "<p>no forecast plot</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgefleet demo report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:.5em 0}}
 td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}tr.offline td{{background:#fee}}</style></head><body>
@@ -477,6 +551,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}tr.offline td{{back
 {_prf_table("Sensor faults (fault events vs injected faults)", r["faults"])}
 <table><tr><th>device</th><th>boot</th><th>injected</th><th>when (s after boot)</th><th>detected as</th><th>delay s</th></tr>{faults}</table>
 <h2>One node's signal and its events</h2>{img}
+<h2>Forecast against actual (one node's held-out env temperature)</h2>{fimg}
 <h2>Devices</h2><table><tr><th>device</th><th>scenario</th><th>state at end of run</th><th>readings</th><th>events</th>
 <th>missing seq</th><th>dup deliveries</th><th>boots</th><th>sampled</th><th>rejected</th><th>logged</th><th>published</th>
 <th>dropped</th><th>reconnects</th><th>error</th></tr>{devs}</table>
@@ -486,17 +561,37 @@ td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}tr.offline td{{back
 
 # ---------------------------------------------------------------- the run
 
+# Written into --dir when a run starts: only a directory holding it is ever cleared for the next run.
+RUN_MARKER = ".edgefleet-demo"
 
-def run_demo(args: argparse.Namespace) -> dict:
-    from tqdm import tqdm
 
-    work = Path(args.dir).resolve()
-    if work.exists() and any(work.iterdir()) and not args.keep:
+def clear_previous_run(work: Path, keep: bool) -> None:
+    """Empties --dir for a new run, but only when it holds a previous demo run (our marker file).
+
+    Why: the demo used to rmtree any non-empty --dir, so `--dir .` or `--dir ""` deleted the working directory.
+    A directory with other files is refused and left untouched; with --keep it is used as it is and never marked
+    (so a later run will not clear it either)."""
+    if work.exists() and any(work.iterdir()):
+        if keep:
+            return
+        if not (work / RUN_MARKER).is_file():
+            raise EdgefleetError(
+                f"--dir {work} is not empty and does not hold a previous demo run; nothing was deleted",
+                hint="give a new or empty directory (default ./demo), or --keep to run in it without clearing",
+            )
         import shutil
 
         log.info("demo: clearing the previous run in %s", work)
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    (work / RUN_MARKER).write_text("a directory of `edgefleet demo`: the next run clears it\n")
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    work = Path(args.dir).resolve()
+    clear_previous_run(work, args.keep)
     db = work / "fleet.db"
     model_dir = ensure_model()
     n = args.devices
@@ -556,7 +651,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     l_infer = measure_inference(model_dir, fleet.heap)
     forecast = forecast_accuracy(db, work)
     report = build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_infer, forecast, work)
-    (work / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "plot"}, indent=1))
+    (work / "report.json").write_text(
+        json.dumps({k: v for k, v in report.items() if k not in ("plot", "forecast_plot")}, indent=1)
+    )
     (work / "report.html").write_text(render_html(report))
     return report
 
@@ -602,6 +699,7 @@ def build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_inf
     r_noise = rejected / sampled if sampled else 0.0
     metrics = {"r_ingest": r_ingest, "records": records, "span_s": span, "latency": lat, "e_buffer": e_buffer,
                "r_noise": r_noise, "l_infer": l_infer, "forecast": forecast}  # fmt: skip
+    forecast_plot = forecast.pop("plot", "")
     metric_rows = [
         ("R_ingest", f"{r_ingest:.1f} records/s", f"records stored / time from first to last stored ({records} in "
          f"{span:.0f} s); logged-to-stored p50 {_f(lat.get('p50_ms'), '{:.0f}')} ms, p99 {_f(lat.get('p99_ms'), '{:.0f}')} ms"),
@@ -612,9 +710,12 @@ def build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_inf
          f"model {_f(l_infer.get('us_per_infer'), '{:.0f}')} us per window, {l_infer.get('windows')} BasicMotions "
          "test windows; an ESP32 is slower"),
         ("A_forecast", _f(forecast.get("a_forecast"), "{:.4f}"),
-         "1 - mean(|y - y_hat| / |y|), RandomForestRegressor (model pipeline) on the fleet's env temperature, "
-         f"first 70% of each node train, last 30% test ({forecast.get('test_windows')} windows); naive last value "
-         f"{_f(forecast.get('naive_last_value'), '{:.4f}')}"),
+         "1 - mean(|y - y_hat| / |y|) of the node's forecast model kind (a forest predicting the change from the "
+         "last value) on the fleet's env temperature, first 70% of each node train, last 30% test "
+         f"({forecast.get('test_windows')} windows); naive last value {_f(forecast.get('naive_last_value'), '{:.4f}')}, "
+         f"seasonal naive (one window back) {_f(forecast.get('seasonal_naive'), '{:.4f}')}: {forecast_verdict(forecast)}"),
+        ("A_forecast (host)", _f(forecast.get("host", {}).get("a_forecast"), "{:.4f}"),
+         host_forecast_text(forecast.get("host", {"error": "not measured"}))),
     ]  # fmt: skip
     online = sum(1 for d in devices if d["state"] == "online")
     commands = "\n".join([
@@ -633,11 +734,17 @@ def build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_inf
         "metrics": metrics,
         "metric_rows": metric_rows,
         "plot": plot,
+        "forecast_plot": forecast_plot,
         "commands": commands,
     }
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.devices < 1:
+        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
+    if args.duration <= 0:
+        raise EdgefleetError(f"--duration must be a positive number of seconds (got {args.duration})")
+    writable_dir(args.dir, "--dir")  # before a broker or a node starts
     t0 = time.monotonic()
     report = run_demo(args)
     print(render_text(report))

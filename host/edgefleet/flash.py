@@ -239,7 +239,10 @@ def _cmd_flash(args: argparse.Namespace) -> int:
 def _cmd_parttable(args: argparse.Namespace) -> int:
     board = load_board(args.board)
     data = parttable.generate(board)
-    Path(args.output).write_bytes(data)
+    try:
+        Path(args.output).write_bytes(data)
+    except OSError as e:
+        raise EdgefleetError(f"cannot write the partition table to {args.output!r}: {e.strerror}") from None
     for p in board.partitions():
         print(parttable.describe(p))
     print(f"wrote {args.output} ({len(data)} bytes, for {board.partition_table_offset:#x})")

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import procs
 from .boards import Board, load_board
 from .errors import EdgefleetError
 from .runtime import find_micropython, micropython_env, unix_heap_bytes
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # Must equal REBOOT_EXIT in firmware/node/app.py: the firmware's "reset me" on the sim board.
 REBOOT_EXIT = 75
+# How long a stopping node may take to flush its log and disconnect before it is killed.
+STOP_GRACE_S = 10.0
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -87,22 +90,20 @@ def node_argv(board: Board, flash: Path, device_id: str, broker: str, scenario: 
 def supervise(argv: Sequence[str], env: dict[str, str], max_reboots: int | None = None, cwd: str | None = None) -> int:
     """Runs the node process until it exits for good; restarts it on REBOOT_EXIT, as a board resets.
 
-    Ctrl-C reaches the node too (same process group); we wait for it to stop cleanly and return 0.
+    The node runs in its own process group (procs.spawn). On Ctrl-C or SIGTERM (procs.Interrupted, a
+    KeyboardInterrupt) we send it SIGINT, so it flushes its log and the broker sees it leave, wait up to
+    STOP_GRACE_S, kill it if it does not stop, and let the interruption go on to the CLI (exit 130/143).
     """
     reboots = 0
     while True:
-        proc = subprocess.Popen(list(argv), env=env, cwd=cwd)
+        proc = procs.spawn(argv, name="node", stop_signal=signal.SIGINT, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
         try:
             rc = proc.wait()
         except KeyboardInterrupt:
-            try:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            procs.terminate(proc, signal.SIGINT, grace=STOP_GRACE_S)
             log.info("node stopped")
-            return 0
+            raise
+        procs.terminate(proc)  # exited: forget it
         if rc == REBOOT_EXIT and (max_reboots is None or reboots < max_reboots):
             reboots += 1
             log.info("node rebooted (%d), starting it again", reboots)
@@ -148,9 +149,18 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "node", help="run one simulated node (sim board) on the MicroPython unix port, in the foreground"
+        "node",
+        help="run one simulated node (sim board) on the MicroPython unix port, in the foreground",
+        epilog="examples:\n"
+        "  edgefleet node --device-id node-001 --broker mqtt://127.0.0.1:1883 --flash node-001.img\n"
+        "  edgefleet node --device-id n2 --broker mqtt://127.0.0.1:1883 --flash n2.img --scenario faults.json\n"
+        "Ctrl-C or SIGTERM stops the node cleanly (its log is flushed); a `reboot` command restarts it.",
     )
-    p.add_argument("--board", default="sim", help="board definition (only sim runs on this machine)")
+    p.add_argument(
+        "--board",
+        default="sim",
+        help="board name (boards/NAME.json) or a path to a board .json file (default sim, the only one that runs here)",
+    )
     p.add_argument("--device-id", required=True, help="the node's device id (topic <prefix>/<id>/...)")
     p.add_argument("--broker", required=True, help="MQTT broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT")
     p.add_argument("--flash", required=True, help="flash image file (created erased if missing, kept between runs)")

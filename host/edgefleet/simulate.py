@@ -25,21 +25,22 @@ import logging
 import os
 import random
 import signal
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from . import protocol
+from . import procs, protocol
 from .boards import Board, load_board
 from .broker import COLLECTOR_USER, OPERATOR_USER, Mosquitto, fleet_credentials, render_acl, write_password_file
 from .errors import EdgefleetError
 from .node import REBOOT_EXIT, check_broker_url
 from .nodeconfig import rule_for_model
-from .paths import project_root
+from .paths import project_root, writable_dir
 from .runtime import find_micropython, micropython_env, unix_heap_bytes
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ class Fleet:
         self._monitor: threading.Thread | None = None
         self._status: dict[str, dict] = {}
         self._sub = None
+        self.status_refused: str | None = None  # why the broker refused our status subscriber, if it did
         self.secure = broker is not None and broker.password_file is not None
         (self.workdir / "nodes").mkdir(exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
@@ -348,8 +350,16 @@ class Fleet:
         out.write(f"--- boot {nd.boots + 1} at {time.strftime('%H:%M:%S')}\n".encode())
         out.flush()
         # cwd: an empty directory of our own, so nothing on the host shadows the firmware (see node.py)
-        nd.proc = subprocess.Popen(
-            self._argv(nd), env=self._env, cwd=self._cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        # own process group, killed with us (procs): SIGINT stops it cleanly (it flushes its log)
+        nd.proc = procs.spawn(
+            self._argv(nd),
+            name=nd.device_id,
+            stop_signal=signal.SIGINT,
+            env=self._env,
+            cwd=self._cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         out.close()
         nd.boots += 1
@@ -398,8 +408,7 @@ class Fleet:
         with self._lock:
             nd.want_up = False
             if nd.running and nd.proc:
-                nd.proc.kill()
-                nd.proc.wait()
+                procs.kill(nd.proc)
                 nd.kills += 1
                 log.info("%s killed (SIGKILL)", nd.device_id)
 
@@ -411,15 +420,13 @@ class Fleet:
             proc = nd.proc
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc else None
-        proc.send_signal(signal.SIGINT)
+        procs.send(proc, signal.SIGINT)
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop on SIGINT within %.0f s, killed", nd.device_id, timeout)
-            proc.kill()
-            proc.wait()
             nd.kills += 1
-            return proc.returncode
+            return procs.kill(proc)
 
     def restart(self, i: int) -> None:
         """Boot node i again on its flash (power-cycling it first when it is running)."""
@@ -437,23 +444,22 @@ class Fleet:
         if self._monitor:
             self._monitor.join()
         with self._lock:
-            procs = []
+            stopping = []
             for nd in self.nodes:
                 nd.want_up = False
                 if nd.running and nd.proc:
-                    nd.proc.send_signal(signal.SIGINT)
-                    procs.append((nd, nd.proc))
+                    procs.send(nd.proc, signal.SIGINT)
+                    stopping.append((nd, nd.proc))
         deadline = time.monotonic() + timeout
-        for nd, p in procs:
+        for nd, p in stopping:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop within %.0f s, killed", nd.device_id, timeout)
-                p.kill()
-                p.wait()
+                procs.kill(p)
                 nd.kills += 1
-        if procs:
-            log.info("fleet stopped (%d nodes)", len(procs))
+        if stopping:
+            log.info("fleet stopped (%d nodes)", len(stopping))
 
     def close(self) -> None:
         self.stop()
@@ -531,6 +537,8 @@ class Fleet:
         def on_connect(cl, ud, flags, rc, props):
             if not rc.is_failure:
                 cl.subscribe(f"{self.prefix}/+/status", qos=1)
+            else:
+                self.status_refused = str(rc)  # the watchdog of `simulate` reports it
 
         def on_message(cl, ud, msg):
             try:
@@ -574,6 +582,68 @@ class Fleet:
 
 # ---------------------------------------------------------------- CLI
 
+# How long `simulate` waits for a broker's CONNACK before the nodes are started.
+BROKER_CHECK_TIMEOUT_S = 5.0
+
+
+def check_broker(url: str, username: str | None = None, password: str | None = None,
+                 timeout: float = BROKER_CHECK_TIMEOUT_S) -> None:  # fmt: skip
+    """Connect to the broker once, as the nodes will (anonymous unless a login is given), before any node starts.
+
+    Why: nodes retry a missing or refusing broker forever, so without this a typo in --broker ran the whole
+    duration with online=0 and no word. Raises EdgefleetError saying what is wrong: nothing listening, the
+    connection refused, the login refused, or no MQTT answer at all.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    u = urlsplit(url)
+    if username is None and u.username:  # a login in the URL is the one the nodes get
+        username, password = unquote(u.username), unquote(u.password or "")
+    where = f"{u.hostname}:{u.port or (8883 if u.scheme == 'mqtts' else 1883)}"
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgefleet-simulate-check-{os.getpid()}")
+    if username:
+        c.username_pw_set(username, password)
+    if u.scheme == "mqtts":
+        c.tls_set()
+    answer: list = []
+    c.on_connect = lambda cl, ud, flags, rc, props: answer.append(rc)
+    try:
+        c.connect(u.hostname or "", u.port or (8883 if u.scheme == "mqtts" else 1883), keepalive=10)
+    except (ssl.SSLError, ConnectionResetError) as e:
+        if u.scheme != "mqtts":
+            raise EdgefleetError(f"the MQTT broker at {where} dropped the connection: {e}") from None
+        raise EdgefleetError(
+            f"TLS to {where} failed: {e}",
+            hint="mqtts:// needs a TLS listener on that port (a plain MQTT port resets the handshake), "
+            "and a server certificate this machine trusts",
+        ) from None
+    except OSError as e:
+        raise EdgefleetError(
+            f"cannot reach the MQTT broker at {where}: {e.strerror or e}",
+            hint="start one (edgefleet broker), check --broker, or leave --broker out: 'auto' starts one",
+        ) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while not answer and time.monotonic() < deadline:
+            c.loop(0.1)
+    except OSError as e:
+        raise EdgefleetError(f"the MQTT broker at {where} dropped the connection: {e}") from None
+    finally:
+        c.disconnect()
+    if not answer:
+        raise EdgefleetError(
+            f"no MQTT answer from {where} within {timeout:.0f} s",
+            hint="is it an MQTT broker, and the right scheme (mqtt:// plain, mqtts:// TLS)?",
+        )
+    if answer[0].is_failure:
+        who = f"user {username!r}" if username else "an anonymous client (as the nodes connect)"
+        raise EdgefleetError(
+            f"the MQTT broker at {where} refused {who}: {answer[0]}",
+            hint="a --broker URL must accept anonymous nodes; leave --broker out ('auto') for a broker with a "
+            "login per node",
+        )
+
 
 def default_scenarios(workdir: Path, n: int, duration_s: float, seed: int = 1) -> list[dict]:
     """Half the nodes replay labelled activities, the other half have sensor faults on env."""
@@ -589,11 +659,64 @@ def default_scenarios(workdir: Path, n: int, duration_s: float, seed: int = 1) -
     return out
 
 
+def check_run_numbers(args: argparse.Namespace) -> None:
+    """Numbers a node or the run cannot use, refused before anything starts (they used to run with rc 0 and
+    crashed or mute nodes)."""
+    if args.devices < 1:
+        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
+    if args.duration < 0:
+        raise EdgefleetError(f"--duration must be 0 (until Ctrl-C) or a number of seconds (got {args.duration})")
+    if not 1 <= args.status_interval <= 86400:
+        raise EdgefleetError(f"--status-interval must be 1..86400 seconds (got {args.status_interval})")
+    if args.heap_extra < 0:
+        raise EdgefleetError(f"--heap-extra must be 0 or more bytes (got {args.heap_extra})")
+    if args.online_timeout < 0:
+        raise EdgefleetError(f"--online-timeout must be 0 (never) or a number of seconds (got {args.online_timeout})")
+
+
+class OnlineWatchdog:
+    """Fails the run with one clear message when no node is online for `timeout_s` (from the start, or after they
+    all went offline), or when the broker we started exits: a fleet that cannot reach its broker must not run its
+    whole duration with online=0 and no word."""
+
+    def __init__(self, fleet: Fleet, broker: Mosquitto | None, timeout_s: float) -> None:
+        self.fleet = fleet
+        self.broker = broker
+        self.timeout_s = timeout_s
+        self.last_online = time.monotonic()
+
+    def check(self, summary: dict) -> None:
+        if self.broker is not None and self.broker.proc is not None and self.broker.proc.poll() is not None:
+            raise EdgefleetError(
+                f"the broker exited (code {self.broker.proc.returncode})", hint=f"see {self.broker.log_path}"
+            )
+        if self.fleet.status_refused:
+            raise EdgefleetError(
+                f"the broker {self.fleet.broker_url} refused the status subscriber: {self.fleet.status_refused}",
+                hint="check the broker's logins and ACL",
+            )
+        now = time.monotonic()
+        if summary["online"] > 0:
+            self.last_online = now
+            return
+        if not self.timeout_s or now - self.last_online < self.timeout_s:
+            return
+        crashed = [nd.device_id for nd in self.fleet.nodes if nd.crashes]
+        logs = self.fleet.workdir / "logs"
+        raise EdgefleetError(
+            f"no node has been online for {self.timeout_s:.0f} s (broker {self.fleet.broker_url}"
+            + (f"; exited: {', '.join(crashed)}" if crashed else "")
+            + ")",
+            hint=f"see the node logs in {logs}; the broker must let the nodes connect and publish "
+            f"{self.fleet.prefix}/<id>/status (and let us read it); --online-timeout changes the wait",
+        )
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_run_numbers(args)
+    workdir = writable_dir(args.workdir, "--workdir").resolve()
     model = Path(args.model) if args.model else None
     if model is not None and not model.exists() and (project_root() / model).exists():
         model = project_root() / model
@@ -609,8 +732,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     else:
         (workdir / "nodes").mkdir(exist_ok=True)
         scenarios = default_scenarios(workdir, args.devices, args.duration or 60)
-    if args.devices < 1:
-        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
     if model is not None:
         Fleet._check_model(model)  # before anything is started
     ids = [f"node-{i + 1:03d}" for i in range(args.devices)]
@@ -631,7 +752,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             broker.stop()
         raise
     try:
+        if broker is None:  # ours is listening already (Mosquitto.start waits for it)
+            check_broker(fleet.broker_url)
         fleet.start()
+        watchdog = OnlineWatchdog(fleet, broker, args.online_timeout)
         if broker:
             print(f"broker {broker.url}; collect with: {fleet.collector_hint()}", flush=True)
         t0 = time.monotonic()
@@ -643,6 +767,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 s = fleet.summary()
                 bar.set_postfix(up=s["processes"], online=s["online"], logged=s.get("logged", 0),
                                 published=s.get("published", 0))  # fmt: skip
+                watchdog.check(s)
     except KeyboardInterrupt:
         print("stopping the fleet", flush=True)
     finally:
@@ -673,6 +798,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workdir", default="var/sim", help="flash images, scenarios, logs, broker data (default ./var/sim)"
     )
     p.add_argument("--status-interval", type=int, default=10, help="node status interval in s (default 10)")
+    p.add_argument(
+        "--online-timeout",
+        type=float,
+        default=60,
+        help="stop with an error when no node has been online for this long, in s (default 60; 0: never)",
+    )
     p.add_argument(
         "--heap-extra",
         type=int,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from edgefleet import procs
 from edgefleet.boards import load_board
 from edgefleet.node import REBOOT_EXIT
 from edgefleet.runtime import find_micropython, micropython_env, unix_heap_bytes
@@ -67,7 +68,7 @@ class NetNode:
     def start(self) -> NetNode:
         n_before = self._banner_count()
         with self.out.open("a") as f:
-            self.proc = subprocess.Popen(
+            self.proc = procs.spawn(  # dies with the test process, even a SIGKILLed one
                 self.argv(), env=micropython_env(extra_path=[HELPER.parent]), stdout=f, stderr=subprocess.STDOUT
             )
         wait_until(lambda: self._banner_count() > n_before or self.proc.poll() is not None, 20, "node start")

@@ -10,6 +10,7 @@ import pytest
 from edgefleet.boards import available_boards, load_board
 from edgefleet.cli import main
 from edgefleet.errors import EdgefleetError
+from edgefleet.paths import boards_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,3 +69,38 @@ def test_cli_reports_bad_board_without_traceback(tmp_path: Path, capsys) -> None
 def test_cli_validates_all_boards(capsys) -> None:
     assert main(["boards", "validate"]) == 0
     assert capsys.readouterr().out.count(": ok") == len(available_boards())
+
+
+def test_a_board_name_is_never_shadowed_by_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    """`simulate --workdir sim` creates ./sim; a file named like a board must not be taken for it either."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sim").mkdir()
+    (tmp_path / "esp32-c3").write_text("not a board")
+    assert load_board("sim").name == "sim" and load_board("sim").path == boards_dir() / "sim.json"
+    assert load_board("esp32-c3").arch == "rv32imc"
+
+
+def test_a_board_path_has_a_separator_or_ends_in_json(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = json.loads((boards_dir() / "sim.json").read_text())
+    data["name"] = "my-sim"
+    (tmp_path / "custom.json").write_text(json.dumps(data))
+    assert load_board("custom.json").name == "my-sim"  # ends in .json: a file in the working directory
+    assert load_board("./custom.json").name == "my-sim"
+    assert load_board(str(tmp_path / "custom.json")).name == "my-sim"
+    with pytest.raises(EdgefleetError, match="no board named 'custom'"):
+        load_board("custom")  # a name: boards/custom.json, which does not exist
+    with pytest.raises(EdgefleetError, match=r"sim\.json does not exist"):
+        load_board("sim.json")  # a path: there is no ./sim.json, and we do not guess boards/sim.json
+    (tmp_path / "sim").mkdir()
+    with pytest.raises(EdgefleetError, match="is not a file"):
+        load_board("./sim")
+
+
+def test_cli_board_name_with_a_same_named_directory(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sim").mkdir()
+    assert main(["boards", "validate", "sim"]) == 0, capsys.readouterr().err
+    assert main(["boards", "validate", "sim/"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a file" in err and "Traceback" not in err

@@ -19,6 +19,7 @@ import pytest
 
 from edgefleet import protocol
 from edgefleet.storage import open_storage
+from edgefleet.storage.base import DEAD_LETTER_CAP
 from edgefleet.testing.fleetsim import Publisher, reading, telemetry_payload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,7 +171,7 @@ def test_kill9_three_times_loses_nothing(mqtt_broker, db_url, collector) -> None
     assert counts["readings"] == total, counts
     assert counts["dead_letter"] == 0
     assert_exactly_once(db_url, devices, total // len(devices))
-    assert c.stop() == 0
+    assert c.stop() == -signal.SIGINT  # drained, then died by the SIGINT it got (shell: 130)
     assert "session present: True" in c.log.read_text()
 
 
@@ -253,7 +254,7 @@ def test_garbage_barrage_while_valid_traffic_flows(mqtt_broker, db_url, collecto
         match = [g for g in got if g[0] == topic and (reason is None or g[1] == reason)]
         assert match, (topic, reason, got)
         got.remove(match[0])
-    assert all(len(p) <= 4096 and size >= len(p) for _, _, _, size, p in dead)
+    assert all(len(p) <= DEAD_LETTER_CAP and size >= len(p) for _, _, _, size, p in dead)
     assert any(size == 1024 * 1024 for _, _, _, size, _ in dead)
     assert "dead letter: payload too large" in c.log.read_text()
 
@@ -270,7 +271,7 @@ def test_two_collectors_share_the_load(mqtt_broker, db_url, collector) -> None:
     counts = wait_count(db_url, "readings", 30_000)
     assert counts["readings"] == 30_000
     assert_exactly_once(db_url, devices, 10_000)
-    assert c1.stop() == 0 and c2.stop() == 0
+    assert c1.stop() == -signal.SIGINT and c2.stop() == -signal.SIGINT
     stored = []
     for c in (c1, c2):
         m = re.search(r"stopped: (\d+) messages, (\d+) records stored, (\d+) duplicates", c.log.read_text())
@@ -320,7 +321,9 @@ def test_gaps_duplicates_out_of_order_and_fleet_status(mqtt_broker, db_url, coll
     assert dev["status"]["counters"]["dropped"] == 3
     table = _cli("fleet", "status", "--db", db_url)
     assert table.returncode == 0
-    assert re.search(r"gappy\s+online\s+\S+ \S+\s+18\s+1-31\s+13\s+11-14,21-29\s+3", table.stdout), table.stdout
+    assert re.search(
+        r"gappy\s+online\s+\S+ \S+\s+18\s+1 \(\w{8}\)\s+\S+ \S+\s+1-31\s+13\s+11-14,21-29\s+0\s+3", table.stdout
+    ), table.stdout
     assert "1 devices, 1 online, 13 records missing upstream" in table.stdout
     assert c.alive()
 
@@ -338,8 +341,8 @@ def test_fleet_status_offline_via_last_will(mqtt_broker, db_url, collector) -> N
     assert dev["state"] == "offline"
     assert dev["status"] is None
     assert "lwt1" in _cli("fleet", "status", "--db", db_url).stdout
-    c.proc.send_signal(signal.SIGTERM)  # like Ctrl-C: flush, disconnect, exit 0
-    assert c.proc.wait(30) == 0
+    c.proc.send_signal(signal.SIGTERM)  # like Ctrl-C: flush, disconnect, then die by the signal (shell: 143)
+    assert c.proc.wait(30) == -signal.SIGTERM
     assert "stopped: " in c.log.read_text()
 
 
@@ -371,14 +374,24 @@ def test_export_round_trip(mqtt_broker, db_url, collector, tmp_path) -> None:
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     header = out.read_text().splitlines()[0].split(",")
     assert header[:6] == ["device", "seq", "ts_ms", "sensor", "flags", "label"]
-    assert set(header[6:]) == {"temperature", "humidity", "pressure", "ax", "ay", "az", "gx", "gy", "gz"}
+    assert header[6] == "rate_hz" and set(header[7:]) == {
+        "temperature",
+        "humidity",
+        "pressure",
+        "ax",
+        "ay",
+        "az",
+        "gx",
+        "gy",
+        "gz",
+    }
     assert [(r["device"], int(r["seq"])) for r in rows] == sorted((d, rec["seq"]) for d, rec in sent)
     by_key = {(d, rec["seq"]): rec for d, rec in sent}
     for row in rows:
         rec = by_key[(row["device"], int(row["seq"]))]
         assert (int(row["ts_ms"]), row["sensor"], int(row["flags"]), row["label"]) == (
             rec["ts"], rec["sensor"], rec["flags"], "")  # fmt: skip
-        for ch in header[6:]:
+        for ch in header[7:]:
             if ch in rec["vals"]:
                 assert float(row[ch]) == rec["vals"][ch]  # exact: floats round-trip through repr
             else:
@@ -390,7 +403,8 @@ def test_export_round_trip(mqtt_broker, db_url, collector, tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     rows2 = list(csv.DictReader(out2.open()))
     assert [int(r["seq"]) for r in rows2] == [3, 6, 9, 12]
-    assert out2.read_text().splitlines()[0] == "device,seq,ts_ms,sensor,flags,label,ax,ay,az,gx,gy,gz"
+    assert out2.read_text().splitlines()[0] == "device,seq,ts_ms,sensor,flags,label,rate_hz,ax,ay,az,gx,gy,gz"
+    assert [r["rate_hz"] for r in rows2][1:] == ["0.3333"] * 3  # seqs 3, 6, 9, 12 of imu: ts steps of 3 s
 
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path) -> None:
@@ -447,7 +461,7 @@ def test_tls_with_client_certificate(tmp_path, db_url) -> None:
         pub.disconnect()
         pub.loop_stop()
         assert wait_count(db_url, "readings", 20)["readings"] == 20
-        assert c.stop() == 0
+        assert c.stop() == -signal.SIGINT  # drained, then died by the SIGINT it got (shell: 130)
         # Without our CA the broker's certificate does not verify: a clear error, exit 2.
         r = _cli(*base[:-2], "--client-id", "tls-2")
         assert r.returncode == 2 and "certificate verify failed" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -35,6 +35,58 @@ def test_demo_small_fleet_writes_report(tmp_path: Path) -> None:
     assert 0.5 < m["e_buffer"] <= 1.5 and 0 <= m["r_noise"] < 1 and m["r_ingest"] > 0
     assert m["l_infer"]["ms_total"] > 0 and m["l_infer"]["windows"] == 80
     assert 0 < m["forecast"]["a_forecast"] <= 1
+    # A_forecast beside both baselines, with the forecast-against-actual plot (issue 15 item 4)
+    f = m["forecast"]
+    assert 0 < f["naive_last_value"] <= 1 and 0 < f["seasonal_naive"] <= 1 and "plot" not in f
+    assert "seasonal naive" in r.stdout and "Forecast against actual" in html and html.count("data:image/png") >= 2
+    assert "edgefleet forecast on " in r.stdout and 0 < f["host"]["a_forecast"] <= 1, f["host"]  # the host's command
     # the activity nodes' model decisions were judged against the replayed labels, the faults against injections
     assert sum(s["support"] for s in rep["activity"].values()) >= 2
     assert rep["faults"]["unplugged"]["support"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dir", "{tmp}/afile"], "--dir {tmp}/afile is not a directory"),
+        (["--dir", ""], "--dir is empty"),
+        (["--dir", "/proc/edgefleet/d"], "cannot create --dir /proc/edgefleet/d"),
+        (["--dir", "{tmp}/d", "--duration", "0"], "--duration must be a positive number"),
+        (["--dir", "{tmp}/d", "--devices", "0"], "--devices must be at least 1"),
+    ],
+)
+def test_demo_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "afile").write_text("x")
+    args = [a.format(tmp=tmp_path) for a in args]
+    # cwd: an empty --dir used to mean the working directory, which the old demo deleted
+    r = subprocess.run([sys.executable, "-m", "edgefleet.cli", "demo", *args], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert message.format(tmp=tmp_path) in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "d").exists(), "nothing may be started or written for a refused run"
+
+
+def test_demo_never_deletes_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    r = subprocess.run([sys.executable, "-m", "edgefleet.cli", "demo", "--devices", "1", "--duration", "1", "--dir",
+                        str(mine)], capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    assert r.returncode == 2 and "not empty and does not hold a previous demo run" in r.stderr, r.stderr[-2000:]
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+
+def test_demo_clears_only_its_own_previous_run(tmp_path: Path) -> None:
+    from edgefleet.demo import RUN_MARKER, clear_previous_run
+
+    work = tmp_path / "demo"
+    clear_previous_run(work, keep=False)  # a new directory: created and marked
+    (work / "fleet.db").write_text("old run")
+    clear_previous_run(work, keep=False)
+    assert sorted(p.name for p in work.iterdir()) == [RUN_MARKER]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    clear_previous_run(mine, keep=True)  # --keep runs in it, and does not mark it for a later clearing
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

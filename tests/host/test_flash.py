@@ -201,3 +201,17 @@ def test_flash_keeps_the_filesystem_unless_erase(tmp_path, capsys):
             rom.stop()
         assert code == 0, err
         assert ("data.txt" in board_ls()) == survives
+
+
+@pytest.mark.parametrize("where", ["dir", "missing-parent"])
+def test_parttable_unwritable_output_is_one_line(tmp_path, capsys, where) -> None:
+    out = tmp_path if where == "dir" else tmp_path / "no" / "table.bin"
+    assert main(["parttable", "--board", "sim", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the partition table" in err and "Traceback" not in err, err
+
+
+def test_virtual_rom_flash_that_is_a_directory_is_one_line(tmp_path, capsys) -> None:
+    assert main(["board", "rom", "--board", "esp32-devkitc", "--flash", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot use the flash image" in err and "Is a directory" in err, err

@@ -121,7 +121,7 @@ def test_edgefleet_node_runs_a_sim_node(tmp_path, mqtt_broker):
         assert proc.poll() is None, "the launcher must restart the node after a reboot"
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
         out, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 0, out
+        assert proc.returncode == -signal.SIGINT and "edgefleet node: stopped by SIGINT" in out, out
         assert "Traceback" not in out, out
         wait_until(lambda: sub.topic("status")[-1][0]["state"] == "offline", 15, "last will after Ctrl-C")
     finally:

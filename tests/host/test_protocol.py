@@ -29,7 +29,10 @@ def test_doc_examples_are_valid() -> None:
     examples = _doc_examples()
     kinds = []
     for ex in examples:
-        if "cmd" in ex:
+        if "ranges" in ex:
+            protocol.check_stored(ex)
+            kinds.append("stored")
+        elif "cmd" in ex:
             protocol.check_cmd(ex)
             kinds.append("cmd")
         elif "ok" in ex:
@@ -44,7 +47,7 @@ def test_doc_examples_are_valid() -> None:
         else:
             assert len(protocol.parse_events(ex, ex["dev"])) == 1
             kinds.append("event")
-    assert {"telemetry", "event", "status", "cmd", "ack"} <= set(kinds)
+    assert {"telemetry", "event", "status", "cmd", "ack", "stored"} <= set(kinds)
 
 
 def test_topics() -> None:
@@ -77,7 +80,7 @@ def _tele(**rec) -> bytes:
         (b"\xff\xfe", "not UTF-8"),
         (b"{nope", "malformed JSON"),
         (b"[1,2]", "not a JSON object"),
-        (b'{"v": 2, "dev": "n1", "recs": []}', "unknown version"),
+        (b'{"v": 3, "dev": "n1", "recs": []}', "unknown version"),
         (b'{"v": true, "dev": "n1", "recs": []}', "unknown version"),
         (b'{"dev": "n1", "recs": []}', "unknown version"),
         (b'{"v": 1, "dev": "n2", "recs": [{}]}', "dev does not match topic"),

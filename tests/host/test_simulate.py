@@ -20,9 +20,9 @@ from edgefleet.simulate import POWER_CUT_WINDOW, Fleet, activity_scenario, basic
 MODEL = models_dir() / "basicmotions-rf"
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgefleet.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+                          timeout=timeout, cwd=cwd)  # fmt: skip
 
 
 def _wait(pred, timeout: float, what: str) -> None:
@@ -60,6 +60,10 @@ def test_simulate_cli_runs_nodes_with_the_model_and_per_device_logins(tmp_path: 
         (["--model", "/nonexistent/model"], "no model file"),
         (["--broker", "http://127.0.0.1:1883"], "bad broker URL"),
         (["--scenario", "/nonexistent.json"], "cannot read scenario"),
+        (["--status-interval", "0"], "--status-interval must be 1..86400"),
+        (["--heap-extra", "-1000"], "--heap-extra must be 0 or more"),
+        (["--duration", "-5"], "--duration must be 0"),
+        (["--online-timeout", "-1"], "--online-timeout must be 0"),
     ],
 )
 def test_simulate_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -140,3 +144,90 @@ def test_fleet_reboot_command_restarts_node_and_kill_restart_keep_seq(mqtt_broke
         assert fleet.inspect(0)["clean"]  # SIGINT closes the log cleanly
     finally:
         fleet.close()
+
+
+def test_documented_workdir_sim_does_not_shadow_the_sim_board(tmp_path: Path) -> None:
+    """docs/simulate.md runs `edgefleet simulate ... --workdir sim`: the ./sim it creates is not the board `sim`."""
+    (tmp_path / "sim").mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "simulate", "--devices", "1", "--duration", "2", "--workdir", "sim"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "node-001: boots 1" in r.stdout, r.stdout
+    assert (tmp_path / "sim" / "nodes" / "node-001.img").is_file()
+
+
+def _simulate_fails_fast(tmp_path: Path, broker_url: str, *extra: str) -> str:
+    """simulate against a broker the nodes cannot use: one clear line, exit 2, long before --duration, nothing left."""
+    t0 = time.monotonic()
+    r = _cli("simulate", "--devices", "1", "--duration", "120", "--broker", broker_url, "--workdir",
+             str(tmp_path / "w"), *extra, timeout=60)  # fmt: skip
+    took = time.monotonic() - t0
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and took < 45, (took, r.stderr[-2000:])
+    assert _processes_under(tmp_path / "w") == []
+    return r.stderr
+
+
+def test_simulate_without_a_broker_fails_fast(tmp_path: Path) -> None:
+    from edgefleet.broker import free_port
+
+    err = _simulate_fails_fast(tmp_path, f"mqtt://127.0.0.1:{free_port()}")
+    assert "cannot reach the MQTT broker at 127.0.0.1:" in err and "Connection refused" in err, err
+    assert not (tmp_path / "w" / "logs" / "node-001.log").exists(), "no node may start without a broker"
+
+
+def test_simulate_against_a_broker_that_refuses_anonymous_nodes_fails_fast(tmp_path: Path) -> None:
+    broker = Fleet.secure_broker(tmp_path / "secure", ["someone"]).start()
+    try:
+        err = _simulate_fails_fast(tmp_path, broker.url)
+    finally:
+        broker.stop()
+    assert "refused an anonymous client" in err and "Not authorized" in err, err
+
+
+def test_simulate_reports_nodes_that_never_come_online(tmp_path: Path) -> None:
+    """The broker lets anyone connect but its ACL lets nodes publish nothing: no status ever arrives."""
+    from edgefleet.broker import Mosquitto
+
+    bdir = tmp_path / "acl-broker"
+    bdir.mkdir()
+    (bdir / "acl").write_text("user nobody\ntopic read #\n")
+    broker = Mosquitto(data_dir=bdir, acl_file=bdir / "acl").start()
+    try:
+        err = _simulate_fails_fast(tmp_path, broker.url, "--online-timeout", "5")
+    finally:
+        broker.stop()
+    assert "no node has been online for 5 s" in err and "--online-timeout" in err, err
+
+
+@pytest.mark.parametrize("kind", ["file", "empty", "uncreatable"])
+def test_simulate_bad_workdir_is_one_line(tmp_path: Path, kind: str) -> None:
+    work = {"file": tmp_path / "afile", "empty": "", "uncreatable": "/proc/edgefleet/w"}[kind]
+    (tmp_path / "afile").write_text("x")
+    r = _cli("simulate", "--workdir", str(work), "--devices", "1", "--duration", "1", timeout=60, cwd=tmp_path)
+    assert r.returncode == 2 and "--workdir" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_simulate_mqtts_to_a_plain_port_says_tls(tmp_path: Path, mqtt_broker) -> None:
+    err = _simulate_fails_fast(tmp_path, f"mqtts://127.0.0.1:{mqtt_broker.port}")
+    assert f"TLS to 127.0.0.1:{mqtt_broker.port} failed" in err and "TLS listener" in err, err
+
+
+def test_watchdog_reports_a_refused_status_login_at_once(tmp_path: Path) -> None:
+    from edgefleet.simulate import OnlineWatchdog
+
+    broker = Fleet.secure_broker(tmp_path, ["node-001"]).start()
+    try:
+        with Fleet(tmp_path, 1, broker=broker) as fleet:
+            creds = json.loads((tmp_path / "credentials.json").read_text())
+            creds["collector"] = "not-the-password"  # the broker's passwd file keeps the real one
+            (tmp_path / "credentials.json").write_text(json.dumps(creds))
+            fleet.start()
+            watchdog = OnlineWatchdog(fleet, broker, timeout_s=600)
+            _wait(lambda: fleet.status_refused is not None, 20, "the broker's refusal")
+            with pytest.raises(EdgefleetError, match="refused the status subscriber: Not authorized"):
+                watchdog.check(fleet.summary())
+    finally:
+        broker.stop()

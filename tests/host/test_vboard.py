@@ -183,7 +183,7 @@ def test_cli_prints_the_pty_and_runs_until_interrupted(tmp_path):
         assert out.stdout.strip() == "via cli"
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0
+        assert proc.wait(20) == -signal.SIGINT  # stopped by SIGINT: shown as 130 by a shell
     assert (tmp_path / "cli.img").stat().st_size == vboard_size()
 
 
@@ -222,3 +222,11 @@ def test_friendly_paste_mode(vboard):
             data += s.read(4096)
         assert b"paste mode; Ctrl-C to cancel, Ctrl-D to finish\r\n=== " in data
         assert b"p 0\r\np 1\r\np 2\r\n>>> " in data
+
+
+def test_virtual_board_flash_that_is_a_directory_is_one_line(tmp_path, capsys) -> None:
+    from edgefleet.cli import main
+
+    assert main(["board", "virtual", "--flash", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a regular file" in err and "bytes" not in err, err

@@ -9,22 +9,25 @@ messages only after that call returned, which is what makes a kill -9 lose nothi
 from __future__ import annotations
 
 from ..errors import EdgefleetError
+from ..redact import redact_url
 from .base import Batch, DeviceRow, Storage, WriteResult
 
 __all__ = ["Batch", "DeviceRow", "Storage", "WriteResult", "open_storage"]
 
 
-def open_storage(url: str, *, durability: str = "normal") -> Storage:
-    """Open (and migrate) the database named by `url`."""
-    if url.startswith("sqlite://"):
+def open_storage(url: str, *, durability: str = "normal", create: bool = True, busy_timeout_s: float = 30.0) -> Storage:
+    """Open (and migrate) the database named by `url`. A reader given a
+    mistyped SQLite path gets an error instead of a new, empty database that looks like an empty fleet (readers
+    such as `fleet status` and `export` pass create=False)."""
+    if url.startswith("sqlite:"):
         from .sqlite import SqliteStorage
 
-        return SqliteStorage.open(url, durability=durability)
+        return SqliteStorage.open(url, durability=durability, create=create, busy_timeout_s=busy_timeout_s)
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStorage
 
         return PostgresStorage.open(url)
     raise EdgefleetError(
-        f"unsupported database URL {url!r}",
+        f"unsupported database URL {redact_url(url)!r}",
         hint="use sqlite:///path/to/fleet.db or postgresql://user:pass@host:port/dbname",
     )

@@ -1,8 +1,9 @@
 """The storage interface and the SQL both backends share.
 
-Schema (v1): devices, readings, events, status_history, acks, dead_letter, schema_version. `(device, seq)` is a
-record's identity: the primary key of readings and of events, and an insert into one table also checks the other,
-so a seq is stored once across both. Redeliveries hit the key, are skipped (INSERT ... ON CONFLICT DO NOTHING /
+Schema (v2): devices, readings, events, status_history, acks, dead_letter, counters, schema_version.
+`(device, log, seq)` is a record's identity (log = the node's flash-log id, '' for v1 nodes; seq restarts at 1
+in a new log): the primary key of readings and of events, and an insert into one table also checks the other,
+so a record is stored once across both. Redeliveries hit the key, are skipped (INSERT ... ON CONFLICT DO NOTHING /
 INSERT OR IGNORE) and counted per device in devices.duplicates. Migrations are ordered lists of statements per
 backend; `schema_version` records which ran, so an old database is upgraded in place when opened.
 """
@@ -18,16 +19,19 @@ from typing import Any, ClassVar
 
 log = logging.getLogger(__name__)
 
-DEAD_LETTER_CAP = 4096  # bytes of a rejected payload kept for diagnosis
+DEAD_LETTER_CAP = 65_536  # bytes of a rejected payload kept (protocol.MAX_PAYLOAD: a valid-size one is kept whole)
+DEAD_LETTER_MAX_ROWS = 100_000  # default cap of the dead_letter table (oldest pruned; `collect --dead-max-rows`)
+DEAD_LETTER_MAX_BYTES = 256 * 1024 * 1024  # default cap of its payload bytes (`collect --dead-max-mb`)
+SEQ_JUMP = 100_000  # a seq gap wider than this is a "seq jump" anomaly, not missing records (docs/collect.md)
 
 
 @dataclass
 class Batch:
     """What one transaction writes. Tuples are in the column order of the INSERTs below."""
 
-    # (device, seq, ts_ms, sensor, flags, vals_json, received_ms)
+    # (device, log, seq, ts_ms, sensor, flags, vals_json, received_ms)
     readings: dict[str, list[tuple]] = field(default_factory=dict)
-    # (device, seq, ts_ms, flags, kind, label, score, model, action, sensor, received_ms)
+    # (device, log, seq, ts_ms, flags, kind, label, score, model, action, sensor, received_ms)
     events: dict[str, list[tuple]] = field(default_factory=dict)
     # (device, received_ms, state, retained, body_json)
     statuses: list[tuple] = field(default_factory=list)
@@ -48,6 +52,7 @@ class WriteResult:
     stored: int = 0
     duplicates: int = 0
     dead: int = 0
+    pruned: int = 0  # dead letters deleted to keep the table under its cap
 
 
 @dataclass
@@ -67,6 +72,12 @@ class DeviceRow:
     missing: int
     gaps: list[tuple[int, int]]
     status: dict | None
+    # Flash logs (protocol v2): how many this device has sent records from, the current one (of the record
+    # received last) and when it was first heard; seq/gaps above are of the current log, records/missing of all.
+    logs: int = 0
+    log: str | None = None
+    log_since_ms: int | None = None
+    seq_jumps: int = 0  # gaps wider than SEQ_JUMP: a bad or hostile seq, not counted as missing
 
     def as_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
@@ -88,8 +99,23 @@ class Storage:
     insert_reading = ""
     insert_event = ""
 
+    dead_max_rows = DEAD_LETTER_MAX_ROWS
+    dead_max_bytes = DEAD_LETTER_MAX_BYTES
+
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+
+    # -- outages (the collector retries these; anything else is a problem with the data it tried to write)
+    def is_outage(self, exc: BaseException) -> bool:
+        """True when `exc` says the database is unavailable (down, locked, full), not that the data is bad."""
+        return False
+
+    def reconnect(self) -> None:
+        """Get a working connection after an outage (raises while the database is still unavailable)."""
+        try:
+            self.conn.rollback()
+        except Exception:
+            pass
 
     # -- dialect helpers
     def q(self, sql: str) -> str:
@@ -175,9 +201,13 @@ class Storage:
                     ),
                     batch.dead,
                 )
+                res.pruned = self._prune_dead(cur)
             self.conn.commit()
         except BaseException:
-            self.conn.rollback()
+            try:
+                self.conn.rollback()
+            except Exception:
+                pass
             raise
         for stored, dup in per_dev.values():
             res.stored += stored
@@ -185,8 +215,43 @@ class Storage:
         res.dead = len(batch.dead)
         return res
 
+    def _prune_dead(self, cur: Any) -> int:
+        """Delete the oldest dead letters beyond the row and byte caps; count them in counters. Why a cap: a
+        device (or attacker) sending garbage forever must not fill the disk the good records need."""
+        n, size = cur.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead_letter").fetchone()
+        over_rows, over_bytes = int(n) - self.dead_max_rows, int(size) - self.dead_max_bytes
+        if over_rows <= 0 and over_bytes <= 0:
+            return 0
+        rows = bytes_ = 0
+        cutoff = None
+        scan = self.conn.cursor()
+        scan.execute("SELECT id, length(payload) FROM dead_letter ORDER BY id")
+        while rows < over_rows or bytes_ < over_bytes:
+            row = scan.fetchone()
+            if row is None:
+                break
+            cutoff = row[0]
+            rows += 1
+            bytes_ += int(row[1])
+        scan.close()
+        if cutoff is None:
+            return 0
+        cur.execute(self.q("DELETE FROM dead_letter WHERE id <= ?"), (cutoff,))
+        cur.execute(
+            self.q(
+                "INSERT INTO counters (name, value) VALUES ('dead_letter_pruned', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"
+            ),
+            (rows,),
+        )
+        return rows
+
+    def counter(self, name: str) -> int:
+        row = self.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
     def _insert_records(self, cur: Any, table: str, rows_by_dev: dict[str, list[tuple]]) -> dict[str, int]:
-        """Insert readings or events, skipping known (device, seq); return how many were new per device."""
+        """Insert readings or events, skipping known (device, log, seq); return how many were new per device."""
         sql = self.insert_reading if table == "readings" else self.insert_event
         out = {}
         for device, rows in rows_by_dev.items():
@@ -211,27 +276,41 @@ class Storage:
         ]
 
     def fleet(self, max_gaps: int = 20) -> list[DeviceRow]:
-        records = "SELECT device, seq FROM readings UNION ALL SELECT device, seq FROM events"
-        stats = {
-            r[0]: (int(r[1]), int(r[2]), int(r[3]))
-            for r in self.execute(f"SELECT device, count(*), min(seq), max(seq) FROM ({records}) s GROUP BY device")
-        }
-        gaps: dict[str, list[tuple[int, int]]] = {}
-        gap_sql = (
-            f"SELECT device, seq, nxt FROM (SELECT device, seq, LEAD(seq) OVER (PARTITION BY device ORDER BY seq) "
-            f"AS nxt FROM ({records}) s) t WHERE nxt > seq + 1 ORDER BY device, seq"
+        records = (
+            "SELECT device, log, seq, received_ms FROM readings UNION ALL "
+            "SELECT device, log, seq, received_ms FROM events"
         )
-        for device, seq, nxt in self.execute(gap_sql):
-            gaps.setdefault(device, []).append((int(seq) + 1, int(nxt) - 1))
+        # per (device, log): count, min/max seq, first and last received
+        logs: dict[str, list[tuple]] = {}
+        for r in self.execute(
+            f"SELECT device, log, count(*), min(seq), max(seq), min(received_ms), max(received_ms) "
+            f"FROM ({records}) s GROUP BY device, log"
+        ):
+            logs.setdefault(r[0], []).append((r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6])))
+        gaps: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        jumps: dict[str, int] = {}
+        missing: dict[str, int] = {}
+        gap_sql = (
+            f"SELECT device, log, seq, nxt FROM (SELECT device, log, seq, LEAD(seq) OVER "
+            f"(PARTITION BY device, log ORDER BY seq) AS nxt FROM ({records}) s) t WHERE nxt > seq + 1 "
+            "ORDER BY device, log, seq"
+        )
+        for device, lg, seq, nxt in self.execute(gap_sql):
+            width = int(nxt) - int(seq) - 1
+            if width > SEQ_JUMP:
+                jumps[device] = jumps.get(device, 0) + 1
+                continue
+            gaps.setdefault((device, lg), []).append((int(seq) + 1, int(nxt) - 1))
+            missing[device] = missing.get(device, 0) + width
         rows = []
         for r in self.execute(
             "SELECT device, state, state_ms, first_seen_ms, last_seen_ms, duplicates, status FROM devices "
             "ORDER BY device"
         ):
             device = r[0]
-            count, lo, hi = stats.get(device, (0, None, None))
-            dev_gaps = gaps.get(device, [])
-            missing = sum(b - a + 1 for a, b in dev_gaps)
+            dev_logs = logs.get(device, [])
+            current = max(dev_logs, key=lambda x: (x[5], x[4])) if dev_logs else None
+            dev_gaps = gaps.get((device, current[0]), []) if current else []
             status = r[6]
             if isinstance(status, str):
                 status = json.loads(status)
@@ -242,13 +321,17 @@ class Storage:
                     state_ms=r[2],
                     first_seen_ms=int(r[3]),
                     last_seen_ms=int(r[4]),
-                    records=count,
+                    records=sum(x[1] for x in dev_logs),
                     duplicates=int(r[5]),
-                    min_seq=lo,
-                    max_seq=hi,
-                    missing=missing,
+                    min_seq=current[2] if current else None,
+                    max_seq=current[3] if current else None,
+                    missing=missing.get(device, 0),
                     gaps=dev_gaps[:max_gaps],
                     status=status,
+                    logs=len(dev_logs),
+                    log=current[0] if current else None,
+                    log_since_ms=current[4] if current else None,
+                    seq_jumps=jumps.get(device, 0),
                 )
             )
         return rows
@@ -260,7 +343,7 @@ class Storage:
         until_ms: int | None = None,
         sensors: list[str] | None = None,
     ) -> Iterator[tuple[str, int, int, str, int, dict]]:
-        """(device, seq, ts_ms, sensor, flags, vals) sorted by device then seq, streamed."""
+        """(device, seq, ts_ms, sensor, flags, vals) sorted by device, flash log (first arrival), seq; streamed."""
         where, params = [], []
         if devices:
             where.append("device IN (" + ",".join("?" * len(devices)) + ")")
@@ -274,10 +357,16 @@ class Storage:
         if until_ms is not None:
             where.append("ts_ms < ?")
             params.append(until_ms)
-        sql = "SELECT device, seq, ts_ms, sensor, flags, vals FROM readings"
+        # Several flash logs of one device (an erased log, a replaced board) each restart seq at 1: export them
+        # one after the other, in the order their first record arrived, so seq still ascends within a run.
+        sql = (
+            "SELECT r.device, r.seq, r.ts_ms, r.sensor, r.flags, r.vals FROM readings r JOIN "
+            "(SELECT device, log, min(received_ms) AS first_ms FROM readings GROUP BY device, log) f "
+            "ON f.device = r.device AND f.log = r.log"
+        )
         if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY device, seq"
+            sql += " WHERE " + " AND ".join("r." + w for w in where)
+        sql += " ORDER BY r.device, f.first_ms, r.log, r.seq"
         cur = self._stream_cursor()
         cur.execute(self.q(sql), params)
         loads = json.loads

@@ -13,6 +13,7 @@ import uuid
 from typing import Any, ClassVar
 
 from ..errors import EdgefleetError
+from ..redact import redact_text
 from .base import Storage
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,15 @@ MIGRATIONS: list[list[str]] = [
         " body JSONB NOT NULL, received_ms BIGINT NOT NULL)",
         "CREATE TABLE dead_letter (id BIGSERIAL PRIMARY KEY, received_ms BIGINT NOT NULL, topic TEXT NOT NULL,"
         " reason TEXT NOT NULL, size INTEGER NOT NULL, payload BYTEA NOT NULL)",
+    ],
+    # v2 (protocol v2): records keyed by (device, log, seq); v1 records keep log ''. Transactional DDL.
+    [
+        "ALTER TABLE readings ADD COLUMN log TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE events ADD COLUMN log TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE readings DROP CONSTRAINT readings_pkey",
+        "@readings_pkey",
+        "ALTER TABLE events DROP CONSTRAINT events_pkey, ADD PRIMARY KEY (device, log, seq)",
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
     ],
 ]
 
@@ -55,10 +65,35 @@ class PostgresStorage(Storage):
     # Records go in with COPY into a temporary staging table, then one INSERT ... SELECT per table that skips
     # known (device, seq), also those in the other table: one round trip per batch instead of one per row.
     columns: ClassVar[dict[str, str]] = {
-        "readings": "device, seq, ts_ms, sensor, flags, vals, received_ms",
-        "events": "device, seq, ts_ms, flags, kind, label, score, model, action, sensor, received_ms",
+        "readings": "device, log, seq, ts_ms, sensor, flags, vals, received_ms",
+        "events": "device, log, seq, ts_ms, flags, kind, label, score, model, action, sensor, received_ms",
     }
     hypertable = False
+    url = ""
+
+    def is_outage(self, exc: BaseException) -> bool:
+        import psycopg
+
+        # OperationalError covers a lost connection, AdminShutdown (restart) and class 53 (disk full, out of
+        # memory); InterfaceError a connection psycopg already knows is closed.
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or self.conn.closed
+
+    def reconnect(self) -> None:
+        import psycopg
+
+        if not self.conn.closed:
+            try:
+                self.conn.rollback()
+                self.conn.execute("SELECT 1")
+                self.conn.rollback()
+                return
+            except psycopg.Error:
+                pass
+        try:
+            self.conn.close()
+        except psycopg.Error:
+            pass
+        self.conn = psycopg.connect(self.url, autocommit=False, connect_timeout=5)
 
     @classmethod
     def open(cls, url: str) -> PostgresStorage:
@@ -71,13 +106,14 @@ class PostgresStorage(Storage):
         try:
             conn = psycopg.connect(url, autocommit=False)
         except psycopg.Error as e:
-            raise EdgefleetError(f"cannot connect to PostgreSQL: {str(e).strip()}") from None
+            raise EdgefleetError(f"cannot connect to PostgreSQL: {redact_text(str(e).strip(), url)}") from None
         store = cls(conn)
+        store.url = url
         try:
             store.migrate()
         except psycopg.Error as e:
             conn.close()
-            raise EdgefleetError(f"cannot set up the PostgreSQL schema: {str(e).strip()}") from None
+            raise EdgefleetError(f"cannot set up the PostgreSQL schema: {redact_text(str(e).strip(), url)}") from None
         return store
 
     def migrate(self) -> None:
@@ -89,6 +125,10 @@ class PostgresStorage(Storage):
     def migration_statements(self, version: int, statements: list[str]) -> list[str]:
         out = []
         for sql in statements:
+            if sql == "@readings_pkey":
+                hyper = self.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+                out.append("ALTER TABLE readings ADD PRIMARY KEY (device, log, seq" + (", ts_ms)" if hyper else ")"))
+                continue
             if sql != "@readings":
                 out.append(sql)
                 continue
@@ -112,7 +152,7 @@ class PostgresStorage(Storage):
                     copy.write_row(row)
         cur.execute(
             f"WITH ins AS (INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} s "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {other} o WHERE o.device = s.device AND o.seq = s.seq) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {other} o WHERE o.device = s.device AND o.log = s.log AND o.seq = s.seq) "
             "ON CONFLICT DO NOTHING RETURNING device) SELECT device, count(*) FROM ins GROUP BY device"
         )
         return {device: int(n) for device, n in cur.fetchall()}

@@ -38,6 +38,29 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE dead_letter (id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, topic TEXT NOT NULL,"
         " reason TEXT NOT NULL, size INTEGER NOT NULL, payload BLOB NOT NULL)",
     ],
+    # v2 (protocol v2): records keyed by (device, log, seq); v1 records keep log ''. SQLite cannot change a
+    # primary key, so the tables are copied (one transaction: the INSERT opens it, the DDL joins it).
+    [
+        "DROP TABLE IF EXISTS readings_v2",
+        "DROP TABLE IF EXISTS events_v2",
+        "CREATE TABLE readings_v2 (device TEXT NOT NULL, log TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL,"
+        " ts_ms INTEGER NOT NULL, sensor TEXT NOT NULL, flags INTEGER NOT NULL, vals TEXT NOT NULL,"
+        " received_ms INTEGER NOT NULL, PRIMARY KEY (device, log, seq)) WITHOUT ROWID",
+        "CREATE TABLE events_v2 (device TEXT NOT NULL, log TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL,"
+        " ts_ms INTEGER NOT NULL, flags INTEGER NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL, score REAL NOT NULL,"
+        " model TEXT, action TEXT, sensor TEXT, received_ms INTEGER NOT NULL, PRIMARY KEY (device, log, seq))"
+        " WITHOUT ROWID",
+        "INSERT INTO readings_v2 (device, log, seq, ts_ms, sensor, flags, vals, received_ms)"
+        " SELECT device, '', seq, ts_ms, sensor, flags, vals, received_ms FROM readings",
+        "INSERT INTO events_v2 (device, log, seq, ts_ms, flags, kind, label, score, model, action, sensor,"
+        " received_ms) SELECT device, '', seq, ts_ms, flags, kind, label, score, model, action, sensor, received_ms"
+        " FROM events",
+        "DROP TABLE readings",
+        "DROP TABLE events",
+        "ALTER TABLE readings_v2 RENAME TO readings",
+        "ALTER TABLE events_v2 RENAME TO events",
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    ],
 ]
 
 
@@ -45,13 +68,14 @@ class SqliteStorage(Storage):
     name = "sqlite"
     migrations = MIGRATIONS
     insert_reading = (
-        "INSERT OR IGNORE INTO readings (device, seq, ts_ms, sensor, flags, vals, received_ms) "
-        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM events WHERE device = ?1 AND seq = ?2)"
+        "INSERT OR IGNORE INTO readings (device, log, seq, ts_ms, sensor, flags, vals, received_ms) "
+        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
+        " WHERE NOT EXISTS (SELECT 1 FROM events WHERE device = ?1 AND log = ?2 AND seq = ?3)"
     )
     insert_event = (
-        "INSERT OR IGNORE INTO events (device, seq, ts_ms, flags, kind, label, score, model, action, sensor,"
-        " received_ms) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11"
-        " WHERE NOT EXISTS (SELECT 1 FROM readings WHERE device = ?1 AND seq = ?2)"
+        "INSERT OR IGNORE INTO events (device, log, seq, ts_ms, flags, kind, label, score, model, action, sensor,"
+        " received_ms) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12"
+        " WHERE NOT EXISTS (SELECT 1 FROM readings WHERE device = ?1 AND log = ?2 AND seq = ?3)"
     )
 
     # Readings go in as multi-row INSERTs (ROWS_PER_INSERT rows per statement): one sqlite3_step, and one release
@@ -63,15 +87,16 @@ class SqliteStorage(Storage):
             return super()._insert_records(cur, table, rows_by_dev)
         out = {}
         for device, rows in rows_by_dev.items():
-            seqs = [r[1] for r in rows]
+            seqs = [r[2] for r in rows]
             taken = {
-                row[0]
+                (row[0], row[1])
                 for row in cur.execute(
-                    "SELECT seq FROM events WHERE device = ? AND seq BETWEEN ? AND ?", (device, min(seqs), max(seqs))
+                    "SELECT log, seq FROM events WHERE device = ? AND seq BETWEEN ? AND ?",
+                    (device, min(seqs), max(seqs)),
                 )
             }
-            if taken:  # a seq already used by an event is the same record id: a duplicate, not a reading
-                rows = [r for r in rows if r[1] not in taken]
+            if taken:  # a (log, seq) already used by an event is the same record id: a duplicate, not a reading
+                rows = [r for r in rows if (r[1], r[2]) not in taken]
             stored = 0
             n = self.ROWS_PER_INSERT
             for i in range(0, len(rows), n):
@@ -88,26 +113,40 @@ class SqliteStorage(Storage):
         sql = cls._multi_sql.get(n)
         if sql is None:
             sql = cls._multi_sql[n] = (
-                "INSERT OR IGNORE INTO readings (device, seq, ts_ms, sensor, flags, vals, received_ms) VALUES "
-                + ",".join(["(?,?,?,?,?,?,?)"] * n)
+                "INSERT OR IGNORE INTO readings (device, log, seq, ts_ms, sensor, flags, vals, received_ms) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?,?)"] * n)
             )
         return sql
 
+    def is_outage(self, exc: BaseException) -> bool:
+        # "database is locked" (another writer past busy_timeout), "database or disk is full", "disk I/O error"
+        return isinstance(exc, sqlite3.OperationalError)
+
     @classmethod
-    def open(cls, url: str, durability: str = "normal") -> SqliteStorage:
-        path = url[len("sqlite://") :]
+    def open(
+        cls, url: str, durability: str = "normal", create: bool = True, busy_timeout_s: float = 30.0
+    ) -> SqliteStorage:
+        if not url.startswith("sqlite:///"):
+            raise EdgefleetError(
+                f"bad SQLite URL {url!r}: a host part is not allowed",
+                hint=f"three slashes for a relative path (sqlite:///{url[len('sqlite://') :]}), "
+                "four for an absolute one (sqlite:////var/lib/fleet.db)",
+            )
         # sqlite:///fleet.db -> "fleet.db" (relative), sqlite:////abs/fleet.db -> "/abs/fleet.db"
-        if path.startswith("/"):
-            path = path[1:]
+        path = url[len("sqlite:///") :]
         if not path:
             raise EdgefleetError(f"no file in {url!r}", hint="sqlite:///fleet.db or sqlite:////abs/path/fleet.db")
         if path != ":memory:" and not Path(path).parent.exists():
             raise EdgefleetError(f"directory of {path} does not exist")
+        if not create and path != ":memory:" and not Path(path).is_file():
+            raise EdgefleetError(
+                f"no database at {path}", hint="check --db; `edgefleet collect` creates the database when it starts"
+            )
         try:
-            conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level="DEFERRED")
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=busy_timeout_s, isolation_level="DEFERRED")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=" + ("FULL" if durability == "full" else "NORMAL"))
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             store = cls(conn)
             store.migrate()
         except sqlite3.DatabaseError as e:

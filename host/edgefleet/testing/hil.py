@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from .. import procs
 from ..boards import Board, load_board
 from ..errors import EdgefleetError
 
@@ -309,7 +311,9 @@ class FleetCollector:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(project_root() / "host") + os.pathsep + env.get("PYTHONPATH", "")
         with self.log.open("ab") as f:
-            self.proc = subprocess.Popen(self.argv, env=env, stdout=f, stderr=subprocess.STDOUT)
+            self.proc = procs.spawn(
+                self.argv, name="collector", stop_signal=signal.SIGINT, env=env, stdout=f, stderr=subprocess.STDOUT
+            )
         end = time.monotonic() + 30
         while b"connected to" not in (self.log.read_bytes() if self.log.exists() else b""):
             if self.proc.poll() is not None or time.monotonic() > end:
@@ -340,15 +344,8 @@ class FleetCollector:
         )
 
     def stop(self) -> None:
-        import signal
-
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            procs.terminate(self.proc, signal.SIGINT, grace=30)
 
 
 @pytest.fixture

@@ -88,6 +88,9 @@ class PostgresCluster:
             check=True,
             capture_output=True,
         )
+        return self._spawn()
+
+    def _spawn(self) -> PostgresCluster:
         log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
             self._as_user(
@@ -121,6 +124,23 @@ class PostgresCluster:
                 return self
             time.sleep(0.1)
         raise EdgefleetError("postgres did not become ready within 30 s")
+
+    def stop_server(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), keeping the cluster's data: a database
+        outage for tests. `start_server()` brings it back on the same port."""
+        if self.proc and self.proc.poll() is None:
+            # pg_ctl's fast mode (SIGINT to the postmaster): a plain SIGTERM waits for clients to leave, and
+            # self.proc may be runuser, not postgres.
+            subprocess.run(
+                self._as_user([str(self.bin / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w"]),
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            self.proc.wait(30)
+
+    def start_server(self) -> PostgresCluster:
+        return self._spawn()
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"

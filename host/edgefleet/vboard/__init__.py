@@ -21,6 +21,8 @@ def _cmd_virtual(args: argparse.Namespace) -> int:
     flash = Path(args.flash) if args.flash else Path.cwd() / f"{board.name}-flash.img"
     if not flash.parent.is_dir():
         raise EdgefleetError(f"cannot create the flash image {flash}: no directory {flash.parent}")
+    if flash.exists() and not flash.is_file():
+        raise EdgefleetError(f"the flash image {flash} is not a regular file", hint="pass a file path as --flash")
     if flash.exists() and flash.stat().st_size not in (0, board.flash_size):
         raise EdgefleetError(
             f"{flash} is {flash.stat().st_size} bytes, not a {board.flash_size // (1 << 20)} MB flash image of {board.name}",
@@ -41,6 +43,8 @@ def _cmd_rom(args: argparse.Namespace) -> int:
         rom = VirtualRom(Path(args.flash), board.flash_size, chip)
     except ValueError as e:
         raise EdgefleetError(str(e), hint="use --board esp32-devkitc or --board sim") from None
+    except OSError as e:
+        raise EdgefleetError(f"cannot use the flash image {args.flash!r}: {e.strerror}") from None
     path = rom.start()
     print(f"virtual {chip} ROM bootloader on {path}  (flash image {args.flash}; Ctrl-C to stop)", flush=True)
     print(f"  try: edgefleet flash --board esp32-devkitc --port {path} --no-stub --before no-reset --firmware FILE")

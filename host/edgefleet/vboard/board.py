@@ -24,6 +24,7 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import procs
 from ..boards import Board
 from ..errors import EdgefleetError
 from ..runtime import find_micropython, micropython_env, unix_heap_bytes
@@ -134,8 +135,10 @@ class VirtualBoard:
         # heap: the board's, plus room for the agent's own machinery, which a ballast then fills (agent.py)
         argv = [find_micropython(), "-X", f"heapsize={self.heap_bytes + AGENT_HEAP}", str(AGENT),
                 str(self.board.path), str(self.flash_path), str(self.heap_bytes - BOOT_HEAP)]  # fmt: skip
-        self.proc = subprocess.Popen(
+        self.proc = procs.spawn(  # own process group, dies with us (procs)
             argv,
+            name="virtual board interpreter",
+            stop_signal=signal.SIGKILL,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -161,9 +164,7 @@ class VirtualBoard:
                     self.sel.unregister(f.fileno())
                 except (KeyError, ValueError):
                     pass
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        procs.kill(proc)
         for f in (proc.stdin, proc.stdout, proc.stderr):
             if f is not None:
                 f.close()
