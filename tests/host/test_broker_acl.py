@@ -4,6 +4,7 @@ only writer of /stored; only the operator writes /cmd (COMMON.md's ACL, docs/sec
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -80,8 +81,8 @@ def test_per_device_acl(tmp_path) -> None:
         # The collector with a wrong password: one clear error, exit 2, no endless retry.
         r = subprocess.run(
             [sys.executable, "-m", "edgefleet.cli", "collect", "--db", f"sqlite:///{tmp_path}/f.db",
-             "--broker", f"mqtt://collector:wrong@127.0.0.1:{broker.port}", "--client-id", "c-bad"],
-            capture_output=True, text=True, timeout=60,
+             "--broker", f"mqtt://collector@127.0.0.1:{broker.port}", "--client-id", "c-bad"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "EDGEFLEET_BROKER_PASSWORD": "wrong"},
         )  # fmt: skip
         assert r.returncode == 2 and "refused the connection" in r.stderr and "Traceback" not in r.stderr, r.stderr
 

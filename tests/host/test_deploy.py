@@ -133,7 +133,14 @@ def test_model_and_cmodule_are_deployed(vboard, tmp_path, capsys):
 
     model_dir = tmp_path / "models" / "pump"
     model_dir.mkdir(parents=True)
-    model = os.urandom(20_000)  # deploy copies bytes; the node validates the model file itself
+    # deploy checks the model file (a random one is refused: test below), then copies its bytes
+    import numpy as np
+
+    from edgefleet.modelfile import KIND_GAUSS, ModelFile, Scaling, encode, gauss_body
+
+    z = np.zeros(2, np.float32)
+    model = encode(ModelFile("t", "anomaly", "env", (), 10, 10, 2, Scaling(z, z + 1), KIND_GAUSS,
+                             gauss_body(z, np.eye(2)), threshold=1.0))  # fmt: skip
     (model_dir / "model.efm").write_bytes(model)
     cmod = tmp_path / "emlearn_trees.mpy"
     cmod.write_bytes(b"M\x06" + os.urandom(3000))
@@ -142,8 +149,10 @@ def test_model_and_cmodule_are_deployed(vboard, tmp_path, capsys):
     assert code == 0, err
 
     def on_board(*args: str) -> str:
-        return subprocess.run([sys.executable, "-m", "mpremote", "connect", vboard.path, "resume", *args],
-                              capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+        r = subprocess.run([sys.executable, "-m", "mpremote", "connect", vboard.path, "resume", *args],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
 
     assert hashlib.sha256(model).hexdigest() in on_board("fs", "sha256sum", ":model.efm")
     assert hashlib.sha256(cmod.read_bytes()).hexdigest() in on_board("fs", "sha256sum", ":lib/emlearn_trees.mpy")
