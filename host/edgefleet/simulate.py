@@ -177,6 +177,7 @@ class Fleet:
         config: dict | None = None,
         id_format: str = "node-{:03d}",
         seed: int = 1,
+        ca: Path | None = None,
     ) -> None:
         if n < 1:
             raise EdgefleetError(f"--devices must be at least 1 (got {n})")
@@ -190,6 +191,10 @@ class Fleet:
             raise EdgefleetError("a fleet needs a broker", hint="give --broker mqtt://HOST:PORT or let it start one")
         self.broker_url = check_broker_url(broker.url if broker else str(broker_url))
         self.model = self._check_model(model) if model else None
+        # mqtts://: the CA the nodes verify the broker against (copied onto each node's flash as ca.pem)
+        self.ca = Path(ca).resolve() if ca else None
+        if self.ca is not None and not self.ca.is_file():
+            raise EdgefleetError(f"CA file {self.ca} not found", hint="ca.pem from: edgefleet broker pki")
         self.prefix = prefix
         self.status_interval_s = status_interval_s
         self.extra_config = config or {}
@@ -309,6 +314,8 @@ class Fleet:
             "model": "model.efm" if self.model else None,
             "rule": {"output": "relay", "on_class": "running"} if self.model else None,
         }
+        if self.ca is not None:
+            cfg["broker"]["ca"] = "ca.pem"
         if self.secure:
             cfg["broker"]["username"] = nd.device_id
             cfg["broker"]["password"] = self.credentials()[nd.device_id]
@@ -333,6 +340,8 @@ class Fleet:
             cfgfile = self.workdir / "nodes" / f"{nd.device_id}.config.json"
             cfgfile.write_text(json.dumps(self.node_config(nd)))
             files = [f"model.efm={self.model}"] if self.model else []
+            if self.ca is not None:
+                files.append(f"ca.pem={self.ca}")
             self._mpy(["-m", "node.sim.provision", str(self.board.path), str(nd.image), str(cfgfile), *files])
             cfgfile.unlink()  # it holds the node's password; the flash keeps the copy
         log.info("provisioned %d node(s) (model %s)", len(targets), self.model or "none")
@@ -532,7 +541,7 @@ class Fleet:
         if self.secure:  # the operator identity: reads status; the collector's would take over its session
             c.username_pw_set(OPERATOR_USER, self.credentials()[OPERATOR_USER])
         if u.scheme == "mqtts":
-            c.tls_set()
+            c.tls_set(ca_certs=str(self.ca) if self.ca else None)
 
         def on_connect(cl, ud, flags, rc, props):
             if not rc.is_failure:
@@ -746,6 +755,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             scenarios=scenarios,
             heap_extra=args.heap_extra,
             status_interval_s=args.status_interval,
+            ca=Path(args.ca) if getattr(args, "ca", None) else None,
         )
     except BaseException:
         if broker:
@@ -798,6 +808,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workdir", default="var/sim", help="flash images, scenarios, logs, broker data (default ./var/sim)"
     )
     p.add_argument("--status-interval", type=int, default=10, help="node status interval in s (default 10)")
+    p.add_argument(
+        "--ca", help="with an mqtts:// --broker: the CA certificate the nodes verify it against (ca.pem from "
+        "`edgefleet broker pki`; required for mqtts://, default: none)",
+    )  # fmt: skip
     p.add_argument(
         "--online-timeout",
         type=float,
