@@ -189,7 +189,10 @@ class Fleet:
         self.broker = broker
         if broker is None and not broker_url:
             raise EdgefleetError("a fleet needs a broker", hint="give --broker mqtt://HOST:PORT or let it start one")
-        self.broker_url = check_broker_url(broker.url if broker else str(broker_url))
+        own_tls = broker is not None and broker.tls is not None and ca is not None
+        self.broker_url = check_broker_url(
+            (broker.tls_url if own_tls else broker.url) if broker else str(broker_url)
+        )  # our broker with a TLS listener and a CA given: the nodes use TLS
         self.model = self._check_model(model) if model else None
         # mqtts://: the CA the nodes verify the broker against (copied onto each node's flash as ca.pem)
         self.ca = Path(ca).resolve() if ca else None
