@@ -85,7 +85,7 @@ def start_collector(url: str, db: Path, logfile: Path, client_id: str = "edgefle
         secret = logfile.parent / "collector.secret"
         write_secret(secret, (unquote(u.password) + "\n").encode())
         host = f"[{u.hostname}]" if ":" in (u.hostname or "") else u.hostname
-        argv[4] = f"{u.scheme}://{u.username}@{host}:{u.port}"
+        argv[argv.index(url)] = f"{u.scheme}://{u.username}@{host}:{u.port}"
         argv += ["--password-file", str(secret)]
     out = logfile.open("ab")
     # own process group, killed with us (procs); SIGTERM makes it flush its batch and ack before it exits
