@@ -28,6 +28,8 @@ BOOT_COUNT_PATH = "boots"
 # Messages of max_batch_bytes in flight. One is enough for a node (~100 B/s of records: a 2 KB message every
 # ~20 s; a 1.5 h backlog drains in ~14 s at 50 ms RTT) and each extra one costs max_batch_bytes of heap.
 PUBLISH_WINDOW = const(1)
+MAX_RUNNING = const(2)  # commands executing at once (a flush waits up to 30 s)
+SEEN_IDS = const(16)  # command ids remembered against replays
 
 
 def _now_ms():
@@ -65,20 +67,33 @@ class _Commands:
         self.topic = "%s/%s/cmd" % (node.prefix, node.dev)
         self.handled = 0
         self.errors = 0
+        # No replay, no pile-up (docs/security.md): the last SEEN_IDS command ids are remembered (a redelivered
+        # or replayed id is not run again), and at most MAX_RUNNING commands run at once (more are dropped).
+        self.seen = []
+        self.running = 0
+        self.duplicates = 0
+        self.busy = 0
 
     def on_message(self, topic, payload):
-        if topic == self.topic:
-            asyncio.create_task(self.handle(payload))
+        if topic != self.topic:
+            return
+        if self.running >= MAX_RUNNING:
+            self.busy += 1
+            print("commands: %d running, one dropped" % self.running)
+            return
+        self.running += 1
+        asyncio.create_task(self.handle(payload))
 
     async def handle(self, payload):
-        from node import commands
-
         try:
-            c = commands.Commands(self.node)
+            from node import commands
+
+            c = commands.Commands(self.node, self)
             await c.handle(payload)
             self.handled += c.handled
             self.errors += c.errors
         finally:
+            self.running -= 1
             c = None
             _release_module("commands")
 

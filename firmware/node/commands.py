@@ -15,9 +15,30 @@ def _error_text(e):
     return str(e) or e.__class__.__name__
 
 
+def _clean(s, n=200):
+    # An ack's text must be storable (protocol.py's rules: no control characters, no surrogates) whatever the
+    # command echoed into it: anything outside printable ASCII becomes "?", and the length is bounded.
+    s = s[:n]
+    for ch in s:
+        if not " " <= ch <= "~":
+            return "".join(c if " " <= c <= "~" else "?" for c in s)
+    return s
+
+
+def _valid_id(cid):
+    if not isinstance(cid, str) or not 0 < len(cid) <= 32:
+        return False
+    for ch in cid:
+        if not "!" <= ch <= "~":
+            return False
+    return True
+
+
 class Commands:
-    def __init__(self, node):
+    def __init__(self, node, gate=None):
+        # gate: the app's long-lived command state (seen ids, counters); this module is reloaded per command.
         self.node = node
+        self.gate = gate
         self.topic = "%s/%s/cmd" % (node.prefix, node.dev)
         self.ack_topic = "%s/%s/ack" % (node.prefix, node.dev)
         self.handled = 0
@@ -43,10 +64,10 @@ class Commands:
         if not isinstance(msg, dict):
             raise CommandError("command must be a JSON object")
         cid = msg.get("id")
-        if not isinstance(cid, str) or not 0 < len(cid) <= 32:
-            raise CommandError("command needs an id (string of 1 to 32 characters)")
+        if not _valid_id(cid):
+            raise CommandError("command needs an id (1 to 32 printable ASCII characters, no spaces)")
         if msg.get("v", 1) != 1:
-            raise CommandError("unsupported command version %r" % (msg.get("v"),), cid)
+            raise CommandError("unsupported command version %s" % ("%r" % (msg.get("v"),))[:32], cid)
         cmd = msg.get("cmd")
         if not isinstance(cmd, str):
             raise CommandError("command needs a cmd (string)", cid)
@@ -66,6 +87,9 @@ class Commands:
                 if len(e.args) > 1:
                     cid = e.args[1]
                 raise
+            if self._seen(cid):
+                print("commands: id %s already handled, ignored" % cid)
+                return
             fn = self.handlers.get(cmd)
             if fn is None:
                 raise CommandError("unknown command '%s'" % cmd[:32])
@@ -73,7 +97,7 @@ class Commands:
             ack = {"v": 1, "dev": self.node.dev, "id": cid, "ok": True, "result": result}
         except Exception as e:  # noqa: every failure becomes an error ack
             self.errors += 1
-            msg = e.args[0] if isinstance(e, CommandError) else "command failed: " + _error_text(e)
+            msg = _clean(e.args[0] if isinstance(e, CommandError) else "command failed: " + _error_text(e))
             ack = {"v": 1, "dev": self.node.dev, "id": cid, "ok": False, "error": msg}
         self.handled += 1
         try:
@@ -84,6 +108,19 @@ class Commands:
         if ack.get("ok") and ack["result"] == {"rebooting": True}:
             await self._wait_acked(pid, 5000)
             self.node.request_reboot()
+
+    def _seen(self, cid):
+        # True for an id handled before (QoS 1 redelivery or a replay); remembers the newest ids, bounded.
+        g = self.gate
+        if g is None:
+            return False
+        if cid in g.seen:
+            g.duplicates += 1
+            return True
+        g.seen.append(cid)
+        if len(g.seen) > 16:
+            g.seen.pop(0)
+        return False
 
     async def _wait_acked(self, pid, timeout_ms):
         t = 0

@@ -23,6 +23,8 @@ DEFAULTS = {
     "max_batch_bytes": 2048,
     "ntp_host": "pool.ntp.org",
     "model": "model.efm",
+    # hex of the model-signing HMAC key (docs/security.md): with one, the node loads only models signed with it
+    "model_key": None,
     "rule": {"output": "relay", "on_class": "running"},
     "log": {"flush_bytes": 256, "flush_s": 5, "stored_timeout_s": 30, "align": 1},
     "mqtt": {"keepalive_s": 30, "backoff_max_s": 60},
@@ -150,6 +152,8 @@ def _validate(cfg, board):
     for k in ("username", "password", "ca"):
         if not _opt_str(b.get(k)):
             return "broker.%s: must be a string or null" % k
+    if b.get("url", "").startswith("mqtts://") and not b.get("ca"):
+        return "broker.ca: required for mqtts:// (the CA certificate file that signed the broker's certificate)"
     w = cfg.get("wifi")
     if not isinstance(w, dict):
         return "wifi: must be an object with ssid, password"
@@ -198,7 +202,32 @@ def _validate(cfg, board):
     v = cfg.get("model")
     if not (v is None or (isinstance(v, str) and v and len(v) <= 64)):
         return "model: %r must be a file name or null (decision stage off)" % (v,)
+    err = _check_key(cfg.get("model_key"))
+    if err:
+        return err
     return _check_rule(cfg.get("rule"), board)
+
+
+def _check_key(v):
+    # The key itself is never echoed in a message.
+    if v is None:
+        return None
+    if not isinstance(v, str) or len(v) % 2 or not 32 <= len(v) <= 128:
+        return "model_key: must be null or the key as 32 to 128 hex digits (16 to 64 bytes)"
+    for ch in v:
+        if ch not in "0123456789abcdefABCDEF":
+            return "model_key: must be hex digits only"
+    return None
+
+
+def model_key(cfg):
+    # The configured key as bytes, or None.
+    v = cfg.get("model_key") if isinstance(cfg, dict) else None
+    if _check_key(v) is not None or v is None:
+        return None
+    import binascii
+
+    return binascii.unhexlify(v)
 
 
 def _check_tuning(cfg):

@@ -175,7 +175,7 @@ def load_runner(cfg, model_dir=""):
         return None, "model runner (node.model) is not installed on this node"
     path = model_dir + "/" + name if model_dir else name
     try:
-        return model.load(path), None
+        return model.load(path, cfg.get("model_key")), None  # with a key, only models signed with it
     except Exception as e:  # noqa: BLE001 - ModelError, and OSError for a missing file: both a clear error
         return None, "model %s: %s" % (path, e)
 

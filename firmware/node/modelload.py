@@ -20,6 +20,8 @@ _KIND_TREES = const(1)
 _KIND_MLP = const(2)
 _KIND_GAUSS = const(3)
 _FLAG_SIGNED = const(1)
+_FLAG_DOWNGRADE = const(2)
+VERSION_PATH = "model.ver"  # the highest model version this node accepted (anti-rollback), on its flash
 TASKS = ("classify", "anomaly", "regress")
 MAX_BODY = const(32768)  # 32 KB: the model's arrays fit the ESP32-DevKitC's ~110 KB heap beside the app
 _QMAX = const(32767)
@@ -88,14 +90,58 @@ def _verify(f, content_len, signed, key):
             inner.update(mv[:n])
         left -= n
     trailer = f.read(64)
-    if h.digest() != trailer[:32]:
+    if len(trailer) != 64 or not _same(h.digest(), trailer[:32]):
         raise ModelError("model file sha256 mismatch (corrupt file)")
     if inner is not None:
         outer = hashlib.sha256(opad)
         outer.update(inner.digest())
-        if outer.digest() != trailer[32:]:
+        if not _same(outer.digest(), trailer[32:]):
             raise ModelError("model file signature does not verify with the configured key")
     return trailer[:32]
+
+
+def _same(a, b):
+    # Constant time: every byte is compared whatever the first difference, so the time taken does not tell
+    # an attacker how many leading bytes of a forged MAC were right.
+    if len(a) != len(b):
+        return False
+    d = 0
+    for i in range(len(a)):
+        d |= a[i] ^ b[i]
+    return d == 0
+
+
+def running_version():
+    try:
+        with open(VERSION_PATH) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def _check_version(ver, flags):
+    # Anti-rollback: an older model (perhaps one with a known flaw, validly signed back then) is refused unless
+    # the operator signed this file as an explicit downgrade (flags bit 1, covered by the MAC).
+    have = running_version()
+    if ver < have and not flags & _FLAG_DOWNGRADE:
+        raise ModelError(
+            "model version %d is older than version %d this node ran: rollback refused (the operator can sign "
+            "an explicit downgrade)" % (ver, have)
+        )
+
+
+def accept_version(ver):
+    # Persisted after a successful load (atomic: tmp + rename).
+    if ver == running_version():
+        return
+    import os
+
+    try:
+        with open(VERSION_PATH + ".tmp", "w") as f:
+            f.write(str(ver))
+        os.rename(VERSION_PATH + ".tmp", VERSION_PATH)
+    except OSError as e:
+        print("model: cannot record model version %d: %r" % (ver, e))
 
 def _strings(buf, n_classes):
     pos = 0
@@ -119,6 +165,18 @@ def _strings(buf, n_classes):
     return model_id, sensor, tuple(chans), tuple(out)
 
 def load(path, key=None, use_c=True):
+    # The runner, verified and accepted: its version becomes the node's anti-rollback floor.
+    r = _open_and_load(path, key, use_c)
+    accept_version(r.version)
+    return r
+
+
+def _open_and_load(path, key=None, use_c=True):
+    if isinstance(key, str):  # config.json holds the key as hex
+        try:
+            key = binascii.unhexlify(key)
+        except ValueError:
+            raise ModelError("model_key in the config is not hex")
     try:
         f = open(path, "rb")
     except OSError:
@@ -149,7 +207,10 @@ def _load(f, key, use_c):
     if size != content + 64:
         raise ModelError("model file length %d, header says %d" % (size, content + 64))
     digest = _verify(f, content, flags & _FLAG_SIGNED, key)
+    ver = flags >> 16
+    _check_version(ver, flags)
     r = Runner()
+    r.version = ver
     r.sha256 = binascii.hexlify(digest).decode()
     f.seek(_HDR_SIZE)
     sbuf = f.read(slen)

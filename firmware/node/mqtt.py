@@ -10,7 +10,12 @@
 #   1.5 x keepalive is dead and gets closed and re-established.
 # - Reconnect with exponential backoff (backoff_min_s doubling up to backoff_max_s) and +-50% jitter, so a
 #   fleet does not reconnect in lockstep after a broker restart.
-# - TLS for mqtts:// URLs through `ssl` (CA file from config; without one the server is not verified).
+# - TLS for mqtts:// URLs through `ssl`, always verified: the CA file from config (broker.ca) is required, and
+#   the server's certificate must be signed by it, name the host of the URL and be in its validity period.
+# - Nothing the broker sends can exhaust the heap or replay a command: a packet over `max_in` bytes is read
+#   through a small buffer and dropped (a QoS 1 publish is still acked; counted in `oversize`), and retained
+#   publishes are dropped (counted in `retained`): the node subscribes only to /cmd and /stored, where a
+#   retained message is a replay (a retained `reboot` would boot-loop the node).
 import asyncio
 import random
 import struct
@@ -79,6 +84,20 @@ def _ca_der(path):
     return data
 
 
+def _tls_error(host, port, e):
+    # mbedtls says what is wrong with a certificate in words ("The certificate validity has expired", "...not
+    # correctly signed by the trusted CA", "...Common Name (CN) does not match"): keep them, one line. A reset
+    # during the handshake is what a plain MQTT port does to a TLS client.
+    why = (str(e) or repr(e)).strip().replace("\n", " ")
+    if "certificate" in why or "CN" in why:
+        return "TLS: the certificate of %s:%d is refused: %s (checked against broker.ca)" % (host, port, why)
+    return "TLS handshake with %s:%d failed (%s): is this port a TLS listener? (plain MQTT is usually 1883, TLS 8883)" % (
+        host,
+        port,
+        why,
+    )
+
+
 def _log(msg):
     print("mqtt:", msg)
 
@@ -118,9 +137,15 @@ class MQTTClient:
         connect_timeout_s=10,
         link=None,
         max_packet=512,
+        max_in=4096,
     ):
         self.client_id = client_id
         self.tls, self.host, self.port = parse_url(url)
+        if self.tls and not ca:
+            raise ValueError(
+                "broker.ca: required for mqtts:// (the CA certificate file that signed the broker's certificate); "
+                "a TLS connection without it could not verify the server"
+            )
         self.username = username
         self.password = password
         self.keepalive = keepalive
@@ -154,6 +179,9 @@ class MQTTClient:
         self._sbuf = bytearray(max_packet)
         self._sbmv = memoryview(self._sbuf)
         self._stop = False
+        self.max_in = max_in
+        self.oversize = 0  # packets over max_in, skipped
+        self.retained = 0  # retained publishes, dropped
 
     # ---- connection management ----
 
@@ -205,21 +233,40 @@ class MQTTClient:
             await asyncio.sleep(delay)
 
     async def _connect(self):
+        # The TLS handshake runs inside open_connection on some ports and on the first read/write on others:
+        # its errors are reported as TLS errors wherever they come; a refused TCP connect stays what it is.
+        try:
+            await self._open()
+        except ValueError as e:
+            if not self.tls or str(e).startswith("broker.ca"):
+                raise
+            raise MQTTError(_tls_error(self.host, self.port, e))
+        try:
+            await self._handshake()
+        except (OSError, ValueError) as e:
+            if not self.tls or self.connected:
+                raise
+            raise MQTTError(_tls_error(self.host, self.port, e))
+
+    async def _open(self):
         ssl_ctx = None
         if self.tls:
             import ssl
 
+            try:
+                ca = _ca_der(self.ca)
+            except (OSError, ValueError) as e:
+                raise ValueError("broker.ca: cannot read %s (%s)" % (self.ca, e))
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            if self.ca:
-                ssl_ctx.load_verify_locations(cadata=_ca_der(self.ca))
-                ssl_ctx.verify_mode = ssl.CERT_REQUIRED
-            else:
-                ssl_ctx.verify_mode = ssl.CERT_NONE
+            ssl_ctx.load_verify_locations(cadata=ca)
+            ssl_ctx.verify_mode = ssl.CERT_REQUIRED
         if ssl_ctx is not None:
             coro = asyncio.open_connection(self.host, self.port, ssl=ssl_ctx, server_hostname=self.host)
         else:
             coro = asyncio.open_connection(self.host, self.port)
         self._reader, self._writer = await asyncio.wait_for(coro, self.connect_timeout_s)
+
+    async def _handshake(self):
         try:
             self._writer.s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (same values on Linux and lwIP)
         except Exception:
@@ -240,7 +287,7 @@ class MQTTClient:
         self._send_packet(_CONNECT, var + payload)
         await self._writer.drain()
         typ, body = await asyncio.wait_for(self._read_packet(), self.connect_timeout_s)
-        if typ != _CONNACK or len(body) != 2:
+        if typ != _CONNACK or body is None or len(body) != 2:
             raise MQTTError("expected CONNACK, got packet type 0x%02x" % typ)
         if body[1]:
             raise MQTTError("broker refused connection: " + CONNACK_ERRORS.get(body[1], "code %d" % body[1]))
@@ -359,14 +406,48 @@ class MQTTClient:
             shift += 7
             if shift > 21:
                 raise MQTTError("bad remaining length")
+        if n > self.max_in:
+            await self._skip(typ, n)
+            self._last_rx = time.ticks_ms()
+            return typ, None
         body = await r.readexactly(n) if n else b""
         self._last_rx = time.ticks_ms()
         return typ, body
+
+    async def _skip(self, typ, n):
+        # A packet over max_in: read through 256-byte pieces instead of one n-byte allocation (up to 256 MB
+        # announced). A QoS 1 publish is acked, so the broker does not hold it in flight for ever.
+        r = self._reader
+        self.oversize += 1
+        left = n
+        pid = 0
+        if typ & 0xF0 == _PUBLISH and (typ >> 1) & 3 and n >= 4:
+            h = await r.readexactly(2)
+            left -= 2
+            tl = (h[0] << 8) | h[1]
+            while tl and left:
+                k = min(256, tl, left)
+                await r.readexactly(k)
+                tl -= k
+                left -= k
+            if left >= 2:
+                h = await r.readexactly(2)
+                left -= 2
+                pid = (h[0] << 8) | h[1]
+        while left:
+            k = min(256, left)
+            await r.readexactly(k)
+            left -= k
+        _log("dropped a %d-byte packet (type 0x%02x): over the %d-byte limit" % (n, typ, self.max_in))
+        if pid:
+            self._send_packet(_PUBACK, struct.pack("!H", pid))
 
     async def _read_loop(self):
         try:
             while True:
                 typ, body = await self._read_packet()
+                if body is None:
+                    continue  # oversized, skipped
                 kind = typ & 0xF0
                 if kind == _PUBACK:
                     pid = (body[0] << 8) | body[1]
@@ -397,6 +478,10 @@ class MQTTClient:
             pid = (body[p] << 8) | body[p + 1]
             p += 2
             self._send_packet(_PUBACK, struct.pack("!H", pid))
+        if typ & 0x01:
+            self.retained += 1
+            _log("ignored a retained message on %s (a replay, not a new message)" % topic)
+            return
         if self.on_message is not None:
             try:
                 self.on_message(topic, body[p:])

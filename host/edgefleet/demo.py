@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -73,8 +74,19 @@ def ensure_model(name: str = MODEL_NAME) -> Path:
 
 
 def start_collector(url: str, db: Path, logfile: Path, client_id: str = "edgefleet-demo-collector") -> subprocess.Popen:
+    """The collector as a child process. A password in `url` goes into a 0600 file next to the log
+    (`--password-file`), never onto the command line (where `ps` shows it to every user)."""
     argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", url, "--db", f"sqlite:///{db}",
             "--client-id", client_id]  # fmt: skip
+    u = urlsplit(url)
+    if u.password:
+        from .pki import write_secret
+
+        secret = logfile.parent / "collector.secret"
+        write_secret(secret, (unquote(u.password) + "\n").encode())
+        host = f"[{u.hostname}]" if ":" in (u.hostname or "") else u.hostname
+        argv[argv.index(url)] = f"{u.scheme}://{u.username}@{host}:{u.port}"
+        argv += ["--password-file", str(secret)]
     out = logfile.open("ab")
     # own process group, killed with us (procs); SIGTERM makes it flush its batch and ack before it exits
     proc = procs.spawn(argv, name="collector", stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

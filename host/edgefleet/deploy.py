@@ -28,6 +28,7 @@ from tqdm import tqdm
 from . import nodeconfig
 from .boards import Board, load_board
 from .errors import EdgefleetError
+from .modelfile import read_key
 from .paths import firmware_dir, project_root
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,13 @@ class Plan:
 
 
 def node_config(
-    board: Board, device_id: str, config_file: Path | None, broker: str | None, model: Path | None
+    board: Board,
+    device_id: str,
+    config_file: Path | None,
+    broker: str | None,
+    model: Path | None,
+    model_key: bytes | None = None,
+    ca: Path | None = None,
 ) -> dict[str, Any]:
     """config.json for the board: the node's defaults, the user's file, the flags; checked by the node's rules."""
     overrides: dict[str, Any] = {}
@@ -210,23 +217,64 @@ def node_config(
         if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", broker):
             raise EdgefleetError(f"invalid broker URL {broker!r}", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
         overrides["broker"] = {**overrides.get("broker", {}), "url": broker}
-    return nodeconfig.build(board, device_id, overrides, model)
+    if ca is not None:
+        overrides["broker"] = {**overrides.get("broker", {}), "ca": CA_NAME}
+    return nodeconfig.build(board, device_id, overrides, model, model_key=model_key)
 
 
-def model_file(model: str) -> Path:
+def model_file(model: str, key: bytes | None = None) -> Path:
+    """The model file to deploy, decoded and verified first (sha256, and the signature with `key`): a
+    truncated, random or wrongly signed file is refused here, not by the node booting into safe mode."""
     p = Path(model)
     if not p.exists() and not p.is_absolute():
         p = project_root() / model
     f = p / "model.efm" if p.is_dir() else p
     if not f.is_file():
         raise EdgefleetError(f"no model file {f}", hint="train and convert one first: edgefleet train / convert")
-    head = f.read_bytes()[:4]
-    if not head:
+    data = f.read_bytes()
+    if not data:
         raise EdgefleetError(f"model file {f} is empty")
+    from .modelfile import decode
+
+    try:
+        mf = decode(data, key)
+    except EdgefleetError as e:
+        raise EdgefleetError(
+            f"refusing to deploy {f}: {e}",
+            hint="convert the model again (edgefleet convert), signed with the key the nodes hold",
+        ) from None
+    if key is None and mf.signed:
+        log.info("%s is signed; without --model-key-file the node checks only its sha256", f)
     return f
 
 
-def build_plan(board: Board, cfg: dict[str, Any], model: Path | None, extra_cmodules: list[Path]) -> Plan:
+CA_NAME = "ca.pem"  # the broker's CA on the board (config broker.ca), from deploy --ca
+
+
+def ca_file(path: Path) -> Path:
+    """The CA certificate for the node, checked to be a PEM or DER certificate (not a key, not empty)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise EdgefleetError(f"cannot read CA file {path}: {e.strerror}") from None
+    if b"PRIVATE KEY" in data:
+        raise EdgefleetError(f"{path} holds a private key, not the CA certificate", hint="use ca.pem, never ca.key")
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_certificate(
+            data
+        )
+    except ValueError:
+        raise EdgefleetError(
+            f"{path} is not a certificate", hint="the broker's CA: ca.pem from edgefleet broker pki"
+        ) from None
+    return path
+
+
+def build_plan(
+    board: Board, cfg: dict[str, Any], model: Path | None, extra_cmodules: list[Path], ca: Path | None = None
+) -> Plan:
     from .firmware_build import compiled_firmware
 
     tree = compiled_firmware(board.arch)
@@ -242,6 +290,8 @@ def build_plan(board: Board, cfg: dict[str, Any], model: Path | None, extra_cmod
     plan.files["/config.json"] = json.dumps(cfg, indent=1).encode()
     if model is not None:
         plan.files["/model.efm"] = model.read_bytes()
+    if ca is not None:
+        plan.files["/" + CA_NAME] = ca.read_bytes()
     cdir = project_root() / "build" / "cmodule" / board.arch
     for m in [*sorted(cdir.glob("*.mpy")), *extra_cmodules]:
         plan.files[f"/lib/{m.name}"] = m.read_bytes()
@@ -339,9 +389,11 @@ def deploy(link: Link, plan: Plan, progress: bool = True) -> DeployResult:
 
 def run_deploy(args: argparse.Namespace) -> DeployResult:
     board = load_board(args.board)
-    model = model_file(args.model) if args.model else None
-    cfg = node_config(board, args.device_id, Path(args.config) if args.config else None, args.broker, model)
-    plan = build_plan(board, cfg, model, [Path(m) for m in args.cmodule or []])
+    key = read_key(Path(args.model_key_file)) if args.model_key_file else None
+    model = model_file(args.model, key) if args.model else None
+    ca = ca_file(Path(args.ca)) if args.ca else None
+    cfg = node_config(board, args.device_id, Path(args.config) if args.config else None, args.broker, model, key, ca)
+    plan = build_plan(board, cfg, model, [Path(m) for m in args.cmodule or []], ca)
     link = open_link(args.transport, args.port, args.baud)
     ok = False
     try:
@@ -374,8 +426,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 (or a virtual board's /dev/pts/N)")
     p.add_argument("--device-id", required=True, help="the node's device id (topic and record id)")
     p.add_argument("--model", help="model directory (models/NAME, its model.efm is deployed) or a .efm file")
+    p.add_argument(
+        "--model-key-file",
+        default=os.environ.get("EDGEFLEET_MODEL_KEY_FILE"),
+        help="model signing key (file of raw bytes, mode 600): the model must verify with it, and the node gets "
+        "it in its config so it loads only models signed with it (default: $EDGEFLEET_MODEL_KEY_FILE, else none)",
+    )
     p.add_argument("--config", help="node config JSON (Wi-Fi, broker, credentials, rates); see docs/deploy.md")
     p.add_argument("--broker", help="broker URL for the node, e.g. mqtt://192.168.1.10:1883 (overrides --config)")
+    p.add_argument(
+        "--ca", help="the broker's CA certificate (ca.pem from `edgefleet broker pki`): copied to the board as "
+        "ca.pem and set as broker.ca; required with an mqtts:// broker unless --config names one (default: none)",
+    )  # fmt: skip
     p.add_argument("--cmodule", action="append", help="extra C module .mpy for the board's arch (repeatable)")
     p.add_argument("--transport", choices=("mpremote", "ampy"), default="mpremote")
     p.add_argument("--baud", type=int, default=115200)

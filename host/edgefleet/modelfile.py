@@ -12,6 +12,9 @@ Layout, all little-endian (docs/model-file.md is the reader's guide):
     sha256   32 bytes  over everything above
     hmac     32 bytes  HMAC-SHA256(key, everything above the sha256); zeros and flags bit 0 clear if unsigned
 
+flags: bit 0 signed, bit 1 operator-signed downgrade, bits 16-31 the model version (u16; anti-rollback: a node
+refuses a version lower than the one it ran unless bit 1 is set). All in the header, so covered by the MAC.
+
 Kinds: 1 trees: u16 n_trees, u16 n_nodes, u16 n_leaves, u8 leaf_bits (0 = class per leaf, 32 = float value),
 u8 node_format; u16 roots[n_trees] (pad to 4); nodes; (pad to 4); leaves: u8[n_leaves] or f32[n_leaves]; pad
 to 4. node_format 0: emlearn's EmlTreesNode, 8 bytes (i8 feature, u8 0, i16 threshold, i16 left, i16 right;
@@ -44,6 +47,8 @@ KIND_TREES, KIND_MLP, KIND_GAUSS = 1, 2, 3
 TASKS = ("classify", "anomaly", "regress")
 ACTIVATIONS = {"linear": 0, "identity": 0, "relu": 1, "softmax": 2, "sigmoid": 3, "logistic": 3, "tanh": 4}
 FLAG_SIGNED = 1
+FLAG_DOWNGRADE = 2
+MAX_MODEL_VERSION = 0xFFFF
 Q_MAX = 32767
 Q_SPAN = 30000  # the training range maps to +-30000, leaving headroom for values a little outside it
 
@@ -86,6 +91,14 @@ class ModelFile:
     signed: bool = False
     sha256: str = ""
     extra: dict = field(default_factory=dict)
+    model_version: int = 0  # anti-rollback counter (flags bits 16-31)
+    downgrade: bool = False  # the operator allows this file to replace a higher version (flags bit 1)
+
+
+def flags_for(mf: ModelFile, signed: bool) -> int:
+    if not 0 <= mf.model_version <= MAX_MODEL_VERSION:
+        raise EdgefleetError(f"model version {mf.model_version} out of 0..{MAX_MODEL_VERSION}")
+    return (FLAG_SIGNED if signed else 0) | (FLAG_DOWNGRADE if mf.downgrade else 0) | (mf.model_version << 16)
 
 
 def _pad4(b: bytes) -> bytes:
@@ -120,7 +133,7 @@ def encode(mf: ModelFile, key: bytes | None = None) -> bytes:
     thr = float("nan") if mf.threshold is None else float(mf.threshold)
     header = HEADER.pack(
         MAGIC, VERSION, mf.kind, TASKS.index(mf.task), mf.n_features, len(mf.classes), mf.window, mf.hop,
-        thr, len(strings), len(body), FLAG_SIGNED if key else 0,
+        thr, len(strings), len(body), flags_for(mf, bool(key)),
     )  # fmt: skip
     scaling = mf.scaling.offset.astype("<f4").tobytes() + mf.scaling.scale.astype("<f4").tobytes()
     content = header + strings + scaling + body
@@ -137,8 +150,42 @@ def write(path: Path, mf: ModelFile, key: bytes | None = None) -> bytes:
     return data
 
 
+def read_key(path: Path) -> bytes:
+    """A signing key file as its exact bytes (never stripped text: a key ending in a newline byte or a space
+    is a different key). At least 16 bytes."""
+    try:
+        key = Path(path).read_bytes()
+    except OSError as e:
+        raise EdgefleetError(f"cannot read key file {path}: {e.strerror}") from None
+    if len(key) < 16:
+        raise EdgefleetError(f"key file {path} holds {len(key)} bytes; a key needs at least 16",
+                             hint="head -c 32 /dev/urandom > model.key; chmod 600 model.key")  # fmt: skip
+    return key
+
+
+def resign(data: bytes, key: bytes, model_version: int | None = None, downgrade: bool = False,
+           old_key: bytes | None = None) -> bytes:  # fmt: skip
+    """The same model with a new version and/or downgrade permission, signed with `key` (the operator's act
+    that lets a node go back to an older model). The input is decoded and checked first (with `old_key`)."""
+    mf = decode(data, old_key)
+    if model_version is not None:
+        mf.model_version = model_version
+    mf.downgrade = downgrade
+    return encode(mf, key)
+
+
 def decode(data: bytes, key: bytes | None = None) -> ModelFile:
-    """Parse and verify (the host's reader, for tests and `convert`; the node has its own in node/model.py)."""
+    """Parse and verify (the host's reader, for tests, `convert` and `deploy`; the node has its own in
+    node/modelload.py). Any malformed input is an EdgefleetError, never an IndexError or UnicodeError."""
+    try:
+        return _decode(bytes(data), key)
+    except EdgefleetError:
+        raise
+    except (IndexError, ValueError, struct.error) as e:
+        raise EdgefleetError(f"model file is corrupt: {type(e).__name__}: {e}") from None
+
+
+def _decode(data: bytes, key: bytes | None) -> ModelFile:
     if len(data) < HEADER.size + 64 or data[:4] != MAGIC:
         raise EdgefleetError("not an edgefleet model file (bad magic or too short)")
     _magic, ver, kind, task, nf, nc, window, hop, thr, slen, blen, flags = HEADER.unpack_from(data)
@@ -175,6 +222,7 @@ def decode(data: bytes, key: bytes | None = None) -> ModelFile:
     return ModelFile(
         model_id, TASKS[task], sensor, channels, window, hop, nf, Scaling(off, scale), kind, body, classes,
         None if math.isnan(thr) else thr, bool(flags & FLAG_SIGNED), hashlib.sha256(content).hexdigest(),
+        model_version=flags >> 16, downgrade=bool(flags & FLAG_DOWNGRADE),
     )  # fmt: skip
 
 

@@ -30,11 +30,19 @@ def rule_for_model(model_file: Path | None) -> dict[str, Any] | None:
     return None
 
 
-def build(board: Board, device_id: str, overrides: dict[str, Any], model_file: Path | None) -> dict[str, Any]:
+def build(
+    board: Board,
+    device_id: str,
+    overrides: dict[str, Any],
+    model_file: Path | None,
+    model_key: bytes | None = None,
+) -> dict[str, Any]:
     """The node's defaults for this board, with `overrides` merged the way the node merges them, validated.
 
     Without a model the decision stage is off (model and rule null); with one, the rule comes from the
-    overrides or from the model's manifest.
+    overrides or from the model's manifest. `model_key` (the signing key's bytes) goes into the config as hex:
+    the node then loads only models signed with it (the config is a secret: ESP32 flash encryption,
+    docs/security.md).
     """
     nc = firmware_module("node/config.py")
     if not nc.valid_device_id(device_id):
@@ -44,6 +52,8 @@ def build(board: Board, device_id: str, overrides: dict[str, Any], model_file: P
     cfg["rule"] = rule_for_model(model_file) if model_file else None
     cfg = nc._merge(cfg, overrides)
     cfg["device_id"] = device_id
+    if model_key is not None:
+        cfg["model_key"] = model_key.hex()
     err = nc.validate(cfg, board.data)
     if err:
         raise EdgefleetError(f"invalid node config for board {board.name}: {err}")

@@ -25,7 +25,6 @@ import logging
 import os
 import random
 import re
-import secrets
 import signal
 import ssl
 import subprocess
@@ -39,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 from . import procs, protocol
 from .boards import Board, load_board
-from .broker import Mosquitto, render_acl
+from .broker import COLLECTOR_USER, OPERATOR_USER, Mosquitto, fleet_credentials, render_acl, write_password_file
 from .errors import EdgefleetError
 from .node import REBOOT_EXIT, check_broker_url
 from .nodeconfig import rule_for_model
@@ -48,7 +47,6 @@ from .runtime import find_micropython, micropython_env, unix_heap_bytes
 
 log = logging.getLogger(__name__)
 
-COLLECTOR_USER = "collector"
 SECTOR = 4096
 IMU_CHANNELS = ("ax", "ay", "az", "gx", "gy", "gz")
 
@@ -193,6 +191,7 @@ class Fleet:
         config: dict | None = None,
         id_format: str = "node-{:03d}",
         seed: int = 1,
+        ca: Path | None = None,
     ) -> None:
         if n < 1:
             raise EdgefleetError(f"--devices must be at least 1 (got {n})")
@@ -204,8 +203,15 @@ class Fleet:
         self.broker = broker
         if broker is None and not broker_url:
             raise EdgefleetError("a fleet needs a broker", hint="give --broker mqtt://HOST:PORT or let it start one")
-        self.broker_url = check_broker_url(broker.url if broker else str(broker_url))
+        own_tls = broker is not None and broker.tls is not None and ca is not None
+        self.broker_url = check_broker_url(
+            (broker.tls_url if own_tls else broker.url) if broker else str(broker_url)
+        )  # our broker with a TLS listener and a CA given: the nodes use TLS
         self.model = self._check_model(model) if model else None
+        # mqtts://: the CA the nodes verify the broker against (copied onto each node's flash as ca.pem)
+        self.ca = Path(ca).resolve() if ca else None
+        if self.ca is not None and not self.ca.is_file():
+            raise EdgefleetError(f"CA file {self.ca} not found", hint="ca.pem from: edgefleet broker pki")
         self.prefix = prefix
         self.status_interval_s = status_interval_s
         self.extra_config = config or {}
@@ -258,57 +264,63 @@ class Fleet:
         )
 
     def credentials(self) -> dict[str, str]:
-        """Per-device passwords (and the collector's), created once and kept in the workdir."""
-        path = self.workdir / "credentials.json"
-        creds = json.loads(path.read_text()) if path.is_file() else {}
-        for user in [COLLECTOR_USER, *(nd.device_id for nd in self.nodes)]:
-            creds.setdefault(user, secrets.token_urlsafe(12))
-        path.write_text(json.dumps(creds, indent=1))
-        path.chmod(0o600)
-        return creds
+        """Per-identity passwords (every device, the collector, the operator), created once and kept in the
+        workdir (credentials.json, 0600 from creation)."""
+        return fleet_credentials(self.workdir / "credentials.json", [nd.device_id for nd in self.nodes])
 
     @staticmethod
     def write_password_file(creds: dict[str, str], path: Path) -> Path:
-        """A mosquitto password file: plain user:password lines hashed in place by `mosquitto_passwd -U`."""
-        path.write_text("".join(f"{u}:{p}\n" for u, p in creds.items()))
-        path.chmod(0o600)
-        try:
-            subprocess.run(["mosquitto_passwd", "-U", str(path)], check=True, capture_output=True, text=True)
-        except FileNotFoundError:
-            raise EdgefleetError(
-                "mosquitto_passwd not found", hint="sudo apt-get install mosquitto mosquitto-clients"
-            ) from None
-        except subprocess.CalledProcessError as e:
-            raise EdgefleetError(f"mosquitto_passwd failed: {e.stderr.strip()}") from None
-        return path
+        return write_password_file(creds, path)
 
     @classmethod
     def secure_broker(
-        cls, workdir: Path, device_ids: Sequence[str], prefix: str = protocol.DEFAULT_PREFIX
+        cls, workdir: Path, device_ids: Sequence[str], prefix: str = protocol.DEFAULT_PREFIX, tls: bool = False
     ) -> Mosquitto:
-        """A mosquitto with a password per device and the per-device ACL (docs/collect.md), data in workdir/broker."""
+        """The secure broker configuration (docs/security.md): a login per device, collector and operator, the
+        per-identity ACL, client ids pinned to user names; with `tls`, also a TLS listener whose CA and server
+        certificate (SANs localhost, 127.0.0.1) are created in workdir/tls. Data in workdir/broker."""
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "credentials.json"
-        creds = json.loads(path.read_text()) if path.is_file() else {}
-        for user in [COLLECTOR_USER, *device_ids]:
-            creds.setdefault(user, secrets.token_urlsafe(12))
-        path.write_text(json.dumps(creds, indent=1))
-        path.chmod(0o600)
+        creds = fleet_credentials(workdir / "credentials.json", device_ids)
         bdir = workdir / "broker"
         bdir.mkdir(exist_ok=True)
-        pw = cls.write_password_file(creds, bdir / "passwd")
+        pw = write_password_file(creds, bdir / "passwd")
         acl = bdir / "acl"
-        acl.write_text(render_acl(prefix, COLLECTOR_USER))
-        return Mosquitto(data_dir=bdir, password_file=pw, acl_file=acl)
+        acl.write_text(render_acl(prefix, COLLECTOR_USER, OPERATOR_USER))
+        files = None
+        if tls:
+            from .pki import create, existing
+
+            tdir = workdir / "tls"
+            files = existing(tdir) if (tdir / "server.key").is_file() else create(tdir, ["localhost", "127.0.0.1"])
+        return Mosquitto(data_dir=bdir, password_file=pw, acl_file=acl, tls=files)
 
     def collector_url(self) -> str:
-        """Broker URL with the collector's login when the broker requires one."""
+        """Broker URL with the collector's login when the broker requires one. Internal: demo.start_collector
+        moves the password into a 0600 file; never print this URL (collector_hint says what to run)."""
         if not self.secure:
             return self.broker_url
         pw = self.credentials()[COLLECTOR_USER]
         u = urlsplit(self.broker_url)
         return f"{u.scheme}://{COLLECTOR_USER}:{pw}@{u.hostname}:{u.port}"
+
+    def collector_password_file(self) -> Path:
+        """The collector's password in a 0600 file (for `edgefleet collect --password-file`)."""
+        from .pki import write_secret
+
+        path = self.workdir / "collector.secret"
+        write_secret(path, (self.credentials()[COLLECTOR_USER] + "\n").encode())
+        return path
+
+    def collector_hint(self) -> str:
+        """The collect command line for this fleet, without any secret on it."""
+        if not self.secure:
+            return f"edgefleet collect --broker '{self.broker_url}'"
+        u = urlsplit(self.broker_url)
+        return (
+            f"edgefleet collect --broker '{u.scheme}://{COLLECTOR_USER}@{u.hostname}:{u.port}' "
+            f"--password-file {self.collector_password_file()}"
+        )
 
     def node_config(self, nd: SimNode) -> dict:
         cfg = {
@@ -319,6 +331,8 @@ class Fleet:
             "model": "model.efm" if self.model else None,
             "rule": {"output": "relay", "on_class": "running"} if self.model else None,
         }
+        if self.ca is not None:
+            cfg["broker"]["ca"] = "ca.pem"
         if self.secure:
             cfg["broker"]["username"] = nd.device_id
             cfg["broker"]["password"] = self.credentials()[nd.device_id]
@@ -343,6 +357,8 @@ class Fleet:
             cfgfile = self.workdir / "nodes" / f"{nd.device_id}.config.json"
             cfgfile.write_text(json.dumps(self.node_config(nd)))
             files = [f"model.efm={self.model}"] if self.model else []
+            if self.ca is not None:
+                files.append(f"ca.pem={self.ca}")
             self._mpy(["-m", "node.sim.provision", str(self.board.path), str(nd.image), str(cfgfile), *files])
             cfgfile.unlink()  # it holds the node's password; the flash keeps the copy
         log.info("provisioned %d node(s) (model %s)", len(targets), self.model or "none")
@@ -539,10 +555,10 @@ class Fleet:
 
         u = urlsplit(self.broker_url)
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgefleet-simulate-{os.getpid()}-{id(self)}")
-        if self.secure:
-            c.username_pw_set(COLLECTOR_USER, self.credentials()[COLLECTOR_USER])
+        if self.secure:  # the operator identity: reads status; the collector's would take over its session
+            c.username_pw_set(OPERATOR_USER, self.credentials()[OPERATOR_USER])
         if u.scheme == "mqtts":
-            c.tls_set()
+            c.tls_set(ca_certs=str(self.ca) if self.ca else None)
 
         def on_connect(cl, ud, flags, rc, props):
             if not rc.is_failure:
@@ -756,6 +772,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             scenarios=scenarios,
             heap_extra=args.heap_extra,
             status_interval_s=args.status_interval,
+            ca=Path(args.ca) if getattr(args, "ca", None) else None,
         )
     except BaseException:
         if broker:
@@ -767,9 +784,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         fleet.start()
         watchdog = OnlineWatchdog(fleet, broker, args.online_timeout)
         if broker:
-            print(
-                f"broker {broker.url}; collect with: edgefleet collect --broker '{fleet.collector_url()}'", flush=True
-            )
+            print(f"broker {broker.url}; collect with: {fleet.collector_hint()}", flush=True)
         t0 = time.monotonic()
         total = args.duration or None
         with tqdm(total=total, unit="s", desc="fleet", dynamic_ncols=True) as bar:
@@ -810,6 +825,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workdir", default="var/sim", help="flash images, scenarios, logs, broker data (default ./var/sim)"
     )
     p.add_argument("--status-interval", type=int, default=10, help="node status interval in s (default 10)")
+    p.add_argument(
+        "--ca", help="with an mqtts:// --broker: the CA certificate the nodes verify it against (ca.pem from "
+        "`edgefleet broker pki`; required for mqtts://, default: none)",
+    )  # fmt: skip
     p.add_argument(
         "--online-timeout",
         type=float,

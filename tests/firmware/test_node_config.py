@@ -49,6 +49,10 @@ BAD = (
     ({"mqtt": {"keepalive_s": 1}}, "mqtt.keepalive_s"),
     ({"mqtt": {"backoff_max_s": "x"}}, "mqtt.backoff_max_s"),
     ({"mqtt": {"qos": 2}}, "mqtt.qos"),
+    ({"broker": {"url": "mqtts://broker.example:8883"}}, "broker.ca"),  # TLS never unverified
+    ({"model_key": "00" * 8}, "model_key"),  # too short
+    ({"model_key": "zz" * 16}, "model_key"),
+    ({"model_key": 12}, "model_key"),
 )
 
 
@@ -56,7 +60,7 @@ def test_defaults_are_valid_and_merge(sim_board, workdir):
     b = boardmod.load(sim_board)
     assert config.validate(config.defaults_for(b), b) is None
     p = workdir + "/config.json"
-    write_json(p, {"device_id": "node-042", "rates": {"imu": 50}, "broker": {"url": "mqtts://broker.example:8883"}})
+    write_json(p, {"device_id": "node-042", "rates": {"imu": 50}, "broker": {"url": "mqtts://broker.example:8883", "ca": "ca.pem"}})
     cfg, err = config.load(p, b)
     assert err is None, err
     assert cfg["device_id"] == "node-042" and cfg["rates"]["imu"] == 50 and cfg["rates"]["env"] == 1

@@ -19,6 +19,11 @@ def test_demo_small_fleet_writes_report(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=280,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
+    # secure configuration, no secret in any output or log; the collector's password in a 0600 file
+    secrets = json.loads(next(out.rglob("credentials.json")).read_text()).values()
+    texts = [r.stdout, r.stderr, *(p.read_text(errors="replace") for p in out.rglob("*.log"))]
+    assert not [s for s in secrets for t in texts if s in t], "a password in a log or on the console"
+    assert (next(out.rglob("collector.secret")).stat().st_mode & 0o777) == 0o600
     assert "R_ingest" in r.stdout and "edgefleet fleet status --db sqlite:///" in r.stdout, r.stdout[-2000:]
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "A_forecast" in html

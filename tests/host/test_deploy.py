@@ -8,6 +8,7 @@ import pytest
 
 from edgefleet.boards import load_board
 from edgefleet.cli import main
+from edgefleet.errors import EdgefleetError
 from edgefleet.vboard.board import VirtualBoard
 
 
@@ -46,8 +47,10 @@ def test_node_config_merges_file_and_flags(tmp_path):
     model = model_file("models/basicmotions-rf")
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"broker": {"username": "n1", "password": "pw"}, "wifi": {"ssid": "x", "password": "y"}}))
-    cfg = node_config(board, "n1", f, "mqtts://broker.example:8883", model)
-    assert cfg["broker"] == {"url": "mqtts://broker.example:8883", "username": "n1", "password": "pw", "ca": None}
+    with pytest.raises(EdgefleetError, match=r"broker\.ca: required for mqtts://"):
+        node_config(board, "n1", f, "mqtts://broker.example:8883", model)  # TLS is never unverified
+    cfg = node_config(board, "n1", f, "mqtts://broker.example:8883", model, ca=tmp_path / "ca.pem")
+    assert cfg["broker"] == {"url": "mqtts://broker.example:8883", "username": "n1", "password": "pw", "ca": "ca.pem"}
     assert cfg["wifi"]["ssid"] == "x" and cfg["model"] == "model.efm" and cfg["device_id"] == "n1"
     assert cfg["rule"] == {"output": "relay", "on_class": "running"}  # from the model's manifest
     # a rule replaces the default rule: merged, it would hold both on_anomaly_over and on_class (invalid)
@@ -130,7 +133,14 @@ def test_model_and_cmodule_are_deployed(vboard, tmp_path, capsys):
 
     model_dir = tmp_path / "models" / "pump"
     model_dir.mkdir(parents=True)
-    model = os.urandom(20_000)  # deploy copies bytes; the node validates the model file itself
+    # deploy checks the model file (a random one is refused: test below), then copies its bytes
+    import numpy as np
+
+    from edgefleet.modelfile import KIND_GAUSS, ModelFile, Scaling, encode, gauss_body
+
+    z = np.zeros(2, np.float32)
+    model = encode(ModelFile("t", "anomaly", "env", (), 10, 10, 2, Scaling(z, z + 1), KIND_GAUSS,
+                             gauss_body(z, np.eye(2)), threshold=1.0))  # fmt: skip
     (model_dir / "model.efm").write_bytes(model)
     cmod = tmp_path / "emlearn_trees.mpy"
     cmod.write_bytes(b"M\x06" + os.urandom(3000))
@@ -139,9 +149,45 @@ def test_model_and_cmodule_are_deployed(vboard, tmp_path, capsys):
     assert code == 0, err
 
     def on_board(*args: str) -> str:
-        return subprocess.run([sys.executable, "-m", "mpremote", "connect", vboard.path, "resume", *args],
-                              capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+        r = subprocess.run([sys.executable, "-m", "mpremote", "connect", vboard.path, "resume", *args],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
 
     assert hashlib.sha256(model).hexdigest() in on_board("fs", "sha256sum", ":model.efm")
     assert hashlib.sha256(cmod.read_bytes()).hexdigest() in on_board("fs", "sha256sum", ":lib/emlearn_trees.mpy")
     assert json.loads(on_board("fs", "cat", ":config.json"))["model"] == "model.efm"
+
+
+def test_deploy_refuses_a_truncated_random_or_wrongly_signed_model(tmp_path):
+    """`deploy` decodes and verifies the model before copying: a truncated or random model.efm, or one that does
+    not verify with the given key, is refused with one message (before: "deployed", and the node booted into
+    safe mode)."""
+    from edgefleet.deploy import model_file
+    from edgefleet.modelfile import decode, encode, read_key
+
+    good = (load_board("sim").path.parents[1] / "models" / "basicmotions-rf" / "model.efm").read_bytes()
+    cases = {"truncated.efm": good[: len(good) // 2], "random.efm": bytes(range(256)) * 8}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(EdgefleetError, match="refusing to deploy"):
+            model_file(str(tmp_path / name))
+    key = tmp_path / "model.key"
+    key.write_bytes(b"0123456789abcdef0123456789abcd\n ")  # trailing newline and space are part of the key
+    signed = tmp_path / "signed.efm"
+    signed.write_bytes(encode(decode(good), read_key(key)))
+    assert model_file(str(signed), read_key(key)) == signed
+    stripped = key.read_bytes().strip()
+    with pytest.raises(EdgefleetError, match="signature does not verify"):
+        model_file(str(signed), stripped)  # the stripped text is another key
+    with pytest.raises(EdgefleetError, match="not signed but a key is configured"):
+        model_file(_write(tmp_path / "u.efm", good), read_key(key))
+    short = tmp_path / "short.key"
+    short.write_bytes(b"tooshort")
+    with pytest.raises(EdgefleetError, match="at least 16"):
+        read_key(short)
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return str(path)

@@ -49,7 +49,7 @@ def test_simulate_cli_runs_nodes_with_the_model_and_per_device_logins(tmp_path: 
     conf = (work / "broker" / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "acl_file" in conf
     users = [ln.split(":")[0] for ln in (work / "broker" / "passwd").read_text().splitlines()]
-    assert sorted(users) == ["collector", "node-001", "node-002"]
+    assert sorted(users) == ["collector", "node-001", "node-002", "operator"]
     assert "$7$" in (work / "broker" / "passwd").read_text(), "passwords must be hashed"
 
 
@@ -222,7 +222,7 @@ def test_watchdog_reports_a_refused_status_login_at_once(tmp_path: Path) -> None
     try:
         with Fleet(tmp_path, 1, broker=broker) as fleet:
             creds = json.loads((tmp_path / "credentials.json").read_text())
-            creds["collector"] = "not-the-password"  # the broker's passwd file keeps the real one
+            creds["operator"] = "not-the-password"  # the broker's passwd file keeps the real one
             (tmp_path / "credentials.json").write_text(json.dumps(creds))
             fleet.start()
             watchdog = OnlineWatchdog(fleet, broker, timeout_s=600)
@@ -231,3 +231,19 @@ def test_watchdog_reports_a_refused_status_login_at_once(tmp_path: Path) -> None
                 watchdog.check(fleet.summary())
     finally:
         broker.stop()
+
+
+def test_fleet_runs_on_the_secure_configuration_over_tls(tmp_path: Path) -> None:
+    """Per-node logins, the operator identity for status, the ACL, and TLS verified against the fleet's CA on
+    every node (MicroPython ssl) and on the status subscriber (paho)."""
+    broker = Fleet.secure_broker(tmp_path, ["node-001"], tls=True).start()
+    try:
+        with Fleet(tmp_path, 1, broker=broker, ca=tmp_path / "tls" / "ca.pem", status_interval_s=2) as fleet:
+            assert fleet.broker_url == broker.tls_url
+            fleet.start()
+            _wait(lambda: fleet.status().get("node-001", {}).get("state") == "online", 60, "node online over TLS")
+            assert fleet.status()["node-001"].get("safe_mode") is False, fleet.status()
+    finally:
+        broker.stop()
+    log = (tmp_path / "broker" / "mosquitto.log").read_text()
+    assert f"on port {broker.tls_port}" in log and "u'node-001'" in log and "u'operator'" in log
