@@ -154,6 +154,12 @@ class Mosquitto:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
+    if args.rabbitmq_cluster:  # issue 17 (h8): a RabbitMQ cluster instead of mosquitto; see edgefleet.rabbitmq
+        from .rabbitmq import run_cluster
+
+        if not args.rabbitmq_users:
+            raise EdgefleetError("--rabbitmq-cluster needs --rabbitmq-users FILE", hint="lines `name password`")
+        return run_cluster(args.rabbitmq_cluster, args.rabbitmq_users, args.port, args.data_dir, args.prefix)
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="edgefleet-broker-"))
     password_file = acl_file = None
     if args.acl and not args.password_file:
@@ -193,4 +199,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--acl", action="store_true", help="generate per-device ACLs (needs --password-file)")
     p.add_argument("--prefix", default="edgefleet", help="topic prefix for the ACL (default: edgefleet)")
     p.add_argument("--collector-user", default="collector", help="user name of the collector in the ACL")
+    p.add_argument(
+        "--rabbitmq-cluster",
+        type=int,
+        metavar="N",
+        help="instead of mosquitto: N clustered RabbitMQ nodes on loopback, haproxy on --port for the nodes' MQTT, "
+        "AMQP for the collectors (docs/scale.md)",
+    )
+    p.add_argument(
+        "--rabbitmq-users",
+        help="with --rabbitmq-cluster: file of `name password` lines (collector, operator, device ids; mode 600)",
+    )
     p.set_defaults(func=_cmd_broker)

@@ -116,6 +116,9 @@ class RabbitCluster:
             "mqtt.allow_anonymous = false\n"
             "mqtt.vhost = /\n"
             "mqtt.exchange = amq.topic\n"
+            # A node's QoS 1 subscription queue (its `stored` and `cmd`) replicated: with the default classic
+            # queue, a node whose queue lived on a dead broker node cannot connect at all until that node returns.
+            "mqtt.durable_queue_type = quorum\n"
             "loopback_users = none\n"
             "log.console = false\n"
             "log.file.level = info\n"
@@ -258,3 +261,94 @@ def _re_escape(s: str) -> str:
     import re
 
     return re.escape(s)
+
+
+class TcpBalancer:
+    """haproxy in TCP mode in front of the cluster's MQTT ports: the nodes keep one broker address and a kill -9
+    of a RabbitMQ node costs them one reconnect (health checks every 500 ms take the dead node out)."""
+
+    def __init__(self, ports: list[int], root: Path, port: int = 0, balance: str = "leastconn") -> None:
+        exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        if not Path(exe).is_file():
+            raise EdgefleetError("haproxy not found", hint="apt-get install haproxy")
+        self.exe = exe
+        self.port = port or free_port()
+        self.conf = Path(root) / "haproxy.cfg"
+        servers = "\n".join(f"    server b{i} 127.0.0.1:{p} check inter 500 fall 1 rise 2" for i, p in enumerate(ports))
+        self.conf.write_text(
+            "global\n    maxconn 9000\n"
+            "defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 120s\n    timeout server 120s\n"
+            "    retries 3\n    option redispatch\n"
+            f"frontend mqtt\n    bind 127.0.0.1:{self.port}\n    default_backend rabbit\n"
+            f"backend rabbit\n    balance {balance}\n{servers}\n"
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10) -> TcpBalancer:
+        import socket
+
+        self.proc = procs.spawn([self.exe, "-db", "-q", "-f", str(self.conf)], name="haproxy",
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EdgefleetError(f"haproxy exited: {self.proc.stderr.read().decode(errors='replace')[-800:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise EdgefleetError(f"haproxy did not listen on 127.0.0.1:{self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.terminate(self.proc, signal.SIGTERM, grace=5, name="haproxy")
+
+
+def read_users_file(path: str | Path) -> dict[str, str]:
+    """`name password` per line (# comments); the file should be mode 600, like every password file of ours."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise EdgefleetError(f"cannot read users file {p}: {e.strerror}") from None
+    if os.name == "posix" and p.stat().st_mode & 0o077:
+        log.warning("users file %s is readable by others (chmod 600 it)", p)
+    users: dict[str, str] = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, password = line.partition(" ")
+        if not password.strip():
+            raise EdgefleetError(f"{p}:{i}: expected `name password`", hint="one user per line: node-001 s3cret")
+        users[name] = password.strip()
+    if "collector" not in users:
+        raise EdgefleetError(f"{p} has no `collector` user", hint="the collectors log in as `collector`")
+    return users
+
+
+def run_cluster(size: int, users_file: str, mqtt_port: int, data_dir: str | None, prefix: str) -> int:
+    """`edgefleet broker --rabbitmq-cluster N`: N nodes on loopback, haproxy on `mqtt_port` for the nodes, until
+    Ctrl-C; prints the addresses the nodes and collectors use."""
+    users = read_users_file(users_file)
+    cluster = RabbitCluster(size, root=Path(data_dir) if data_dir else None, prefix=prefix)
+    lb = TcpBalancer(cluster.mqtt_ports, cluster.root, port=mqtt_port)
+    print(f"starting {size} RabbitMQ nodes in {cluster.root} (takes ~15 s a node)", flush=True)
+    try:
+        cluster.start(users=users)
+        lb.start()
+        print(f"nodes (MQTT 3.1.1, via haproxy): mqtt://127.0.0.1:{lb.port}", flush=True)
+        print(f"  or any node directly: {', '.join(f'127.0.0.1:{p}' for p in cluster.mqtt_ports)}", flush=True)
+        print(f"collectors: edgefleet collect --broker {cluster.amqp_url_for('collector')} ...", flush=True)
+        print("Ctrl-C stops the cluster", flush=True)
+        while all(n.proc is not None and n.proc.poll() is None for n in cluster.nodes):
+            time.sleep(0.5)
+        dead = [n.name for n in cluster.nodes if n.proc is None or n.proc.poll() is not None]
+        raise EdgefleetError(f"RabbitMQ node(s) {', '.join(dead)} stopped; logs under {cluster.root}")
+    except KeyboardInterrupt:
+        print("stopping the cluster", flush=True)
+        return 0
+    finally:
+        lb.stop()
+        cluster.stop()

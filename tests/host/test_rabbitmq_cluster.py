@@ -1,0 +1,215 @@
+"""A real three-node RabbitMQ cluster on loopback (issue 17): nodes over MQTT 3.1.1 through haproxy, two
+collectors over AMQP from one quorum queue into PostgreSQL. One module-scoped cluster (its start is most of
+the time of this file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgefleet import protocol
+from edgefleet.testing.fleetsim import telemetry_payload
+from edgefleet.testing.reliablenode import ReliableNode
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVICES = ("node-1", "node-2", "node-3")
+PASSWORDS = {"collector": "collector-pw", "operator": "operator-pw", **{d: f"{d}-pw" for d in DEVICES}}
+
+if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").is_file():
+    pytest.skip("rabbitmq-server not installed (apt-get install rabbitmq-server)", allow_module_level=True)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "host") + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def rabbit(tmp_path_factory: pytest.TempPathFactory):
+    from edgefleet.rabbitmq import RabbitCluster, TcpBalancer
+
+    cluster = RabbitCluster(3, root=tmp_path_factory.mktemp("rmq"))
+    # `first`: every node connects to RabbitMQ node 0 while it is up, so killing node 0 cuts them all over
+    lb = TcpBalancer(cluster.mqtt_ports, cluster.root, balance="first")
+    try:
+        cluster.start(users=PASSWORDS)
+        lb.start()
+        yield cluster, lb
+    finally:
+        lb.stop()
+        cluster.stop()
+
+
+class AmqpCollector:
+    """`edgefleet collect --broker amqp://collector@h1,h2,h3/` as a child process."""
+
+    def __init__(self, url: str, db: str, log: Path, client_id: str) -> None:
+        self.argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", url, "--db", db,
+                     "--client-id", client_id, "--batch-ms", "50"]  # fmt: skip
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> AmqpCollector:
+        before = self.log.read_bytes().count(b"connected to") if self.log.exists() else 0
+        with self.log.open("ab") as f:
+            env = _env(EDGEFLEET_BROKER_PASSWORD=PASSWORDS["collector"])
+            self.proc = subprocess.Popen(self.argv, env=env, stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while self.log.read_bytes().count(b"connected to") <= before:
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "collector did not connect"
+            time.sleep(0.05)
+        return self
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(60)
+
+
+def _readings(db: str) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT device, log, count(*), count(DISTINCT seq), min(seq), max(seq) FROM readings GROUP BY device, log"
+        ).fetchall()
+    return {(d, lg): (n, nd, lo, hi) for d, lg, n, nd, lo, hi in rows}
+
+
+def test_kill_a_broker_node_then_a_collector_every_record_stored_once(rabbit, pg_cluster, tmp_path) -> None:
+    cluster, lb = rabbit
+    db = pg_cluster.new_database()
+    url = cluster.amqp_url_for("collector")
+    cols = [AmqpCollector(url, db, tmp_path / f"c{i}.log", f"collector-{i}").start() for i in (1, 2)]
+    nodes = [ReliableNode(d, "127.0.0.1", lb.port, password=PASSWORDS[d], stored_timeout_s=3) for d in DEVICES]
+    try:
+        for n in nodes:
+            assert n.connected.wait(20), f"{n.device} did not connect through haproxy"
+        stop_logging = threading.Event()
+
+        def produce() -> None:
+            while not stop_logging.is_set():
+                for n in nodes:
+                    n.log_and_publish(2)
+                time.sleep(0.1)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        time.sleep(3)
+        marks = {"kill": time.monotonic()}
+        cluster.kill_node(0)  # the node both collectors are connected to (first in the list), and the queue leader
+        time.sleep(4)
+        cols[0].kill9()
+        time.sleep(3)
+        marks["restart"] = time.monotonic()
+        cluster.restart_node(0)
+        marks["up"] = time.monotonic()
+        cols[0].start()
+        time.sleep(3)
+        stop_logging.set()
+        producer.join()
+
+        deadline = time.monotonic() + 60
+        while any(n.unstored() for n in nodes):
+            assert time.monotonic() < deadline, {n.device: n.unstored() for n in nodes}
+            for n in nodes:
+                n.resend()
+            time.sleep(0.5)
+
+        got = _readings(db)
+        for n in nodes:
+            logged = len(n.logged)
+            assert logged > 100
+            # exactly once: as many rows as records logged, all distinct, seqs 1..N with no gap
+            assert got[(n.device, n.log_id)] == (logged, logged, 1, logged), n.device
+            assert n.reconnects >= 1, f"{n.device} never lost its broker node"
+        print({n.device: n.disconnects for n in nodes}, marks)
+        status = subprocess.run([sys.executable, "-m", "edgefleet.cli", "fleet", "status", "--db", db, "--json"],
+                                env=_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        shown = {d["device"]: d for d in json.loads(status.stdout)["devices"]}
+        for n in nodes:
+            counters = shown[n.device]["status"]["counters"]
+            assert counters["reconnects"] == n.reconnects >= 1
+        logs = [c.log.read_text() for c in cols]
+        assert all("disconnected from broker" in t for t in logs), "a collector did not see its broker node die"
+        assert sum("records stored" in t for t in logs) == 2
+    finally:
+        for n in nodes:
+            n.close()
+        codes = [c.stop() for c in cols]
+    assert codes == [0, 0]
+
+
+def test_mqtt5_collector_on_rabbitmq_says_it_speaks_mqtt311(rabbit, tmp_path) -> None:
+    cluster, _lb = rabbit
+    port = cluster.mqtt_ports[1]
+    r = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", f"mqtt://collector@127.0.0.1:{port}",
+         "--db", f"sqlite:///{tmp_path}/f.db", "--connect-timeout", "3"],
+        env=_env(EDGEFLEET_BROKER_PASSWORD=PASSWORDS["collector"]), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert "MQTT 3.1.1, not MQTT 5" in r.stderr and "amqp://" in r.stderr, r.stderr
+    assert "password" not in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_node_may_publish_only_under_its_own_id(rabbit) -> None:
+    """The topic permissions equal the mosquitto ACL: node-1 may not write node-2's telemetry nor read its
+    `stored`, and may not write `stored` at all (only the collector does)."""
+    _cluster, lb = rabbit
+    suback: list = []
+    lost = threading.Event()
+    connected = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="acl-probe", clean_session=True)
+    c.username_pw_set("node-1", PASSWORDS["node-1"])
+    c.on_connect = lambda *a: connected.set()
+    c.on_subscribe = lambda client, ud, mid, codes, props: suback.extend(codes)
+    c.on_disconnect = lambda *a: lost.set()
+    c.connect("127.0.0.1", lb.port, keepalive=10)
+    c.loop_start()
+    try:
+        assert connected.wait(10)
+        c.subscribe(protocol.topic("edgefleet", "node-1", "stored"), qos=1)
+        c.subscribe(protocol.topic("edgefleet", "node-2", "stored"), qos=1)
+        deadline = time.monotonic() + 10
+        while len(suback) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not suback[0].is_failure and suback[1].is_failure, suback
+        info = c.publish(protocol.topic("edgefleet", "node-1", "telemetry"), telemetry_payload("node-1", 1, 1), qos=1)
+        info.wait_for_publish(10)
+        assert not lost.is_set()
+        c.publish(protocol.topic("edgefleet", "node-2", "telemetry"), telemetry_payload("node-2", 1, 1), qos=1)
+        assert lost.wait(10), "RabbitMQ accepted node-1 publishing as node-2"
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    # the same for `stored`: a node cannot forge the collector's acknowledgement
+    lost2 = threading.Event()
+    c2 = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="acl-probe-2", clean_session=True)
+    c2.username_pw_set("node-1", PASSWORDS["node-1"])
+    c2.on_disconnect = lambda *a: lost2.set()
+    c2.connect("127.0.0.1", lb.port, keepalive=10)
+    c2.loop_start()
+    try:
+        c2.publish(protocol.topic("edgefleet", "node-1", "stored"), b'{"v":2,"log":"00000000","ranges":[[1,9]]}', qos=1)
+        assert lost2.wait(10), "RabbitMQ accepted a node publishing `stored`"
+    finally:
+        c2.loop_stop()
