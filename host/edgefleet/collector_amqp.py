@@ -34,6 +34,7 @@ from .errors import EdgefleetError
 from .redact import redact_url
 
 log = logging.getLogger(__name__)
+logging.getLogger("pika").setLevel(logging.WARNING)  # one line per socket otherwise; ours say what happened
 
 QUEUE = "edgefleet-collector"
 EXCHANGE = "amq.topic"
@@ -166,6 +167,7 @@ class AmqpTransport:
         self.refused: str | None = None
         self._deliver: Callable[[tuple], None] | None = None
         self._thread: threading.Thread | None = None
+        self.current = ""
 
     @property
     def reconnects(self) -> int:
@@ -181,7 +183,18 @@ class AmqpTransport:
     def _connect(self):
         import pika
 
-        conn = pika.BlockingConnection(self._params)
+        conn, err = None, None
+        for params in self._params:  # in order: the first reachable host
+            try:
+                conn = pika.BlockingConnection(params)
+                break
+            except pika.exceptions.AMQPConnectionError as e:
+                if isinstance(e, pika.exceptions.ProbableAuthenticationError):
+                    raise
+                err = e
+        if conn is None:
+            raise err or pika.exceptions.AMQPConnectionError("no host")
+        self.current = f"{params.host}:{params.port}"
         ch = conn.channel()
         ch.queue_declare(self.queue_name, durable=True, arguments={"x-queue-type": "quorum"})
         ch.queue_bind(self.queue_name, EXCHANGE, routing_key=f"{topic_to_key(self.prefix)}.#")
@@ -224,7 +237,7 @@ class AmqpTransport:
             if not first:
                 self._s.reconnects += 1
             first, delay = False, 0.2
-            log.info("connected to %s (AMQP, queue %s, consumer %s)", self.where, self.queue_name, self.client_id)
+            log.info("connected to %s (AMQP, queue %s, consumer %s)", self.current, self.queue_name, self.client_id)
             self.connected.set()
             try:
                 consuming = True

@@ -116,8 +116,8 @@ class RabbitCluster:
             "mqtt.allow_anonymous = false\n"
             "mqtt.vhost = /\n"
             "mqtt.exchange = amq.topic\n"
-            # A node's QoS 1 subscription queue (its `stored` and `cmd`) replicated: with the default classic
-            # queue, a node whose queue lived on a dead broker node cannot connect at all until that node returns.
+            # Persistent-session (clean_session=0) subscription queues as quorum queues; clean sessions (our
+            # firmware) get classic queues, mirrored by the policy set in start().
             "mqtt.durable_queue_type = quorum\n"
             "loopback_users = none\n"
             "log.console = false\n"
@@ -182,6 +182,11 @@ class RabbitCluster:
                 self.ctl(n, "stop_app")
                 self.ctl(n, "join_cluster", first.name)
                 self.ctl(n, "start_app")
+            # A node's QoS 1 subscription queue (its `stored` and `cmd`) is a durable classic queue on the broker node
+            # it connected to; if that node dies the device cannot connect anywhere (queue.declare: home node down)
+            # until it returns. Mirrored to every node, a mirror takes over.
+            self.ctl(first, "set_policy", "--apply-to", "queues", "mqtt-subscriptions", "^mqtt-subscription-",
+                     '{"ha-mode":"all","ha-sync-mode":"automatic"}')  # fmt: skip
             self.ctl(first, "delete_user", "guest", check=False)
             for name, password in (users or {}).items():
                 self.set_user(name, password)

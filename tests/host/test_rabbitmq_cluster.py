@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,14 +114,11 @@ def test_kill_a_broker_node_then_a_collector_every_record_stored_once(rabbit, pg
         producer = threading.Thread(target=produce, daemon=True)
         producer.start()
         time.sleep(3)
-        marks = {"kill": time.monotonic()}
         cluster.kill_node(0)  # the node both collectors are connected to (first in the list), and the queue leader
         time.sleep(4)
         cols[0].kill9()
         time.sleep(3)
-        marks["restart"] = time.monotonic()
         cluster.restart_node(0)
-        marks["up"] = time.monotonic()
         cols[0].start()
         time.sleep(3)
         stop_logging.set()
@@ -140,7 +138,6 @@ def test_kill_a_broker_node_then_a_collector_every_record_stored_once(rabbit, pg
             # exactly once: as many rows as records logged, all distinct, seqs 1..N with no gap
             assert got[(n.device, n.log_id)] == (logged, logged, 1, logged), n.device
             assert n.reconnects >= 1, f"{n.device} never lost its broker node"
-        print({n.device: n.disconnects for n in nodes}, marks)
         status = subprocess.run([sys.executable, "-m", "edgefleet.cli", "fleet", "status", "--db", db, "--json"],
                                 env=_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
         assert status.returncode == 0, status.stderr
@@ -150,12 +147,14 @@ def test_kill_a_broker_node_then_a_collector_every_record_stored_once(rabbit, pg
             assert counters["reconnects"] == n.reconnects >= 1
         logs = [c.log.read_text() for c in cols]
         assert all("disconnected from broker" in t for t in logs), "a collector did not see its broker node die"
-        assert sum("records stored" in t for t in logs) == 2
     finally:
         for n in nodes:
             n.close()
         codes = [c.stop() for c in cols]
     assert codes == [0, 0]
+    # competing consumers: both collectors stored a share (the restarted one's count is since its restart)
+    stopped = [re.findall(r"stopped: \d+ messages, (\d+) records stored", c.log.read_text()) for c in cols]
+    assert all(s and int(s[-1]) > 0 for s in stopped), stopped
 
 
 def test_mqtt5_collector_on_rabbitmq_says_it_speaks_mqtt311(rabbit, tmp_path) -> None:
