@@ -6,7 +6,8 @@ Per broker and collector count: the collectors (`edgefleet collect` processes) a
 database, --msgs telemetry messages of --per-msg readings are published at QoS 1 by one publisher per device
 (protocol-level, the node's real payload and per-device seq), and the time from the first publish to the last
 COMMIT gives readings/s. The baseline is the same publishing with only a plain consumer (paho MQTT 5 QoS 1 on
-mosquitto; a pika consumer with acks on a queue of its own on RabbitMQ), timed to the last message received.
+mosquitto; on RabbitMQ a pika consumer with acks on a quorum queue of its own, the collectors' kind of queue),
+timed to the last message received.
 Everything shares this machine's cores (publishers, broker, collectors, PostgreSQL), so the ratio matters more
 than the absolute figure; see docs/scale.md.
 
@@ -167,7 +168,9 @@ def amqp_baseline(cluster, mqtt_port: int, args) -> float:
                                        credentials=pika.PlainCredentials("bench", PW["bench"]))  # fmt: skip
     conn = pika.BlockingConnection(params)
     ch = conn.channel()
-    q = ch.queue_declare("", exclusive=True).method.queue
+    # the same kind of queue the collectors read (durable, quorum: replicated on 3 nodes), not a transient one
+    q = "bench-plain"
+    ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
     ch.queue_bind(q, "amq.topic", routing_key="edgefleet.*.telemetry")
     ch.basic_qos(prefetch_count=1000)
     got = [0]
@@ -186,6 +189,7 @@ def amqp_baseline(cluster, mqtt_port: int, args) -> float:
         conn.process_data_events(time_limit=0.05)
     rate = got[0] * args.per_msg / (time.monotonic() - t0)
     t.join()
+    ch.queue_delete(q)
     conn.close()
     return rate
 
@@ -212,6 +216,7 @@ def run_rabbitmq(pg, args, work: Path) -> list[tuple[str, float]]:
         cluster.start(users=PW)
         n0 = cluster.nodes[0]
         cluster.ctl(n0, "set_permissions", "-p", "/", "bench", ".*", ".*", ".*")
+        cluster.ctl(n0, "set_topic_permissions", "-p", "/", "bench", "amq.topic", ".*", ".*")
         port = cluster.mqtt_ports[0]
         rows.append(("plain consumer", amqp_baseline(cluster, port, args)))
         for n in args.collectors:

@@ -677,12 +677,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  EDGEFLEET_BROKER_PASSWORD=... edgefleet collect --broker mqtts://collector@broker:8883 --ca ca.pem \\\n"
         "      --db postgresql://fleet@db/fleet --group g --client-id collector-2\n"
         "  edgefleet collect --password-file /etc/edgefleet/collector.pw --dead-max-rows 10000\n"
+        "  edgefleet collect --broker amqp://collector@rmq1:5672,rmq2:5672,rmq3:5672/ --db postgresql://fleet@db/fleet\n"
         "see docs/collect.md (outages, dead letters, credentials)",
     )
     p.add_argument(
         "--broker",
         default="mqtt://127.0.0.1:1883",
-        help="mqtt://[user@]host:port or mqtts://... (no password here: see --password-file; default: %(default)s)",
+        help="mqtt://[user@]host:port or mqtts://... (MQTT 5), or amqp://[user@]host:port[,host:port...]/vhost "
+        "(RabbitMQ, docs/scale.md); no password here: see --password-file (default: %(default)s)",
     )
     p.add_argument(
         "--password-file",
