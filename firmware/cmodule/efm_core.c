@@ -233,3 +233,104 @@ int32_t efm_predict(const efm_model_t *m, const int16_t *q, float *out, int out_
     const int32_t cls = eml_trees_predict(&trees, q, (int8_t)m->n_features);
     return cls < 0 ? -EFM_ERR_PREDICT : cls;
 }
+
+/* ---------------------------------------------------------------- window features (contract 1) */
+
+/* No libm here (a native .mpy links only libgcc): sqrt by Newton's method and cos by a Taylor series after
+ * range reduction, both in double, then rounded to float once: within float32 rounding of the library calls. */
+static double efm_sqrt(double v) {
+    if (v <= 0.0) return 0.0;
+    double r = v > 1.0 ? v : 1.0;
+    for (int i = 0; i < 200; i++) {
+        const double next = 0.5 * (r + v / r);
+        if (next >= r) break;
+        r = next;
+    }
+    return r;
+}
+
+static double efm_cos(double x) {
+    const double two_pi = 6.283185307179586;
+    x -= two_pi * (double)(long long)(x / two_pi);
+    if (x < 0) x += two_pi;
+    double sign = 1.0;
+    if (x > 3.141592653589793) x = two_pi - x; /* cos(2pi - x) = cos x */
+    if (x > 1.5707963267948966) {
+        x = 3.141592653589793 - x; /* cos(pi - x) = -cos x */
+        sign = -1.0;
+    }
+    const double x2 = x * x;
+    double term = 1.0, sum = 1.0;
+    for (int k = 1; k < 12; k++) {
+        term *= -x2 / ((2.0 * k - 1.0) * (2.0 * k));
+        sum += term;
+    }
+    return sign * sum;
+}
+
+/* BAND_EDGES (0, 1/16, 1/8, 1/4, 1/2) as sixteenths: bin k of n is in band b when E[b] <= 16k/n < E[b+1];
+ * the last band includes the Nyquist bin. Integer compares: no rounding at the edges. */
+static int efm_band_of_bin(int k, int n) {
+    static const int E[5] = {0, 1, 2, 4, 8};
+    for (int b = 0; b < 4; b++) {
+        if ((long)E[b] * n <= 16L * k && (16L * k < (long)E[b + 1] * n || (b == 3 && 16L * k == 8L * n))) return b;
+    }
+    return -1;
+}
+
+void efm_channel_features(const float *x, int n, float *out) {
+    float s = 0.0f, sq = 0.0f, lo = x[0], hi = x[0];
+    for (int i = 0; i < n; i++) {
+        const float v = x[i];
+        s += v;
+        sq += v * v;
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+    }
+    const float nf = (float)n;
+    const float mean = s / nf;
+    float var = sq / nf - mean * mean;
+    if (var < 0.0f) var = 0.0f;
+    int crossings = 0;
+    int prev = x[0] >= mean;
+    const float im = (float)((n - 1) / 2.0);
+    float sxy = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float v = x[i];
+        const int pos = v >= mean;
+        if (pos != prev) crossings++;
+        prev = pos;
+        sxy += ((float)i - im) * (v - mean);
+    }
+    const float sxx = (float)((double)n * ((double)n * n - 1.0) / 12.0);
+    out[0] = mean;
+    out[1] = (float)efm_sqrt(var);
+    out[2] = lo;
+    out[3] = hi;
+    out[4] = (float)efm_sqrt(sq / nf);
+    out[5] = hi - lo;
+    out[6] = n > 1 ? (float)crossings / (float)(n - 1) : 0.0f;
+    out[7] = n > 1 ? sxy / sxx : 0.0f;
+    float *band = out + 8;
+    int counts[4] = {0, 0, 0, 0};
+    for (int b = 0; b < 4; b++) band[b] = 0.0f;
+    const float nn = (float)n * (float)n;
+    for (int k = 1; k <= n / 2; k++) {
+        const int b = efm_band_of_bin(k, n);
+        if (b < 0) continue;
+        const float coeff = (float)(2.0 * efm_cos(6.283185307179586 * k / n));
+        float s1 = 0.0f, s2 = 0.0f;
+        for (int i = 0; i < n; i++) {
+            const float s0 = (x[i] - mean) + coeff * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        float p = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+        if (p < 0.0f) p = 0.0f;
+        band[b] += p / nn;
+        counts[b]++;
+    }
+    for (int b = 0; b < 4; b++) {
+        if (counts[b]) band[b] = band[b] / (float)counts[b];
+    }
+}

@@ -72,4 +72,9 @@ void efm_quantize(const efm_model_t *m, const float *x, int16_t *q);
  * out[0..] receives class scores (classify), the score (anomaly) or the value (regress). */
 int32_t efm_predict(const efm_model_t *m, const int16_t *q, float *out, int out_len);
 
+/* Window features of one channel (contract 1: firmware/node/features.py is the definition; this computes
+ * the same thing in float32, in the same order of operations): x[0..n-1] -> out[0..EFM_PER_CHANNEL-1]. */
+#define EFM_PER_CHANNEL 12
+void efm_channel_features(const float *x, int n, float *out);
+
 #endif

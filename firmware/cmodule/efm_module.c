@@ -5,6 +5,8 @@
  *   efm.work_size(blob) -> int         bytes of the work buffer (expanded tree nodes) the caller allocates
  *   efm.load(state, blob, work)        parse the verified model file bytes; ValueError if invalid
  *   efm.predict(state, q, out) -> int  q: array('h') int16 features, out: array('f') scores
+ *   efm.channel(x, out, base)          window features of one channel (contract 1, used by node/features.py):
+ *                                      x array('f') of samples, out array('f'), written at out[base:base+12]
  * The caller keeps `blob` and `work` alive: the state points into them. */
 #if MICROPY_ENABLE_DYNRUNTIME
 #include "py/dynruntime.h"
@@ -65,6 +67,20 @@ static mp_obj_t efm_predict_(mp_obj_t state, mp_obj_t q_obj, mp_obj_t out_obj) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(efm_predict_obj, efm_predict_);
 
+static mp_obj_t efm_channel_(mp_obj_t x_obj, mp_obj_t out_obj, mp_obj_t base_obj) {
+    mp_buffer_info_t x, out;
+    mp_get_buffer_raise(x_obj, &x, MP_BUFFER_READ);
+    mp_get_buffer_raise(out_obj, &out, MP_BUFFER_RW);
+    const mp_int_t base = mp_obj_get_int(base_obj);
+    const size_t n = x.len / 4;
+    if (x.typecode != 'f' || out.typecode != 'f' || n < 2 || base < 0 || (size_t)base + EFM_PER_CHANNEL > out.len / 4) {
+        mp_raise_ValueError(MP_ERROR_TEXT("efm: channel needs array('f') samples (>= 2) and room in out"));
+    }
+    efm_channel_features((const float *)x.buf, (int)n, (float *)out.buf + base);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(efm_channel_obj, efm_channel_);
+
 #if MICROPY_ENABLE_DYNRUNTIME
 mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
     MP_DYNRUNTIME_INIT_ENTRY
@@ -72,6 +88,7 @@ mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *a
     mp_store_global(MP_QSTR_work_size, MP_OBJ_FROM_PTR(&efm_work_size_obj));
     mp_store_global(MP_QSTR_load, MP_OBJ_FROM_PTR(&efm_load_obj));
     mp_store_global(MP_QSTR_predict, MP_OBJ_FROM_PTR(&efm_predict_obj));
+    mp_store_global(MP_QSTR_channel, MP_OBJ_FROM_PTR(&efm_channel_obj));
     MP_DYNRUNTIME_INIT_EXIT
 }
 #else
@@ -81,6 +98,7 @@ static const mp_rom_map_elem_t efm_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_work_size), MP_ROM_PTR(&efm_work_size_obj) },
     { MP_ROM_QSTR(MP_QSTR_load), MP_ROM_PTR(&efm_load_obj) },
     { MP_ROM_QSTR(MP_QSTR_predict), MP_ROM_PTR(&efm_predict_obj) },
+    { MP_ROM_QSTR(MP_QSTR_channel), MP_ROM_PTR(&efm_channel_obj) },
 };
 static MP_DEFINE_CONST_DICT(efm_globals, efm_globals_table);
 

@@ -10,4 +10,6 @@ if(NOT EMLEARN_INCLUDE)
                     OUTPUT_VARIABLE EMLEARN_INCLUDE OUTPUT_STRIP_TRAILING_WHITESPACE)
 endif()
 target_include_directories(usermod_efm INTERFACE ${CMAKE_CURRENT_LIST_DIR} ${EMLEARN_INCLUDE})
+# no fused multiply-add (Xtensa madd.s): the features round like their Python definition
+target_compile_options(usermod_efm INTERFACE -ffp-contract=off)
 target_link_libraries(usermod INTERFACE usermod_efm)

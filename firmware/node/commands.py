@@ -4,7 +4,7 @@
 import asyncio
 import json
 
-CONFIG_KEYS = ("rates", "status_interval_s", "rule")
+CONFIG_KEYS = ("rates", "log_every", "status_interval_s", "rule")  # log_every: edgefleet capture (full-rate data)
 
 
 class CommandError(Exception):

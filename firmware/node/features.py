@@ -9,7 +9,33 @@
 #   excluded). Band edges as fractions of the sample rate: 0-1/16, 1/16-1/8, 1/8-1/4, 1/4-1/2
 #   (at 10 Hz: 0-0.625, 0.625-1.25, 1.25-2.5, 2.5-5 Hz): walking/running energy sits in the 1-3 Hz bands.
 # Feature i of channel c is at index c * N_PER_CHANNEL + i.
+#
+# Speed on the node: compute() runs each channel in our C module (efm.channel, firmware/cmodule, the same
+# definition in float32) when the firmware has it, else _channel below compiled by the native emitter
+# (@micropython.native; plain Python under CPython, where the host loads this file). IMPL says which.
 import math
+
+try:
+    from efm import channel as _c_channel
+
+    IMPL = "c"
+except ImportError:
+    _c_channel = None
+    IMPL = "python"
+
+try:
+    import micropython
+except ImportError:  # CPython (the host loads this file): the decorator is a no-op
+
+    class micropython:  # noqa: N801
+        @staticmethod
+        def native(f):
+            return f
+
+
+if _c_channel is None:
+    IMPL = "native" if hasattr(micropython, "mem_info") else "python"
+
 
 PER_CHANNEL = ("mean", "std", "min", "max", "rms", "ptp", "zcr", "slope")
 BAND_EDGES = (0.0, 0.0625, 0.125, 0.25, 0.5)
@@ -40,6 +66,7 @@ def band_of_bin(k, n):
     return -1
 
 
+@micropython.native
 def _channel(x, n, out, base):
     s = 0.0
     sq = 0.0
@@ -112,6 +139,13 @@ def compute(window, out):
         raise ValueError("window needs at least 2 samples")
     if len(out) < len(window) * N_PER_CHANNEL:
         raise ValueError("out too small")
+    if _c_channel is not None:
+        try:
+            for c in range(len(window)):
+                _c_channel(window[c], out, c * N_PER_CHANNEL)
+            return out
+        except (TypeError, ValueError):  # not array('f') (lists, array('d')): the definition below
+            pass
     for c in range(len(window)):
         _channel(window[c], n, out, c * N_PER_CHANNEL)
     return out

@@ -137,6 +137,11 @@ def _semantic_errors(data: dict[str, Any]) -> list[str]:
         seen.add(s["name"])
         if "bus" in s and s["bus"] not in buses:
             errors.append(f"sensors/{i}/bus: no bus named {s['bus']!r} in buses")
+    inf = data.get("inference")
+    if inf and inf["max_model_bytes"] >= data["heap_bytes"]:
+        errors.append(
+            f"inference/max_model_bytes: {inf['max_model_bytes']} must be below heap_bytes {data['heap_bytes']}"
+        )
     return errors
 
 

@@ -12,6 +12,8 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from .boards import load_board
@@ -81,27 +83,42 @@ def check_linker_deps() -> None:
                              hint="pip install " + " ".join(missing) + " (in edgefleet's dev extras)")  # fmt: skip
 
 
+def make_argv(arch: str, root: Path, inc: Path, work: Path, cross: str) -> list[str]:
+    """make's command line. PYTHON goes on the command line: py/dynruntime.mk assigns PYTHON = python3 itself, so
+    an environment variable is overridden and whatever python3 is first on PATH would run mpy_ld.py (and lack
+    the pyelftools we checked in *our* interpreter). Command-line variables override the makefile's."""
+    return ["make", "-C", str(work), f"ARCH={arch}", f"MPY_DIR={root}", f"EMLEARN_INCLUDE={inc}",
+            f"BUILD={work / 'build'}", f"CROSS={cross}", f"PYTHON={sys.executable}"]  # fmt: skip
+
+
 def build(board: str, mpy_dir: str | None, out: Path | None = None) -> Path:
+    """Build efm.mpy for the board's arch in a scratch copy of firmware/cmodule, so the source tree never gets
+    object files, .mpy or __pycache__; only efm.mpy is copied to `out` (default ./build/efm-<arch>)."""
     b = load_board(board)
     arch = b.arch
     root = check_mpy_dir(mpy_dir)
     cross = find_cross(arch)
+    if not shutil.which("make"):
+        raise EdgefleetError("`make` not found", hint="sudo apt-get install make")
     inc = emlearn_headers()
     check_linker_deps()
     src = firmware_dir() / "cmodule"
-    build_dir = Path(out or (src / f"build-{arch}")).resolve()
-    argv = ["make", "-C", str(src), f"ARCH={arch}", f"MPY_DIR={root}", f"EMLEARN_INCLUDE={inc}", f"BUILD={build_dir}",
-            f"CROSS={cross}"]  # fmt: skip
-    log.info("building efm.mpy for %s (%s): %s", b.name, arch, " ".join(argv))
-    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHON": "python3"})
-    if proc.returncode:
-        raise EdgefleetError(f"building the C module failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    mpy = src / "efm.mpy"
-    if not mpy.is_file():
-        raise EdgefleetError(f"make succeeded but {mpy} was not produced")
-    target = build_dir / "efm.mpy"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(mpy), target)
+    target_dir = Path(out or Path.cwd() / "build" / f"efm-{arch}").resolve()
+    with tempfile.TemporaryDirectory(prefix="efm-build-") as tmp:
+        work = Path(tmp) / "cmodule"
+        shutil.copytree(src, work, ignore=shutil.ignore_patterns("build*", "*.mpy", "__pycache__"))
+        argv = make_argv(arch, root, inc, work, cross)
+        log.info("building efm.mpy for %s (%s): %s", b.name, arch, " ".join(argv))
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise EdgefleetError(f"building the C module failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+        mpy = work / "efm.mpy"
+        if not mpy.is_file():
+            raise EdgefleetError(f"make succeeded but {mpy.name} was not produced")
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / "efm.mpy"
+        shutil.copyfile(mpy, target)
     return target
 
 
@@ -116,5 +133,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--board", required=True, help="board name (boards/<name>.json) whose arch to build for")
     p.add_argument("--mpy-dir", help="MicroPython source checkout (default $MPY_DIR)")
-    p.add_argument("--out", help="output directory (default firmware/cmodule/build-<arch>)")
+    p.add_argument("--out", help="output directory (default ./build/efm-<arch>)")
     p.set_defaults(func=_cmd)

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "edgefleet.collector",
     "edgefleet.fleet",
     "edgefleet.export",
+    "edgefleet.model.capture",
     # models
     "edgefleet.train",
     "edgefleet.convert",

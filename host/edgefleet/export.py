@@ -1,6 +1,6 @@
 """`edgefleet export`: readings from the collector's database to the training CSV (docs/data-format.md).
 
-Format (docs/data-format.md): UTF-8, header `device,seq,ts_ms,sensor,flags,label,<channel>...`, one row per
+Format (docs/data-format.md): UTF-8, header `device,seq,ts_ms,sensor,flags,label,rate_hz,<channel>...`, one row per
 reading record sorted by device then seq, channel columns = union over the exported sensors (empty where a record
 has no such channel), label empty (the user fills it). Two passes over the database: the first finds the channel
 columns, the second streams rows, so memory stays flat for any export size.
@@ -60,16 +60,18 @@ def export_csv(
             if k not in channels:
                 channels[k] = None
     columns = list(channels)
+    last_ts: dict[tuple[str, str], int] = {}
     tmp = out.with_name(out.name + ".part")
     n = 0
     try:
         with tmp.open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(FIXED_COLUMNS + columns)
+            w.writerow([*FIXED_COLUMNS, "rate_hz", *columns])
             rows = store.iter_readings(devices, since_ms, until_ms, sensors)
             for device, seq, ts, sensor, flags, vals in tqdm(rows, total=total, disable=not progress, unit="rows"):
                 get = vals.get
-                w.writerow([device, seq, ts, sensor, flags, "", *(_cell(get(c)) for c in columns)])
+                w.writerow([device, seq, ts, sensor, flags, "", row_rate(last_ts, device, sensor, ts),
+                            *(_cell(get(c)) for c in columns)])  # fmt: skip
                 n += 1
         tmp.replace(out)
     except OSError as e:
@@ -96,6 +98,14 @@ def check_out_path(text: str) -> Path:
     if out.exists() and not os.access(out, os.W_OK):
         raise EdgefleetError(f"cannot write {out} (permission denied)")
     return out
+
+
+def row_rate(last_ts: dict[tuple[str, str], int], device: str, sensor: str, ts: int) -> str:
+    """rate_hz of a reading: 1000 / its ts step from the previous reading of the same device and sensor (the rate
+    the node logged at, e.g. 1 Hz for IMU logged every 10th reading, 10 Hz while capturing); empty for the first."""
+    prev = last_ts.get((device, sensor))
+    last_ts[(device, sensor)] = ts
+    return f"{1000.0 / (ts - prev):.4g}" if prev is not None and ts > prev else ""
 
 
 def _cell(x: object) -> object:

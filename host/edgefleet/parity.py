@@ -38,7 +38,8 @@ def find_gcc() -> str:
 
 
 def _compile(sources: list[Path], out: Path, includes: list[Path], defines: list[str]) -> None:
-    argv = [find_gcc(), "-std=c11", "-Wall", "-Werror", "-O2", *[f"-I{p}" for p in includes],
+    # -ffp-contract=off as in firmware/cmodule's builds: no fused multiply-add, features round like the definition
+    argv = [find_gcc(), "-std=c11", "-Wall", "-Werror", "-O2", "-ffp-contract=off", *[f"-I{p}" for p in includes],
             *[f"-D{d}" for d in defines], *map(str, sources), "-o", str(out), "-lm"]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode:
@@ -61,6 +62,26 @@ def build_core_harness(work: Path) -> Path:
     core = firmware_dir() / "cmodule"
     _compile([CSRC / "efm_harness.c", core / "efm_core.c"], exe, [core, emlearn_include()], [])
     return exe
+
+
+def build_features_harness(model_dir: Path, work: Path) -> Path:
+    """The all-C baseline: efm_core's features + quantization and emlearn's model.h forest, per window."""
+    exe = work / "features_harness"
+    core = firmware_dir() / "cmodule"
+    _compile([CSRC / "features_harness.c"], exe, [model_dir, core, emlearn_include()], [])
+    return exe
+
+
+def run_features_harness(
+    exe: Path, efm: Path, windows: np.ndarray, work: Path, repeat: int
+) -> tuple[np.ndarray, float, float]:
+    """(classes, µs per window for features + quantization + forest, µs of it for features)."""
+    inp = work / "windows.bin"
+    np.ascontiguousarray(windows, dtype="<f4").tofile(inp)
+    proc = subprocess.run([str(exe), str(efm), str(inp), str(windows.shape[1]), str(windows.shape[2]), str(repeat)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    m = re.search(r"us_per_window=([\d.]+) us_features=([\d.]+)", proc.stderr)
+    return np.array([int(v) for v in proc.stdout.split()]), float(m.group(1)), float(m.group(2))
 
 
 def run_emlearn(exe: Path, rows: np.ndarray, work: Path, float_output: bool) -> np.ndarray:

@@ -73,6 +73,56 @@ def _sizes(m: dict, out_dir: Path) -> str:
     return _png(fig)
 
 
+def lead(m: dict) -> str:
+    """The headline: what the node will do (its runner on the test split), the host model beside it."""
+    mt = m["metrics"]
+    rows = []
+    if "accuracy_node" in mt:
+        rows.append(("accuracy on the node (its runner, test split)", f"{mt['accuracy_node']:.3f}",
+                     f"host model {mt['accuracy']:.3f}"))  # fmt: skip
+        if "case_accuracy_node" in mt:
+            rows.append((f"per case, majority vote over each case's windows ({mt['n_cases']} cases)",
+                         f"{mt['case_accuracy_node']:.3f}", f"host model {mt['case_accuracy']:.3f}"))  # fmt: skip
+    if mt.get("fpr_measured") is not None:
+        lo, hi = mt["fpr_ci95"]
+        rows.append((f"false-positive rate on {mt['n_normal_test']} held-out normal windows (node)",
+                     f"{mt['fpr_measured']:.2%} (95% Wilson interval {lo:.2%} to {hi:.2%})",
+                     f"target {mt.get('fpr_target', 0):.2%}, threshold from {mt.get('n_normal_threshold', '?')} "
+                     f"cross-validated windows"))  # fmt: skip
+    rows.append(("trained model = node runner", f"{m['parity']['a_vs_c']:.2%}", "of test windows"))
+    body = "".join(f"<tr><td>{html.escape(a)}</td><td><b>{html.escape(b)}</b></td><td>{html.escape(c)}</td></tr>"
+                   for a, b, c in rows)  # fmt: skip
+    warn = mt.get("warning")
+    return ("<h2>On the node</h2><table border=1 cellpadding=4>" + body + "</table>"
+            + (f"<p><b>Warning:</b> {html.escape(warn)}</p>" if warn else ""))  # fmt: skip
+
+
+def fit_section(m: dict) -> str:
+    """What train chose to fit the board, its accuracy cost, and what quantization floored or clipped."""
+    e = html.escape
+    f = m.get("fit") or {}
+    out = []
+    if f:
+        ch = f.get("chosen", {})
+        cost = ""
+        if f.get("resized") and f.get("accuracy_requested") is not None:
+            cost = f"; host test accuracy {f['accuracy_requested']:.3f} as requested -> {f['accuracy_chosen']:.3f} as fitted"
+        out.append(f"<h2>Fit to {e(str(f.get('board')))}</h2><p>body {ch.get('body_bytes', 0):,} of "
+                   f"{f.get('max_body', 0):,} bytes; chosen {e(str(ch))}"
+                   + (f", requested {e(str(f.get('requested')))}" if f.get("resized") else " (as requested)") + cost
+                   + "</p>")  # fmt: skip
+    t = m.get("timing") or {}
+    if t:
+        out.append(f"<p>estimated {t['board_ms_per_window']:.1f} ms per window on {e(t['board'])} "
+                   f"(budget {t['budget_ms']:.0f} ms)</p>")  # fmt: skip
+    q = m.get("quantization") or {}
+    if q.get("floored") or q.get("clipped"):
+        out.append("<h3>Quantization</h3><p>range floored (near-constant, float32 error bound): "
+                   f"{e(', '.join(q.get('floored', [])) or 'none')}; clipped heavy tails (fraction of training "
+                   f"values at the clamp): {e(', '.join(f'{k} {v:.2%}' for k, v in q.get('clipped', {}).items()) or 'none')}</p>")  # fmt: skip
+    return "".join(out)
+
+
 def write(path: Path, m: dict, res: dict) -> None:
     e = html.escape
     parts = [f"<html><head><meta charset='utf-8'><title>{e(m['name'])}</title></head><body style='font-family:sans-serif'>",
@@ -80,7 +130,9 @@ def write(path: Path, m: dict, res: dict) -> None:
              f"<p>data {e(str(m['data']))}, sensor {e(m['sensor'])}, channels {e(', '.join(m['channels']))}, window "
              f"{m['window']} hop {m['hop']}, {len(m['features'])} features, model file {m['flash_bytes']:,} bytes "
              f"(sha256 {m['model_file']['sha256'][:16]}..., signed: {m['model_file']['signed']})</p>",
-             "<h2>Metrics</h2><pre>" + e(str({k: v for k, v in m["metrics"].items() if k != "per_class"})) + "</pre>"]  # fmt: skip
+             lead(m),
+             "<h2>Metrics</h2><pre>" + e(str({k: v for k, v in m["metrics"].items() if k != "per_class"})) + "</pre>",
+             fit_section(m)]  # fmt: skip
     if m["task"] == "classify":
         parts.append(_confusion(res["y"], res["pred"], m["classes"]))
         parts.append(_per_class(m["metrics"]["per_class"]))

@@ -8,9 +8,12 @@ and report.html, after measuring parity between the trained model, emlearn's C c
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import pickle
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +23,20 @@ from tqdm import tqdm
 
 from . import datasets, features, modelfile
 from .errors import EdgefleetError
+from .firmware_shared import firmware_module
 from .forecast import node as forecast_node
+from .model import anomaly as anomaly_mod
+from .model import budget as budget_mod
+from .model import quantize
 from .paths import models_dir
 
 log = logging.getLogger(__name__)
 
 MODELS = ("rf", "dt", "et", "mlp-keras", "mlp-sk", "anomaly", "forecast")
 TREE_MODELS = ("rf", "dt", "et", "forecast")
+DEFAULT_BOARD = "esp32-devkitc"
+DEFAULT_HIDDEN = (32, 16)
+MIN_AGREEMENT = 0.995
 
 
 @dataclass
@@ -91,8 +101,14 @@ def _mlp_layers_keras(model) -> list[tuple[np.ndarray, np.ndarray, str]]:
 
 
 def _mlp_layers_sk(model) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """The net's layers; a binary classifier's single logistic output becomes softmax over (0, z), which is
+    exactly (1 - sigmoid(z), sigmoid(z)): the node's runner wants one output per class."""
     acts = [model.activation] * (len(model.coefs_) - 1) + [model.out_activation_]
-    return list(zip(model.coefs_, model.intercepts_, acts, strict=True))
+    layers = list(zip(model.coefs_, model.intercepts_, acts, strict=True))
+    w, b, act = layers[-1]
+    if act == "logistic" and w.shape[1] == 1:
+        layers[-1] = (np.hstack([np.zeros_like(w), w]), np.concatenate([np.zeros_like(b), b]), "softmax")
+    return layers
 
 
 def require_tensorflow():
@@ -107,16 +123,13 @@ def require_tensorflow():
     return keras
 
 
-def fit_keras(xs: np.ndarray, y: np.ndarray, n_classes: int, seed: int, epochs: int):
+def fit_keras(xs: np.ndarray, y: np.ndarray, n_classes: int, seed: int, epochs: int, hidden=DEFAULT_HIDDEN):
     keras = require_tensorflow()
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
-        [
-            keras.Input(shape=(xs.shape[1],)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(n_classes, activation="softmax"),
-        ]
+        [keras.Input(shape=(xs.shape[1],))]
+        + [keras.layers.Dense(h, activation="relu") for h in hidden]
+        + [keras.layers.Dense(n_classes, activation="softmax")]
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     bar = tqdm(total=epochs, desc="keras", unit="epoch", disable=None)
@@ -152,7 +165,12 @@ def fit(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse
         ).fit(xq, y)
     if kind == "mlp-sk":
         est = MLPClassifier(
-            (32, 16), max_iter=1, warm_start=True, random_state=seed, learning_rate_init=0.01, batch_size=32
+            tuple(getattr(args, "hidden", None) or DEFAULT_HIDDEN),
+            max_iter=1,
+            warm_start=True,
+            random_state=seed,
+            learning_rate_init=0.01,
+            batch_size=32,
         )
         import warnings
 
@@ -164,7 +182,9 @@ def fit(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse
                 est.fit(xq / 32768.0, y)
         return est
     if kind == "mlp-keras":
-        return fit_keras(xq / 32768.0, y, n_classes, seed, args.epochs)
+        return fit_keras(
+            xq / 32768.0, y, n_classes, seed, args.epochs, tuple(getattr(args, "hidden", None) or DEFAULT_HIDDEN)
+        )
     if kind == "anomaly":
         return fit_envelope(xq / 32768.0, seed)
     if kind == "forecast":
@@ -209,8 +229,24 @@ def predict(t: Trained, est, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if t.task == "regress":
         v = est.predict(xq)
         return np.zeros(len(v), dtype=int), v
+    if t.kind in ("rf", "et", "dt"):
+        return hard_vote(est, xq)
     p = est.predict_proba(xq)
     return p.argmax(axis=1), p.max(axis=1)
+
+
+def hard_vote(est, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The forest as the model file encodes it and the node runs it: each tree votes its leaf's majority class,
+    the most votes win (lowest class on a tie), score = votes / trees. scikit-learn's predict_proba averages
+    the leaves' class fractions instead (a soft vote), which differs once leaves are impure (limited leaves)."""
+    trees = getattr(est, "estimators_", [est])
+    n_classes = len(est.classes_)
+    votes = np.zeros((len(xq), n_classes), dtype=int)
+    rows = np.arange(len(xq))
+    for tr in trees:
+        votes[rows, tr.tree_.value[tr.apply(xq), 0, :n_classes].argmax(axis=1)] += 1
+    best = votes.argmax(axis=1)
+    return best, votes[rows, best] / len(trees)
 
 
 def mutual_information(xq: np.ndarray, y: np.ndarray, names: list[str], seed: int) -> list[tuple[str, float]]:
@@ -226,80 +262,197 @@ def mutual_information(xq: np.ndarray, y: np.ndarray, names: list[str], seed: in
 # ---------------------------------------------------------------- the command
 
 
+def model_rate(w: datasets.Windows, args: argparse.Namespace) -> float | None:
+    """The rate the model runs at: --rate-hz, else (classifiers, anomaly) the node's default rate for the sensor
+    (firmware config), else the data's. Data at another rate is refused: its windows would span another length of time."""
+    want = getattr(args, "rate_hz", None)
+    source = "--rate-hz"
+    if want is None and args.model == "forecast":
+        return (
+            w.rate_hz
+        )  # forecasts run on the series' own rate (often resampled, docs/forecast.md); checked with --rate-hz
+    if want is None:
+        want = firmware_module("node/config.py").DEFAULTS["rates"].get(w.sensor)
+        source = f"the node's default {w.sensor} rate"
+    if want is None:
+        return w.rate_hz
+    if w.rate_hz is None:
+        log.warning("%s: sample rate unknown (no rate_hz column, no ts_ms steps); assuming %g Hz", args.data, want)
+        return float(want)
+    if abs(w.rate_hz - want) > datasets.RATE_TOLERANCE * want:
+        raise EdgefleetError(
+            f"{args.data} is sampled at {w.rate_hz:g} Hz but the model runs at {want:g} Hz ({source})",
+            hint="capture full-rate data (edgefleet capture --device ID --sensor S --label L --for 60s), or give "
+            "--rate-hz with the rate the node will sample at",
+        )
+    return float(want)
+
+
+def host_accuracy(t: Trained, est, xq: np.ndarray, y: np.ndarray) -> float | None:
+    if t.task != "classify" or not len(y):
+        return None
+    return float(np.mean(predict(t, est, xq)[0] == y))
+
+
+def fit_sized(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse.Namespace,
+              budget: budget_mod.Budget) -> tuple[Any, dict, Any]:  # fmt: skip
+    """Fit a model whose body fits the board; returns (model, what was chosen, the model as requested)."""
+    if kind in ("rf", "dt", "et", "forecast"):
+        first = []
+
+        def make(n: int, leaves: int | None, depth: int | None):
+            a = copy.copy(args)
+            a.trees, a.max_leaf_nodes, a.max_depth = n, leaves, depth
+            est = fit(kind, xq, y, n_classes, a)
+            first.append(est)
+            return est
+
+        est, info = budget_mod.fit_trees(make, args.trees, args.max_leaf_nodes, args.max_depth, budget.max_body,
+                                         regress=kind == "forecast")  # fmt: skip
+        return est, info, first[0]
+    if kind.startswith("mlp"):
+        want = tuple(getattr(args, "hidden", None) or DEFAULT_HIDDEN)
+        hidden, info = budget_mod.net_layers(want, xq.shape[1], n_classes, budget.max_body)
+        a = copy.copy(args)
+        a.hidden = hidden
+        est = fit(kind, xq, y, n_classes, a)
+        return est, info, (fit(kind, xq, y, n_classes, args) if info["resized"] else est)
+    est = fit(kind, xq, y, n_classes, args)
+    nf = xq.shape[1]
+    return est, {"chosen": {"body_bytes": 4 * (nf + nf * nf)}, "max_body": budget.max_body, "resized": False}, est
+
+
+def _labels(w: datasets.Windows, kind: str, normal: str | None, tr: np.ndarray, te: np.ndarray):
+    """(task, y, classes, tr, te) for a model kind; anomaly y is 1 for windows not labelled `normal`."""
+    if kind == "anomaly":
+        y = (w.y != normal).astype(int) if normal else np.zeros(len(w.y), dtype=int)
+        if normal:
+            tr = tr[w.y[tr] == normal]  # fit on the normal class only; the test split keeps all
+            if len(tr) == 0:
+                raise EdgefleetError(f"no training windows labelled {normal!r}")
+        return "anomaly", y, (), tr, te
+    labelled = w.y != ""
+    tr, te = tr[labelled[tr]], te[labelled[te]]
+    classes = tuple(sorted(set(w.y[tr])))
+    if len(classes) < 2:
+        raise EdgefleetError("need at least 2 labels to train a classifier", hint="label the CSV's label column")
+    y = np.array([classes.index(c) if c in classes else -1 for c in w.y])
+    return "classify", y, classes, tr, te[y[te] >= 0]
+
+
 def train(args: argparse.Namespace) -> Path:
+    """Train, convert and gate; the model directory appears only when everything passed (staged, then renamed)."""
     if args.model not in MODELS:
         raise EdgefleetError(f"unknown model {args.model!r}", hint="one of " + ", ".join(MODELS))
     if args.model == "mlp-keras":
         require_tensorflow()
     key = _key(args)  # a bad key file fails before any training
-    w = datasets.load(args.data, args.window, args.hop, args.sensor)
+    budget = budget_mod.Budget.of(getattr(args, "board", None) or DEFAULT_BOARD)
+    w = datasets.load(args.data, args.window, args.hop, args.sensor, getattr(args, "labels", None))
+    if getattr(args, "split_by", None):
+        datasets.apply_split_rule(w, args.split_by)
+    rate = model_rate(w, args)
     if args.model == "forecast":
         w = forecast_node.target_first(w, args.target)  # the node forecasts its model's first channel
     names = features.names(w.channels)
+    kind = args.model
+    n_classes = max(2, len(set(w.y.tolist()) - {""}))
+    cost = budget_mod.check(budget, kind, len(w.channels), w.window, len(names), n_classes,
+                            w.hop / rate if rate else None)  # fmt: skip
     x = feature_matrix(w)
     tr, te = split(w, args.seed, args.test_size)
-    scaling = modelfile.Scaling.fit(x[tr])
-    xq = scaling.apply(x).astype(np.float64)
+    quant = quantize.fit(x[tr], names, w.x[tr])
+    if quant.floored:
+        log.info("quantization: %d near-constant features get a range floor: %s", len(quant.floored),
+                 ", ".join(quant.floored[:8]))  # fmt: skip
+    xq = quant.scaling.apply(x).astype(np.float64)
     classes: tuple[str, ...] = ()
     threshold = None
-    kind = args.model
+    extra: dict[str, Any] = {}
     if kind == "forecast":
         task = "regress"
         y = forecast_node.delta_target(w)  # the change from the last value (why: forecast/node.py)
         ok = ~np.isnan(y)
         tr, te = tr[ok[tr]], te[ok[te]]
-    elif kind == "anomaly":
-        task = "anomaly"
-        y = np.zeros(len(w.y), dtype=int)
-        if args.normal:
-            tr = tr[w.y[tr] == args.normal]  # fit on the normal class only; the test split keeps all
-            if len(tr) == 0:
-                raise EdgefleetError(f"no training windows labelled {args.normal!r}")
     else:
-        task = "classify"
-        labelled = w.y != ""
-        tr, te = tr[labelled[tr]], te[labelled[te]]
-        classes = tuple(sorted(set(w.y[tr])))
-        if len(classes) < 2:
-            raise EdgefleetError("need at least 2 labels to train a classifier", hint="label the CSV's label column")
-        y = np.array([classes.index(c) if c in classes else -1 for c in w.y])
-        te = te[y[te] >= 0]
+        task, y, classes, tr, te = _labels(w, kind, args.normal, tr, te)
     if len(tr) < 4 or len(te) < 1:
         raise EdgefleetError(
             f"too few windows: {len(tr)} train, {len(te)} test", hint="more data or a smaller window/hop"
         )
     log.info("%s: %d windows (%d train, %d test), %d features", args.data, len(w.y), len(tr), len(te), len(names))
-    if kind == "anomaly":
-        rng = np.random.default_rng(args.seed)
-        perm = rng.permutation(tr)
-        n_val = max(1, len(perm) // 4)
-        val, fit_idx = perm[:n_val], perm[n_val:]
-        est = fit(kind, xq[fit_idx], y[fit_idx], 0, args)
-        threshold = float(np.quantile(est.mahalanobis(xq[val] / 32768.0), args.quantile))
-        log.info("anomaly threshold %.3f = %.3f quantile of %d validation windows", threshold, args.quantile, n_val)
-    else:
-        est = fit(kind, xq[tr], y[tr], len(classes), args)
-        if kind == "forecast":
-            threshold = forecast_node.band(est, xq[tr], y[tr])  # the node's anomaly band
-    relevance = mutual_information(xq[tr], np.asarray(w.y)[tr], names, args.seed) if w.y[tr].any() else []
-    out = Path(args.out or models_dir()) / args.name
-    out.mkdir(parents=True, exist_ok=True)
     t = Trained(
-        args.name, kind, task, None if kind == "mlp-keras" else est, scaling, w.sensor, w.channels, w.window, w.hop,
-        classes, threshold, names, relevance, args.data,
-        {k: getattr(args, k) for k in ("model", "window", "hop", "trees", "max_leaf_nodes", "max_depth", "seed", "epochs")},
+        args.name, kind, task, None, quant.scaling, w.sensor, w.channels, w.window, w.hop, classes, None, names,
+        [], args.data, {k: getattr(args, k, None) for k in ("model", "window", "hop", "trees", "max_leaf_nodes",
+                                                            "max_depth", "seed", "epochs", "hidden")},
     )  # fmt: skip
-    if kind == "mlp-keras":
-        est.save(out / "model.keras")
-    with (out / "trained.pkl").open("wb") as f:
-        pickle.dump(t, f)
-    labels = y[te] if task != "anomaly" else (w.y[te] != (args.normal or "")).astype(int) if args.normal else y[te]
-    np.savez_compressed(out / "testset.npz", x=w.x[te].astype(np.float32), xq=xq[te].astype(np.int16), y=labels,
-                        label=np.asarray(w.y)[te], **(forecast_node.testset_extra(w, te) if kind == "forecast" else {}))  # fmt: skip
-    from .convert import convert
-
-    convert(out, key=key)
+    if kind == "anomaly":
+        fpr = getattr(args, "fpr", None) or 0.01
+        threshold, extra["anomaly"] = anomaly_mod.cv_threshold(
+            lambda rows: fit(kind, rows, y[: len(rows)], 0, args),
+            lambda est, rows: est.mahalanobis(rows / 32768.0),
+            xq[tr],
+            fpr,
+            args.seed,
+        )
+        t.threshold = threshold
+        log.info(
+            "anomaly threshold %.3f: the %.3g quantile of %d cross-validated normal windows",
+            threshold,
+            1 - fpr,
+            len(tr),
+        )
+    est, fitinfo, requested = fit_sized(kind, xq[tr], y[tr], len(classes), args, budget)
+    t.estimator = None if kind == "mlp-keras" else est
+    if kind == "forecast":
+        t.threshold = forecast_node.band(est, xq[tr], y[tr])  # the node's anomaly band
+    acc_req, acc = host_accuracy(t, requested, xq[te], y[te]), host_accuracy(t, est, xq[te], y[te])
+    fitinfo.update({"accuracy_requested": acc_req, "accuracy_chosen": acc, "board": budget.board})
+    if fitinfo["resized"]:
+        log.info("fitted to %s: %s (body %d <= %d bytes); host test accuracy %s -> %s", budget.board,
+                 fitinfo["chosen"], fitinfo["chosen"]["body_bytes"], budget.max_body, acc_req, acc)  # fmt: skip
+    t.relevance = mutual_information(xq[tr], np.asarray(w.y)[tr], names, args.seed) if w.y[tr].any() else []
+    t.params.update({"board": getattr(args, "board", None) or DEFAULT_BOARD, "board_name": budget.board, "rate_hz": rate, "min_agreement": _min_agreement(args), "fit": fitinfo,
+                     "cost": cost, "quantization": {"floored": quant.floored, "clipped": quant.clipped}, **extra})  # fmt: skip
+    out = Path(args.out or models_dir()) / args.name
+    extra_test = forecast_node.testset_extra(w, te) if kind == "forecast" else {}
+    _write_atomically(out, t, est, key, w, xq, y, te, extra_test)
     return out
+
+
+def _min_agreement(args: argparse.Namespace) -> float:
+    v = getattr(args, "min_agreement", None)
+    v = MIN_AGREEMENT if v is None else v
+    if not 0 <= v <= 1:
+        raise EdgefleetError(f"--min-agreement {v} must be between 0 and 1")
+    return float(v)
+
+
+def _write_atomically(out: Path, t: Trained, est, key, w, xq, y, te, extra_test: dict) -> None:
+    """Stage trained.pkl, testset.npz and convert's outputs in a hidden sibling directory, then rename: a failure
+    at any step (conversion, parity gate, budget) leaves no partial model directory, and an older model stays."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if t.kind == "mlp-keras":
+            est.save(stage / "model.keras")
+        with (stage / "trained.pkl").open("wb") as f:
+            pickle.dump(t, f)
+        np.savez_compressed(stage / "testset.npz", x=w.x[te].astype(np.float32), xq=xq[te].astype(np.int16), y=y[te],
+                            label=np.asarray(w.y)[te], case=np.asarray(w.groups)[te], **extra_test)  # fmt: skip
+        from .convert import convert
+
+        convert(stage, key=key, final_name=out)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(stage, out)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def _key(args: argparse.Namespace) -> bytes | None:
@@ -310,10 +463,31 @@ def _key(args: argparse.Namespace) -> bytes | None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     out = train(args)
+    import json
+
+    m = json.loads((out / "manifest.json").read_text())
+    print(headline(m))
     print(f"model written to {out}/ (report: {out / 'report.html'})")
     if args.model == "forecast":
         print(forecast_node.train_report(out))
     return 0
+
+
+def headline(m: dict) -> str:
+    """One line that leads with what the node will do (its runner on the test split), the host model beside it."""
+    mt = m["metrics"]
+    parts = []
+    if "accuracy_node" in mt:
+        parts.append(f"node accuracy {mt['accuracy_node']:.3f} (host model {mt['accuracy']:.3f})")
+        if "case_accuracy_node" in mt:
+            parts.append(f"per case {mt['case_accuracy_node']:.3f} over {mt['n_cases']} cases")
+    if "fpr_measured" in mt:
+        lo, hi = mt["fpr_ci95"]
+        parts.append(f"false positives {mt['fpr_measured']:.2%} [{lo:.2%}, {hi:.2%}] on {mt['n_normal_test']} normal "
+                     f"windows (target {mt['fpr_target']:.2%})")  # fmt: skip
+    parts.append(f"agreement host/node {m['parity']['a_vs_c']:.2%}")
+    parts.append(f"body {m['model_file']['bytes']:,} B on {m.get('board', '?')}")
+    return ", ".join(parts)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -330,7 +504,41 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-depth", type=int, default=None, help="limit tree depth")
     p.add_argument("--epochs", type=int, default=200, help="MLP epochs (default 200)")
     p.add_argument("--normal", help="anomaly: the label of normal data to fit on (default: all, unlabelled)")
-    p.add_argument("--quantile", type=float, default=0.99, help="anomaly: validation quantile for the threshold")
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=0.01,
+        help="anomaly: target false-positive rate on normal windows; the threshold is its quantile of "
+        "cross-validated scores (default 0.01)",
+    )
+    p.add_argument(
+        "--board",
+        default=DEFAULT_BOARD,
+        help=f"board whose budget (boards/<name>.json: inference, heap_bytes) the model must fit (default {DEFAULT_BOARD})",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=MIN_AGREEMENT,
+        help=f"fail unless trained model and node runner agree on this fraction of test windows (default {MIN_AGREEMENT})",
+    )
+    p.add_argument(
+        "--hidden",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        default=DEFAULT_HIDDEN,
+        help="mlp: hidden layer sizes, comma separated; shrunk to fit the board (default 32,16)",
+    )
+    p.add_argument(
+        "--rate-hz",
+        type=float,
+        help="the node's sample rate for the model (default: the node's configured rate for the sensor); "
+        "data at another rate is refused",
+    )
+    p.add_argument(
+        "--split-by",
+        help="train/test by a rule: device=REGEX puts matching devices in the test split "
+        "(default: the CSV's split column if any, else by device series)",
+    )
     p.add_argument(
         "--target",
         help="forecast: channel whose next value is predicted (default: the first); the model predicts its change from the last value",
@@ -339,8 +547,16 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-file", help="HMAC key file to sign the model file (default: $EDGEFLEET_MODEL_KEY_FILE)")
 
 
+EXAMPLES = """examples:
+  edgefleet train --data basicmotions --model rf --name basicmotions-rf
+  edgefleet train --data export.csv --sensor imu --model rf --name walk --board esp32-c3
+  edgefleet train --data export.csv --sensor imu --split-by 'device=^lab-' --name walk
+  edgefleet train --data ecg.csv --model anomaly --normal normal --fpr 0.005 --name ecg
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on an export CSV or BasicMotions, then convert it",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_train_args(p)
     p.set_defaults(func=_cmd_train)

@@ -72,3 +72,26 @@ def test_rv32imc_module_builds_for_esp32_c3(tmp_path):
     mpy = build_module.build("esp32-c3", os.environ["MPY_DIR"], tmp_path / "build")
     head = mpy.read_bytes()[:4]
     assert head[0] == ord("M") and head[1] == 6, head  # .mpy v6 header
+
+
+def test_make_gets_our_python_on_its_command_line(tmp_path):
+    """dynruntime.mk sets PYTHON itself: only a command-line variable overrides it (an env var does not)."""
+    argv = build_module.make_argv("x64", tmp_path, tmp_path, tmp_path / "w", "")
+    assert f"PYTHON={sys.executable}" in argv and argv[0] == "make"
+
+
+@pytest.mark.needs_mpy_dir
+@pytest.mark.skipif(not os.environ.get("MPY_DIR"), reason="MPY_DIR not set: no MicroPython source tree to link "
+                    "a native .mpy; set MPY_DIR to a micropython checkout")  # fmt: skip
+def test_build_ignores_a_foreign_python3_and_leaves_the_source_tree_clean(tmp_path, monkeypatch):
+    """A python3 without pyelftools first on PATH (here: one that always fails) must not be what links."""
+    decoy = tmp_path / "bin"
+    decoy.mkdir()
+    (decoy / "python3").write_text("#!/bin/sh\necho decoy python3 >&2\nexit 3\n")
+    (decoy / "python3").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{decoy}:{os.environ['PATH']}")
+    src = ROOT / "firmware" / "cmodule"
+    before = sorted(p.name for p in src.iterdir())
+    mpy = build_module.build("sim", os.environ["MPY_DIR"], tmp_path / "out")
+    assert mpy.read_bytes()[:1] == b"M"
+    assert sorted(p.name for p in src.iterdir()) == before

@@ -374,14 +374,24 @@ def test_export_round_trip(mqtt_broker, db_url, collector, tmp_path) -> None:
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     header = out.read_text().splitlines()[0].split(",")
     assert header[:6] == ["device", "seq", "ts_ms", "sensor", "flags", "label"]
-    assert set(header[6:]) == {"temperature", "humidity", "pressure", "ax", "ay", "az", "gx", "gy", "gz"}
+    assert header[6] == "rate_hz" and set(header[7:]) == {
+        "temperature",
+        "humidity",
+        "pressure",
+        "ax",
+        "ay",
+        "az",
+        "gx",
+        "gy",
+        "gz",
+    }
     assert [(r["device"], int(r["seq"])) for r in rows] == sorted((d, rec["seq"]) for d, rec in sent)
     by_key = {(d, rec["seq"]): rec for d, rec in sent}
     for row in rows:
         rec = by_key[(row["device"], int(row["seq"]))]
         assert (int(row["ts_ms"]), row["sensor"], int(row["flags"]), row["label"]) == (
             rec["ts"], rec["sensor"], rec["flags"], "")  # fmt: skip
-        for ch in header[6:]:
+        for ch in header[7:]:
             if ch in rec["vals"]:
                 assert float(row[ch]) == rec["vals"][ch]  # exact: floats round-trip through repr
             else:
@@ -393,7 +403,8 @@ def test_export_round_trip(mqtt_broker, db_url, collector, tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     rows2 = list(csv.DictReader(out2.open()))
     assert [int(r["seq"]) for r in rows2] == [3, 6, 9, 12]
-    assert out2.read_text().splitlines()[0] == "device,seq,ts_ms,sensor,flags,label,ax,ay,az,gx,gy,gz"
+    assert out2.read_text().splitlines()[0] == "device,seq,ts_ms,sensor,flags,label,rate_hz,ax,ay,az,gx,gy,gz"
+    assert [r["rate_hz"] for r in rows2][1:] == ["0.3333"] * 3  # seqs 3, 6, 9, 12 of imu: ts steps of 3 s
 
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path) -> None:
