@@ -19,6 +19,12 @@ one line when it is back. After each COMMIT it publishes the `stored` acks of pr
 --inflight is the MQTT 5 Receive Maximum asked of the broker (mosquitto 2.0.11 was seen to exceed it under a
 burst; see docs/collect.md). The MQTT client is `mqttfast.FastClient`, paho with batched I/O (the figures are in
 docs/collect.md, "Benchmark").
+
+Transports (issue 17). The writer does not know its broker: the `--broker` scheme picks a transport with one
+small seam (start(deliver), ack(items), publish_stored, wait_first_session, first_session_hint, stop_receiving,
+close). `MqttTransport` below is the MQTT 5 path described above; `collector_amqp.AmqpTransport` consumes
+RabbitMQ's quorum queue over AMQP 0-9-1 (docs/scale.md). An MQTT 5 connect that gets no session is followed by
+an MQTT 3.1.1 probe, so a 3.1.1-only broker (RabbitMQ's MQTT plugin) is named as such, not as a login problem.
 """
 
 from __future__ import annotations

@@ -63,7 +63,9 @@ class ReliableNode:
         self._connects += 1
         self.reconnects = self._connects - 1
         client.subscribe(protocol.topic(self.prefix, self.device, "stored"), qos=1)
-        status = online_status(self.device, self.log_id, counters={"logged": self._seq, "reconnects": self.reconnects})
+        status = online_status(
+            self.device, self.log_id, seq=self._connects, counters={"logged": self._seq, "reconnects": self.reconnects}
+        )
         client.publish(protocol.topic(self.prefix, self.device, "status"), protocol.encode(status), qos=1, retain=True)
         self.connected.set()
         if self._connects > 1:
