@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.edgefleet-installed
 EXTRAS ?= all
 # apt-get is used only when a needed program is missing and we may install (root, or passwordless sudo).
 APT_PACKAGES_DEMO := mosquitto mosquitto-clients
-APT_PACKAGES_TEST := mosquitto mosquitto-clients postgresql gcc make chromium
+APT_PACKAGES_TEST := mosquitto mosquitto-clients postgresql gcc make chromium rabbitmq-server haproxy
 
 .PHONY: setup setup-test demo test lint bench clean help
 
@@ -40,7 +40,7 @@ setup: $(STAMP)
 	$(call ensure_apt,$(APT_PACKAGES_DEMO),mosquitto mosquitto_sub)
 
 setup-test: $(STAMP)
-	$(call ensure_apt,$(APT_PACKAGES_TEST),mosquitto mosquitto_sub initdb gcc chromium)
+	$(call ensure_apt,$(APT_PACKAGES_TEST),mosquitto mosquitto_sub initdb gcc chromium rabbitmqctl haproxy)
 
 demo: setup
 	$(VENV)/bin/edgefleet demo

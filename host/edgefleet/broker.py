@@ -309,6 +309,12 @@ def _secure_files(args: argparse.Namespace, data_dir: Path) -> tuple[Path | None
 def _cmd_broker(args: argparse.Namespace) -> int:
     if getattr(args, "broker_cmd", None) == "pki":
         return _cmd_pki(args)
+    if args.rabbitmq_cluster:  # issue 17: a RabbitMQ cluster instead of mosquitto; see edgefleet.rabbitmq
+        from .rabbitmq import run_cluster
+
+        if not args.rabbitmq_users:
+            raise EdgefleetError("--rabbitmq-cluster needs --rabbitmq-users FILE", hint="lines `name password`")
+        return run_cluster(args.rabbitmq_cluster, args.rabbitmq_users, args.port, args.data_dir, args.prefix)
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="edgefleet-broker-"))
     password_file, acl_file = _secure_files(args, data_dir)
     tls = None
@@ -392,6 +398,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--tls-dir", help="directory written by `edgefleet broker pki`: adds a TLS listener")
     p.add_argument("--tls-port", type=int, default=8883, help="TLS listener port with --tls-dir (default: 8883)")
+    p.add_argument(
+        "--rabbitmq-cluster",
+        type=int,
+        metavar="N",
+        help="instead of mosquitto: N clustered RabbitMQ nodes on loopback, haproxy on --port for the nodes' MQTT, "
+        "AMQP for the collectors (docs/scale.md; default: off)",
+    )
+    p.add_argument(
+        "--rabbitmq-users",
+        help="with --rabbitmq-cluster: file of `name password` lines (collector, operator, device ids; mode 600)",
+    )
     p.set_defaults(func=_cmd_broker, collector_user=None, operator_user=None)
     bsub = p.add_subparsers(dest="broker_cmd")
     k = bsub.add_parser(

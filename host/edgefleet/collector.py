@@ -19,6 +19,12 @@ one line when it is back. After each COMMIT it publishes the `stored` acks of pr
 --inflight is the MQTT 5 Receive Maximum asked of the broker (mosquitto 2.0.11 was seen to exceed it under a
 burst; see docs/collect.md). The MQTT client is `mqttfast.FastClient`, paho with batched I/O (the figures are in
 docs/collect.md, "Benchmark").
+
+Transports (issue 17). The writer does not know its broker: the `--broker` scheme picks a transport with one
+small seam (start(deliver), ack(items), publish_stored, wait_first_session, first_session_hint, stop_receiving,
+close). `MqttTransport` below is the MQTT 5 path described above; `collector_amqp.AmqpTransport` consumes
+RabbitMQ's quorum queue over AMQP 0-9-1 (docs/scale.md). An MQTT 5 connect that gets no session is followed by
+an MQTT 3.1.1 probe, so a 3.1.1-only broker (RabbitMQ's MQTT plugin) is named as such, not as a login problem.
 """
 
 from __future__ import annotations
@@ -95,8 +101,209 @@ class Stats:
     max_batch: int = 0
 
 
+class MqttTransport:
+    """The MQTT 5 transport (mqtt:// and mqtts://): a persistent session, manual acks, `$share` groups."""
+
+    def __init__(
+        self,
+        broker: str,
+        prefix: str,
+        group: str | None,
+        client_id: str,
+        ca: str | None,
+        cert: str | None,
+        key: str | None,
+        inflight: int,
+        password: str | None,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.url = parse_broker_url(broker)
+        if password is not None:
+            self.url.password = password
+        self.where = f"{self.url.host}:{self.url.port}"
+        self.prefix = prefix
+        self.group = group
+        self.client_id = client_id
+        self._gen = 0  # connection generation; messages are acked only on the connection they came on
+        self._gen_lock = threading.Lock()
+        self.connected = threading.Event()
+        self.refused: str | None = None
+        self.reconnects = 0
+        self._deliver = None
+        self._now_ms = now_ms
+
+        from .mqttfast import FAST_IO, FastClient
+
+        if not FAST_IO:
+            import paho.mqtt
+
+            log.warning("paho-mqtt %s: mqttfast does not apply, using the stock (slower) client", paho.mqtt.__version__)
+        cls = FastClient if FAST_IO else mqtt.Client
+        c = cls(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        if self.url.username:
+            c.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls or ca or cert:
+            try:
+                c.tls_set(ca_certs=ca, certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError, ValueError) as e:
+                raise EdgefleetError(f"cannot set up TLS: {e}", hint="check --ca/--cert/--key") from None
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.reconnect_delay_set(0.2, 5)
+        self.client = c
+        self._props = Properties(PacketTypes.CONNECT)
+        self._props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._props.ReceiveMaximum = inflight
+        # Which collector stored it (for operators and the shared-group test; nodes ignore it).
+        self._stored_props = Properties(PacketTypes.PUBLISH)
+        self._stored_props.UserProperty = ("collector", client_id)
+
+    # -- MQTT thread (paho's loop): never blocks
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        if reason_code.is_failure:
+            self.refused = str(reason_code)
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        with self._gen_lock:
+            if self.connected_once:
+                self.reconnects += 1
+            self.connected_once = True
+            self._gen += 1
+        log.info(
+            "connected to %s:%d as %s (session present: %s)",
+            self.url.host,
+            self.url.port,
+            self.client_id,
+            flags.session_present,
+        )
+        # retainHandling=1: retained status only when the subscription is new, not again on every reconnect.
+        opts = SubscribeOptions(qos=1, retainHandling=1)
+        client.subscribe([(t, opts) for t in protocol.subscriptions(self.prefix, self.group)])
+        self.connected.set()
+
+    connected_once = False
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._gen_lock:
+            self._gen += 1
+        self.connected.clear()
+        if not self._stopping:
+            log.warning("disconnected from broker (%s); reconnecting", reason_code)
+
+    _stopping = False
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self._deliver((self._gen, msg, self._now_ms()))
+
+    # -- the seam the collector uses
+    def start(self, deliver, now_ms_fn) -> None:
+        self._deliver, self._now_ms = deliver, now_ms_fn
+        try:
+            self.client.connect(self.url.host, self.url.port, keepalive=30, clean_start=False, properties=self._props)
+        except (OSError, ssl.SSLError) as e:
+            raise EdgefleetError(f"cannot connect to broker {self.where}: {e}") from None
+        self.client.loop_start()
+
+    def ack(self, items: list) -> None:
+        with self._gen_lock:
+            gen = self._gen
+            mids = [msg.mid for g, msg, _ in items if g == gen and msg.qos == 1]
+            ack_many = getattr(self.client, "ack_many", None)
+            if ack_many is not None:
+                ack_many(mids)
+            else:
+                for mid in mids:
+                    self.client.ack(mid, 1)
+
+    def publish_stored(self, messages) -> int:
+        """QoS 1, never retained (a retained one would be stale)."""
+        n = 0
+        for topic, payload in messages:
+            self.client.publish(topic, payload, qos=1, retain=False, properties=self._stored_props)
+            n += 1
+        return n
+
+    def wait_first_session(self, timeout: float) -> str | None:
+        """None once a session is up; else why not."""
+        deadline = time.monotonic() + timeout
+        while not self.connected.wait(0.1):
+            if self.refused:
+                return f"refused the connection: {self.refused}"
+            if time.monotonic() > deadline:
+                return f"gave no session in {timeout:.0f} s"
+        return None
+
+    def first_session_hint(self) -> str:
+        """Why a broker gives no session: a broker that speaks only MQTT 3.1.1 (RabbitMQ's MQTT plugin) is told
+        apart from bad credentials by a 3.1.1 probe, so the user is not sent to check a correct password."""
+        if not self.url.tls and speaks_only_mqtt311(self.url.host, self.url.port):
+            return (
+                f"broker {self.where} speaks MQTT 3.1.1, not MQTT 5, which the collector needs (persistent session, "
+                "shared subscriptions)",
+                "for RabbitMQ's MQTT plugin, collect over AMQP: --broker amqp://[user@]host:5672[,host:5672]/ "
+                "(docs/scale.md); otherwise use an MQTT 5 broker (mosquitto 2, EMQX, HiveMQ, VerneMQ)",
+            )
+        return (
+            None,
+            "check the user name in --broker, the password (--password-file or "
+            f"${PASSWORD_ENV}), and --cert/--key if the broker wants a client certificate",
+        )
+
+    def stop_receiving(self) -> None:
+        self._stopping = True
+        self.client.loop_stop()  # no more messages; the socket stays open for the final acks
+
+    def close(self) -> None:
+        """Send the final PUBACKs over the still-open socket, then a clean DISCONNECT."""
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            self.client.loop_write()
+            if not self.client.want_write():
+                break
+            time.sleep(0.01)
+        self.client.disconnect()
+
+
+def speaks_only_mqtt311(host: str, port: int, timeout: float = 3.0) -> bool:
+    """True if the broker answers an MQTT 3.1.1 CONNECT with a CONNACK (any return code: even 'not authorised'
+    means it speaks 3.1.1). Asked only after an MQTT 5 CONNECT got no session."""
+    client_id = b"edgefleet-probe"
+    var = b"\x00\x04MQTT\x04\x02\x00\x0a"  # protocol level 4 (3.1.1), clean session, keepalive 10
+    body = var + len(client_id).to_bytes(2, "big") + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(bytes([0x10, len(body)]) + body)
+            got = s.recv(4)
+    except OSError:
+        return False
+    return len(got) == 4 and got[0] == 0x20 and got[1] == 2
+
+
+def make_transport(broker: str, prefix: str, group: str | None, client_id: str, ca, cert, key, inflight, password):
+    """The --broker URL scheme chooses the transport; the collector sees only the seam (start, ack,
+    publish_stored, wait_first_session, first_session_hint, stop_receiving, close, where, reconnects)."""
+    scheme = broker.partition("://")[0]
+    if scheme in ("amqp", "amqps"):
+        if group:
+            raise EdgefleetError(
+                "--group is for MQTT 5 shared subscriptions",
+                hint="over AMQP every collector consumes the one shared quorum queue: leave --group out",
+            )
+        from .collector_amqp import AmqpTransport
+
+        return AmqpTransport(broker, prefix, client_id, password=password, inflight=inflight, ca=ca, cert=cert, key=key)
+    return MqttTransport(broker, prefix, group, client_id, ca, cert, key, inflight, password)
+
+
 class Collector:
-    """One collector process: an MQTT client and a writer thread sharing a queue."""
+    """One collector process: a broker transport and a writer thread sharing a queue."""
 
     def __init__(
         self,
@@ -115,14 +322,6 @@ class Collector:
         password: str | None = None,
         retry_max_s: float = 10.0,
     ) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        self.url = parse_broker_url(broker)
-        if password is not None:
-            self.url.password = password
         self.retry_max_s = retry_max_s
         self.unacked_at_stop = 0
         self.storage = storage
@@ -135,70 +334,8 @@ class Collector:
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.stats = Stats()
         self._stop = threading.Event()
-        self._gen = 0  # connection generation; messages are acked only on the connection they came on
-        self._gen_lock = threading.Lock()
-        self._connected = threading.Event()
         self.error: BaseException | None = None
-        self._refused: str | None = None
-
-        from .mqttfast import FAST_IO, FastClient
-
-        if not FAST_IO:
-            import paho.mqtt
-
-            log.warning("paho-mqtt %s: mqttfast does not apply, using the stock (slower) client", paho.mqtt.__version__)
-        cls = FastClient if FAST_IO else mqtt.Client
-        c = cls(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
-        if self.url.username:
-            c.username_pw_set(self.url.username, self.url.password)
-        if self.url.tls or ca or cert:
-            try:
-                c.tls_set(ca_certs=ca, certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError, ValueError) as e:
-                raise EdgefleetError(f"cannot set up TLS: {e}", hint="check --ca/--cert/--key") from None
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.reconnect_delay_set(0.2, 5)
-        self.client = c
-        self._props = Properties(PacketTypes.CONNECT)
-        self._props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self._props.ReceiveMaximum = inflight
-        # Which collector stored it (for operators and the shared-group test; nodes ignore it).
-        self._stored_props = Properties(PacketTypes.PUBLISH)
-        self._stored_props.UserProperty = ("collector", self.client_id)
-
-    # -- MQTT thread (paho's loop): never blocks
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        from paho.mqtt.subscribeoptions import SubscribeOptions
-
-        if reason_code.is_failure:
-            self._refused = str(reason_code)
-            log.error("broker refused the connection: %s", reason_code)
-            return
-        with self._gen_lock:
-            self._gen += 1
-        log.info(
-            "connected to %s:%d as %s (session present: %s)",
-            self.url.host,
-            self.url.port,
-            self.client_id,
-            flags.session_present,
-        )
-        # retainHandling=1: retained status only when the subscription is new, not again on every reconnect.
-        opts = SubscribeOptions(qos=1, retainHandling=1)
-        client.subscribe([(t, opts) for t in protocol.subscriptions(self.prefix, self.group)])
-        self._connected.set()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        with self._gen_lock:
-            self._gen += 1
-        self._connected.clear()
-        if not self._stop.is_set():
-            log.warning("disconnected from broker (%s); reconnecting", reason_code)
-
-    def _on_message(self, client, userdata, msg) -> None:
-        self.queue.put((self._gen, msg, now_ms()))
+        self.transport = make_transport(broker, prefix, group, self.client_id, ca, cert, key, inflight, password)
 
     # -- worker thread
     def _take_batch(self) -> list:
@@ -365,15 +502,7 @@ class Collector:
         s.max_batch = max(s.max_batch, len(items))
         if res.dead:
             log.warning("%d dead letters in this batch (reasons in the dead_letter table)", res.dead)
-        with self._gen_lock:
-            gen = self._gen
-            mids = [msg.mid for g, msg, _ in items if g == gen and msg.qos == 1]
-            ack_many = getattr(self.client, "ack_many", None)
-            if ack_many is not None:
-                ack_many(mids)
-            else:
-                for mid in mids:
-                    self.client.ack(mid, 1)
+        self.transport.ack(items)
         self._publish_stored(settled)
         s.busy_s += time.perf_counter() - t0
         s.busy_cpu_s += time.thread_time() - cpu0
@@ -381,10 +510,8 @@ class Collector:
         return True
 
     def _publish_stored(self, settled: StoredAcks) -> None:
-        """The end-to-end acks, after the COMMIT: QoS 1, never retained (a retained one would be stale)."""
-        for topic, payload in settled.messages(self.prefix):
-            self.client.publish(topic, payload, qos=1, retain=False, properties=self._stored_props)
-            self.stats.stored_acks += 1
+        """The end-to-end acks, after the COMMIT."""
+        self.stats.stored_acks += self.transport.publish_stored(settled.messages(self.prefix))
 
     def on_committed(self, items: list, committed_ms: int) -> None:
         """Hook for the benchmark (publish-to-commit latency); nothing to do in production."""
@@ -434,25 +561,17 @@ class Collector:
         self._worker_thread = threading.Thread(target=self._worker, name="collector-writer", daemon=True)
         self._worker_thread.start()
         try:
-            self.client.connect(self.url.host, self.url.port, keepalive=30, clean_start=False, properties=self._props)
-        except (OSError, ssl.SSLError) as e:
+            self.transport.start(self.queue.put, now_ms)
+        except BaseException:
             self._stop.set()
-            raise EdgefleetError(f"cannot connect to broker {self.url.host}:{self.url.port}: {e}") from None
-        self.client.loop_start()
+            raise
 
     def stop(self) -> None:
         """Stop receiving, write and ack what is queued, disconnect."""
-        self.client.loop_stop()  # no more messages; the socket stays open for the final acks
+        self.transport.stop_receiving()
         self._stop.set()
         self._worker_thread.join()
-        # Send the final PUBACKs over the still-open socket, then a clean DISCONNECT.
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            self.client.loop_write()
-            if not self.client.want_write():
-                break
-            time.sleep(0.01)
-        self.client.disconnect()
+        self.transport.close()  # after the final acks
         s = self.stats
         log.info(
             "stopped: %d messages, %d records stored, %d duplicates, %d dead letters",
@@ -463,25 +582,18 @@ class Collector:
         )
 
     def _wait_first_session(self) -> None:
-        """A collector that never gets a session is misconfigured (credentials, TLS client certificate): say so
-        and exit instead of retrying forever. After the first session, reconnects are retried without end."""
-        timeout = self.connect_timeout
-        deadline = time.monotonic() + timeout
-        while not self._connected.wait(0.1):
-            if self._refused or time.monotonic() > deadline:
-                self.client.loop_stop()
-                self._stop.set()
-                self._worker_thread.join()
-                why = (
-                    f"refused the connection: {self._refused}"
-                    if self._refused
-                    else f"gave no session in {timeout:.0f} s"
-                )
-                raise EdgefleetError(
-                    f"broker {self.url.host}:{self.url.port} {why}",
-                    hint="check the user name in --broker, the password (--password-file or "
-                    f"${PASSWORD_ENV}), and --cert/--key if the broker wants a client certificate",
-                )
+        """A collector that never gets a session is misconfigured (credentials, TLS client certificate, a broker
+        that does not speak MQTT 5): say so and exit instead of retrying forever. After the first session,
+        reconnects are retried without end."""
+        why = self.transport.wait_first_session(self.connect_timeout)
+        if why is None:
+            return
+        self.transport.stop_receiving()
+        self._stop.set()
+        self._worker_thread.join()
+        self.transport.close()
+        message, hint = self.transport.first_session_hint()
+        raise EdgefleetError(message or f"broker {self.transport.where} {why}", hint=hint)
 
     def run_forever(self) -> int:
         stopping = threading.Event()
@@ -495,8 +607,9 @@ class Collector:
         self.start()
         self._wait_first_session()
         log.info(
-            "collecting %s/# into %s%s",
+            "collecting %s/# from %s into %s%s",
             self.prefix,
+            self.transport.where,
             self.storage.name,
             f" (shared subscription group {self.group})" if self.group else "",
         )
@@ -574,12 +687,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  EDGEFLEET_BROKER_PASSWORD=... edgefleet collect --broker mqtts://collector@broker:8883 --ca ca.pem \\\n"
         "      --db postgresql://fleet@db/fleet --group g --client-id collector-2\n"
         "  edgefleet collect --password-file /etc/edgefleet/collector.pw --dead-max-rows 10000\n"
+        "  edgefleet collect --broker amqp://collector@rmq1:5672,rmq2:5672,rmq3:5672/ --db postgresql://fleet@db/fleet\n"
         "see docs/collect.md (outages, dead letters, credentials)",
     )
     p.add_argument(
         "--broker",
         default="mqtt://127.0.0.1:1883",
-        help="mqtt://[user@]host:port or mqtts://... (no password here: see --password-file; default: %(default)s)",
+        help="mqtt://[user@]host:port or mqtts://... (MQTT 5), or amqp://[user@]host:port[,host:port...]/vhost "
+        "(RabbitMQ, docs/scale.md); no password here: see --password-file (default: %(default)s)",
     )
     p.add_argument(
         "--password-file",
