@@ -6,7 +6,7 @@ We print our model file's size, the per-prediction time of our MicroPython runne
 emlearn's C code compiled with gcc on this machine (same trees, same int16 features), and their ratio.
 Goals: file <= 50% of 15,745 bytes; MicroPython runner within 20x of the C code. Then BasicMotions accuracy
 (goal >= 95%) with the pipeline's default RandomForest, and the window features per implementation
-(native MicroPython, our C module when MPY_DIR is set) for BasicMotions and long windows, features + forest
+(MicroPython bytecode, our C module when MPY_DIR is set) for BasicMotions and long windows, features + forest
 against the same features in C plus emlearn's C forest (goal: node with the C module within 5x).
 
 Run: PYTHONPATH=host MPY_DIR=/path/to/micropython python bench/inference.py
@@ -124,7 +124,7 @@ def efm_module(args: argparse.Namespace, tmp: Path) -> Path | None:
 
 
 def bench_features(model_dir: Path, tmp: Path, args: argparse.Namespace) -> None:
-    """µs per window for the node's features per implementation (native MicroPython, our C module) on
+    """µs per window for the node's features per implementation (MicroPython bytecode, our C module) on
     BasicMotions windows (6 x 50) and long windows (1 x 730), and features + forest against the all-C baseline
     (the same features in C, emlearn's C forest) in the same run. Goal: node (C module) within 5x of it."""
     from edgefleet.model import budget
@@ -139,7 +139,7 @@ def bench_features(model_dir: Path, tmp: Path, args: argparse.Namespace) -> None
         f"== window features + forest, BasicMotions ({x.shape[1]} channels x {x.shape[2]} samples, {len(x)} test windows)"
     )
     print(f"all C (gcc -O2: efm_core features + emlearn forest): {c_us:9.2f} us/window ({c_feat_us:.2f} features)")
-    runs = [("native MicroPython", None)] + ([("C module efm.mpy", [cmod])] if cmod else [])
+    runs = [("MicroPython bytecode", None)] + ([("C module efm.mpy", [cmod])] if cmod else [])
     for label, extra in runs:
         node = parity.run_node(efm, x, ts["xq"].shape[1], extra_path=extra, repeat=args.repeat_mpy)
         total = node.us_per_features + node.us_per_infer

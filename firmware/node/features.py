@@ -11,8 +11,9 @@
 # Feature i of channel c is at index c * N_PER_CHANNEL + i.
 #
 # Speed on the node: compute() runs each channel in our C module (efm.channel, firmware/cmodule, the same
-# definition in float32) when the firmware has it, else _channel below compiled by the native emitter
-# (@micropython.native; plain Python under CPython, where the host loads this file). IMPL says which.
+# definition in float32) when the firmware has it, else _channel below as bytecode. Not native: the native
+# emitter's machine code of _channel costs the node heap it does not have on the devkitc (the HIL model test
+# went into safe mode, "memory allocation failed"), and measured no faster under load. IMPL says which.
 import math
 
 try:
@@ -22,19 +23,6 @@ try:
 except ImportError:
     _c_channel = None
     IMPL = "python"
-
-try:
-    import micropython
-except ImportError:  # CPython (the host loads this file): the decorator is a no-op
-
-    class micropython:  # noqa: N801
-        @staticmethod
-        def native(f):
-            return f
-
-
-if _c_channel is None:
-    IMPL = "native" if hasattr(micropython, "mem_info") else "python"
 
 
 PER_CHANNEL = ("mean", "std", "min", "max", "rms", "ptp", "zcr", "slope")
@@ -66,7 +54,6 @@ def band_of_bin(k, n):
     return -1
 
 
-@micropython.native
 def _channel(x, n, out, base):
     s = 0.0
     sq = 0.0

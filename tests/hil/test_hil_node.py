@@ -51,7 +51,7 @@ def online(boot: int | None = None):
 def test_boot_status_and_telemetry_reach_broker_and_collector(hil_board, hil_broker, start_node):
     node = start_node()
     st = node.wait_status(online())
-    assert st["dev"] == node.device_id and st["v"] == 1
+    assert st["dev"] == node.device_id and st["v"] == 2
     assert not st["safe_mode"] and st["error"] is None, st
     print(f"{hil_board.board.name}: node heap_free after boot {st['heap_free']} bytes")
     # the status is retained: a client that subscribes later still gets it from the broker
@@ -62,7 +62,7 @@ def test_boot_status_and_telemetry_reach_broker_and_collector(hil_board, hil_bro
         late.close()
     assert retained and json.loads(payload)["dev"] == node.device_id
     batch = json.loads(node.messages.wait_for(f"/{node.device_id}/telemetry", timeout=60)[1])
-    assert batch["v"] == 1 and batch["recs"], batch
+    assert batch["v"] == 2 and batch["recs"], batch
     sensors = {r["sensor"] for r in batch["recs"]}
     assert sensors <= {s["name"] for s in hil_board.board.data["sensors"]}, sensors
     # the fleet collector stored the readings, each once, with seq counting up from the node's first record

@@ -1,4 +1,4 @@
-"""The window features (contract 1) as the node runs them, ON MicroPython (unix port): the native-emitter build of
+"""The window features (contract 1) as the node runs them, ON MicroPython (unix port): the bytecode build of
 firmware/node/features.py always, our C module's efm.channel when MPY_DIR lets us build it. Both must equal the
 definition (the same file under CPython, float64) within float32 rounding, on random and real windows."""
 
@@ -60,8 +60,8 @@ def check(impl_expected: str, extra_path: list[Path] | None) -> None:
             np.testing.assert_allclose(got, quantize.features_f32(w), rtol=4 * EPS32, atol=1e-30)
 
 
-def test_native_micropython_features_equal_the_definition():
-    check("native", None)
+def test_micropython_features_equal_the_definition():
+    check("python", None)
 
 
 @pytest.mark.needs_mpy_dir

@@ -280,7 +280,7 @@ def deploy_node(hil_board: HilBoard, hil_settings: HilSettings, tmp_path: Path):
         args = argparse.Namespace(
             board=board or str(hil_board.board.path), port=hil_board.port, device_id=device_id, model=model,
             config=str(cfg_path), broker=broker_url, cmodule=None, transport="mpremote", baud=115200,
-            force=force, no_reset=not reset, quiet=True,
+            force=force, no_reset=not reset, quiet=True, model_key_file=None, ca=None,
         )  # fmt: skip
         return DeployedNode(device_id, hil_board, broker_url or "", run_deploy(args))
 
