@@ -338,6 +338,11 @@ class Collector:
         self.transport = make_transport(broker, prefix, group, self.client_id, ca, cert, key, inflight, password)
 
     # -- worker thread
+    @property
+    def connected(self) -> bool:
+        """Whether the transport (MQTT 5 or AMQP) holds a broker session now: for metrics and health pages."""
+        return self.transport.connected.is_set()
+
     def _take_batch(self) -> list:
         try:
             first = self.queue.get(timeout=0.2)

@@ -90,7 +90,7 @@ class CollectorMetrics:
             "edgefleet_collector_queue_depth", "messages received, not yet written", value=self.c.queue.qsize()
         )
         yield GaugeMetricFamily(
-            "edgefleet_collector_connected", "1 while connected to the broker", value=int(self.c._connected.is_set())
+            "edgefleet_collector_connected", "1 while connected to the broker", value=int(self.c.connected)
         )
         age = GaugeMetricFamily(
             "edgefleet_device_last_seen_age_seconds", "seconds since the newest message of a device", labels=["device"]
