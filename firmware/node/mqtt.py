@@ -71,31 +71,11 @@ def parse_url(url):
     return tls, host, port
 
 
-def _ca_der(path):
-    # MicroPython's ssl takes the CA as DER; users have PEM files (what openssl and brokers hand out).
-    with open(path, "rb") as f:
-        data = f.read()
-    if data.lstrip().startswith(b"-----BEGIN"):
-        import binascii
+def _tls_err(host, port, e):
+    # TLS-only code lives in node/tls.py, imported only by a node that uses mqtts:// (heap on a plain node).
+    from node.tls import error_text
 
-        lines = data.split(b"\n")
-        body = b"".join(ln.strip() for ln in lines if ln.strip() and not ln.startswith(b"-----"))
-        data = binascii.a2b_base64(body)
-    return data
-
-
-def _tls_error(host, port, e):
-    # mbedtls says what is wrong with a certificate in words ("The certificate validity has expired", "...not
-    # correctly signed by the trusted CA", "...Common Name (CN) does not match"): keep them, one line. A reset
-    # during the handshake is what a plain MQTT port does to a TLS client.
-    why = (str(e) or repr(e)).strip().replace("\n", " ")
-    if "certificate" in why or "CN" in why:
-        return "TLS: the certificate of %s:%d is refused: %s (checked against broker.ca)" % (host, port, why)
-    return "TLS handshake with %s:%d failed (%s): is this port a TLS listener? (plain MQTT is usually 1883, TLS 8883)" % (
-        host,
-        port,
-        why,
-    )
+    return error_text(host, port, e)
 
 
 def _log(msg):
@@ -240,21 +220,23 @@ class MQTTClient:
         except ValueError as e:
             if not self.tls or str(e).startswith("broker.ca"):
                 raise
-            raise MQTTError(_tls_error(self.host, self.port, e))
+            raise MQTTError(_tls_err(self.host, self.port, e))
         try:
             await self._handshake()
         except (OSError, ValueError) as e:
             if not self.tls or self.connected:
                 raise
-            raise MQTTError(_tls_error(self.host, self.port, e))
+            raise MQTTError(_tls_err(self.host, self.port, e))
 
     async def _open(self):
         ssl_ctx = None
         if self.tls:
             import ssl
 
+            from node.tls import ca_der
+
             try:
-                ca = _ca_der(self.ca)
+                ca = ca_der(self.ca)
             except (OSError, ValueError) as e:
                 raise ValueError("broker.ca: cannot read %s (%s)" % (self.ca, e))
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -91,7 +91,7 @@ def scenario(command: str, tmp_path: Path, mqtt_broker) -> tuple[list[str], Call
         args = ["node", "--device-id", "sig-1", "--broker", mqtt_broker.url, "--flash", str(tmp_path / "f.img")]
         return args, lambda p, e: count(p, "node.sim.launch") == 1
     if command == "broker":
-        args = ["broker", "--port", str(free_port()), "--data-dir", str(tmp_path / "b")]
+        args = ["broker", "--port", str(free_port()), "--data-dir", str(tmp_path / "b"), "--allow-anonymous"]
         return args, lambda p, e: count(p, "mosquitto") == 1 and "mosquitto listening on" in e
     if command == "collect":
         args = ["collect", "--broker", mqtt_broker.url, "--db", f"sqlite:///{tmp_path / 'fleet.db'}"]
