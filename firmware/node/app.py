@@ -30,6 +30,12 @@ BOOT_COUNT_PATH = "boots"
 PUBLISH_WINDOW = const(1)
 MAX_RUNNING = const(2)  # commands executing at once (a flush waits up to 30 s)
 SEEN_IDS = const(16)  # command ids remembered against replays
+# Boot reserve: 1/BOOT_RESERVE_DIV of the heap held in one block while the node boots and freed when it runs.
+# Boot interleaves what lives for ever (code, config, buffers, sensor state) with its own temporaries (parsed
+# JSON, module loading); without the reserve the freed temporaries leave only holes of a few blocks and the
+# first connect cannot get a 240-byte coroutine (docs/architecture.md, Heap). With it, the long-lived objects
+# pack around the reserve and the node starts with one contiguous run of that size.
+BOOT_RESERVE_DIV = const(16)
 
 
 def _now_ms():
@@ -276,6 +282,7 @@ async def _boot(part, scenario):
         node, tasks = appboot.setup(part, scenario)
     finally:
         _release_module("appboot")
+    gc.collect()
     return await node.run(tasks)
 
 

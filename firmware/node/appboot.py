@@ -1,5 +1,6 @@
 # Boot of the node application (node.app): config, model, node, sensor pipeline. Imported once by
 # app._boot and released after it (its code is not needed while the node runs). Boot never loops: see app.
+import gc
 import json
 
 from node import app
@@ -62,8 +63,8 @@ def pipeline(node, board, cfg, scenario, runner=None, model_err=None):
         from node import hw as hwmod
         from node import sampler as sampmod
 
-        hw = hwmod.build(board, cfg, scenario)
-        node.sampler = sampmod.Sampler(hw, cfg, node.log)
+        hw = spend(lambda: hwmod.build(board, cfg, scenario))
+        node.sampler = spend(lambda: sampmod.Sampler(hw, cfg, node.log))
         tasks.append(node.sampler.run())
     except Exception as e:  # noqa
         node._safe("sampling off: %s" % (str(e) or repr(e)))
@@ -74,12 +75,37 @@ def pipeline(node, board, cfg, scenario, runner=None, model_err=None):
         try:
             from node import decision
 
-            d = decision.Decision(hw, cfg, node.log, node.sampler, runner=runner)
+            d = spend(lambda: decision.Decision(hw, cfg, node.log, node.sampler, runner=runner))
             node.model_id = getattr(d, "model_id", None)
             tasks.append(d.run())
         except Exception as e:  # noqa
             node._safe("decision off: %s" % (str(e) or repr(e)))
     return tasks
+
+
+_reserve = None  # the boot reserve (app.BOOT_RESERVE_DIV) while setup() runs
+
+
+def boot_reserve():
+    gc.collect()
+    try:
+        return bytearray((gc.mem_free() + gc.mem_alloc()) // app.BOOT_RESERVE_DIV)
+    except MemoryError:
+        return None  # a heap this short boots without it
+
+
+def spend(build):
+    # A boot stage that runs out of heap while the reserve is held gets the reserve and one more try: the
+    # reserve is for the node's first minutes, never at the cost of sampling or the model.
+    global _reserve
+    try:
+        return build()
+    except MemoryError:
+        if _reserve is None:
+            raise
+    _reserve = None
+    gc.collect()
+    return build()
 
 
 def setup(part, scenario):
@@ -88,6 +114,8 @@ def setup(part, scenario):
     board = boardmod.load(app.BOARD_PATH)
     cfg, err = load_config(board)
     runner, model_err = (None, None) if err else load_model(cfg)
+    global _reserve
+    _reserve = boot_reserve()
     if part is None:
         part = log_partition(board)
     link = None
@@ -95,7 +123,8 @@ def setup(part, scenario):
         from node.wifi import link_for
 
         link = link_for(board, cfg)
-    node = Node(board, cfg, part, error=err, link=link)
+    node = spend(lambda: Node(board, cfg, part, error=err, link=link))
     app.current = node
     tasks = [] if err else pipeline(node, board, cfg, scenario, runner, model_err)
+    _reserve = None
     return node, tasks

@@ -124,7 +124,7 @@ class Commands:
 
     async def _wait_acked(self, pid, timeout_ms):
         t = 0
-        while pid in self.node.mqtt._inflight and t < timeout_ms:
+        while self.node.mqtt.pending(pid) and t < timeout_ms:
             await asyncio.sleep_ms(50)
             t += 50
 

@@ -502,6 +502,16 @@ class MQTTClient:
     def inflight(self):
         return len(self._inflight)
 
+    def pending(self, pid):
+        # True while QoS 1 message `pid` waits for its PUBACK (it is resent on every reconnect).
+        return pid in self._inflight
+
+    def drop(self, pid):
+        # Forget an unacknowledged message a newer one supersedes (a retained status): it is not resent, and
+        # its payload buffer is the caller's again.
+        if self._inflight.pop(pid, None) is not None:
+            self._slot.set()
+
     async def publish(self, topic, payload, qos=1, retain=False, on_pid=None):
         # QoS 1: waits for a free slot in the window, returns the packet id; the message is sent now if
         # connected, else on the next connect. on_pid(pid) is called before the send. QoS 0: sent only when connected; returns 0 (or -1 if dropped).

@@ -102,8 +102,13 @@ class Status:
         mq = self.node.mqtt
         if mq is None:
             return
-        if self._busy or (self._pid is not None and self._pid in mq._inflight):
-            return  # the last status is being sent or not acknowledged yet (resent on reconnect): buffer busy
+        if self._busy:
+            return  # the last status is being written: its bytes are the buffer's
+        if self._pid is not None and mq.pending(self._pid):
+            # Not acknowledged yet (a dead connection, a reconnect): this one supersedes it (retained, newer
+            # counters), so the old one is not resent and its buffer is free. Skipping instead would leave the
+            # fleet with the stale one after a reconnect.
+            mq.drop(self._pid)
         self._busy = True
         try:
             out = self._out

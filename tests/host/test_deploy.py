@@ -125,11 +125,6 @@ def test_chip_matches_micropython_machine_strings(machine, chip, ok):
     assert chip_matches(machine, chip) is ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN REGRESSION: deploy now refuses invalid models, so this test deploys a real signed model, and "
-    "mpremote's sha256sum of it runs the virtual board's agent out of heap (MemoryError, 1280 bytes); left open",
-)
 def test_model_and_cmodule_are_deployed(vboard, tmp_path, capsys):
     import hashlib
     import os

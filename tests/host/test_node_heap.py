@@ -48,18 +48,7 @@ def _interpreter(which: str) -> str:
     return mp
 
 
-# KNOWN REGRESSION (2026-12-03 session, issues 10/11 left open for it): with the end-to-end stored acks, signed
-# models, command dedupe and TLS checks merged, the whole node needs ~3 KB more than the policy heap on the
-# 64-bit port (bench/node_heap.py: 164.9 KB in use after boot vs 161.8 KB on the stored-ack branch alone); the
-# heap is then in holes of <= 224 bytes and the first connect fails. strict: this test reports XPASS (a
-# failure) the moment the node fits again, so the mark cannot outlive the fix.
-@pytest.mark.parametrize(
-    "which",
-    [
-        pytest.param("default", marks=pytest.mark.xfail(strict=True, reason="node ~3 KB over the policy heap")),
-        "32bit",
-    ],
-)
+@pytest.mark.parametrize("which", ["default", "32bit"])
 def test_whole_node_runs_at_policy_heap(which, mqtt_broker, tmp_path):
     mp = _interpreter(which)
     board = load_board("sim")
