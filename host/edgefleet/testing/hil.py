@@ -42,6 +42,7 @@ PREFIX = "edgefleet"
 RECORDER_USERS = ("hil-recorder-1", "hil-recorder-2", "hil-recorder-3")
 COLLECTOR_USERS = (COLLECTOR_USER, *RECORDER_USERS)
 IDENTITIES = (*COLLECTOR_USERS, OPERATOR_USER)
+_USED_EXTERNAL_IDS: set[str] = set()  # device logins of an external broker handed out in this pytest session
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -239,6 +240,38 @@ class HilBroker:
             time.sleep(0.05)
         return self.credentials[device_id]
 
+    def fresh_device(self) -> str:
+        """A device id not deployed before in this session. Ours: a new random `hil-<6 hex>`. An external
+        broker: the next device login of broker.credentials not yet used by this session, its retained status
+        cleared first (as the device), so no test takes an earlier run's status for this node's."""
+        if self.broker is not None:
+            return f"hil-{secrets.token_hex(3)}"
+        spare = sorted(u for u in self.credentials if u not in IDENTITIES and u not in _USED_EXTERNAL_IDS)
+        if not spare:
+            raise EdgefleetError(
+                f"no unused device login left in {self.credentials_path}",
+                hint="the HIL suite deploys a fresh device id per node test: give the external broker more device "
+                "logins (e.g. hil-dev-1..hil-dev-10) and add them to broker.credentials (docs/hil.md)",
+            )
+        device_id = spare[0]
+        _USED_EXTERNAL_IDS.add(device_id)
+        self.clear_retained_status(device_id)
+        return device_id
+
+    def clear_retained_status(self, device_id: str) -> None:
+        """Publish an empty retained status as the device: the broker drops the retained message."""
+        import paho.mqtt.client as mqtt
+
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
+        pub.username_pw_set(*self.login(device_id))
+        pub.connect(self.host, self.port)
+        pub.loop_start()
+        try:
+            pub.publish(f"{PREFIX}/{device_id}/status", b"", qos=1, retain=True).wait_for_publish(10)
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+
     def subscriber(self, user: str = RECORDER_USERS[0]) -> Collector:
         """A recording subscriber on `<prefix>/#`, logged in as the collector identity `user`."""
         return Collector(self.host, self.port, PREFIX, *self.login(user))
@@ -396,13 +429,13 @@ def deploy_node(request: pytest.FixtureRequest, hil_board: HilBoard, hil_setting
         force: bool = False,
         reset: bool = True,
     ) -> DeployedNode:
-        device_id = device_id or f"hil-{secrets.token_hex(3)}"
         cfg = {"wifi": hil_settings.wifi, **(config or {})}
-        if broker_url is not None:
-            hil_broker: HilBroker = request.getfixturevalue("hil_broker")
-            if broker_url == hil_broker.node_url and "username" not in cfg.get("broker", {}):
-                login = {"username": device_id, "password": hil_broker.add_device(device_id)}
-                cfg["broker"] = {**cfg.get("broker", {}), **login}
+        hil_broker: HilBroker | None = request.getfixturevalue("hil_broker") if broker_url is not None else None
+        if device_id is None:
+            device_id = hil_broker.fresh_device() if hil_broker is not None else f"hil-{secrets.token_hex(3)}"
+        if hil_broker is not None and broker_url == hil_broker.node_url and "username" not in cfg.get("broker", {}):
+            login = {"username": device_id, "password": hil_broker.add_device(device_id)}
+            cfg["broker"] = {**cfg.get("broker", {}), **login}
         cfg_path = tmp_path / f"config-{device_id}.json"
         write_secret(cfg_path, json.dumps(cfg).encode())  # the Wi-Fi and broker passwords
         args = argparse.Namespace(
@@ -510,7 +543,7 @@ class RunningNode:
     def wait_status(self, predicate=lambda st: True, timeout: float = 60.0) -> dict[str, Any]:
         """The first status message of this node (retained or not) whose JSON body satisfies predicate."""
         _, payload, _ = self.messages.wait_for(
-            "/" + self.device_id + "/status", lambda m: predicate(json.loads(m[1])), timeout=timeout
+            "/" + self.device_id + "/status", lambda m: bool(m[1]) and predicate(json.loads(m[1])), timeout=timeout
         )
         return json.loads(payload)
 
