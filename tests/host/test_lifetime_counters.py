@@ -5,15 +5,21 @@ is backfilled from its status history. The last test runs a real simulated node 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import threading
 import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.cli import main
 from edgefleet.collector import Collector
 from edgefleet.console.data import fleet_rows
 from edgefleet.fleet import device_summary
-from edgefleet.simulate import Fleet
+from edgefleet.simulate import Fleet, power_cut_loss
 from edgefleet.storage import Batch, open_storage
 
 LOG = "a1b2c3d4"
@@ -142,61 +148,110 @@ def _summary(db: str) -> dict | None:
     return device_summary(rows[0]) if rows else None
 
 
-def test_node_reboot_keeps_lifetime_counters_growing_and_logged_equals_stored(mqtt_broker, tmp_path, capsys) -> None:
-    """A real sim node against mosquitto and the collector: its counters restart at the `reboot` command, the
-    lifetime ones keep growing; once it stops sampling, lifetime logged equals the records stored."""
+OFF = {"env": 0, "imu": 0, "soil": 0, "air": 0}
+
+
+@contextlib.contextmanager
+def _node(mqtt_broker, tmp_path, status_interval_s: int = 1):
+    """One sim node logging env at 5 Hz, the collector on SQLite, and a function sending it a command."""
     db = f"sqlite:///{tmp_path}/fleet.db"
     store = open_storage(db)
     collector = Collector(mqtt_broker.url, store, client_id="lifetime-collector", batch_ms=10)
     fleet = Fleet(
-        tmp_path / "w",
-        1,
-        broker=mqtt_broker,
-        status_interval_s=1,
-        config={"rates": {"env": 5, "imu": 0, "soil": 0, "air": 0}},
+        tmp_path / "w", 1, broker=mqtt_broker, status_interval_s=status_interval_s, config={"rates": {**OFF, "env": 5}}
     )
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     op = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lifetime-op")
+
+    def cmd(cid: str, name: str, args: dict | None = None) -> None:
+        body = {"v": 1, "id": cid, "cmd": name, **({"args": args} if args else {})}
+        op.publish("edgefleet/node-001/cmd", json.dumps(body), qos=1).wait_for_publish(5)
+
     try:
         collector.start()
         fleet.start()
-        d1 = _wait(lambda: (d := _summary(db)) and d["boot"] == 1 and d["counters"].get("logged", 0) >= 10 and d,
-                   40, "boot 1 logging")  # fmt: skip
         op.connect(mqtt_broker.host, mqtt_broker.port)
         op.loop_start()
-        op.publish("edgefleet/node-001/cmd", json.dumps({"v": 1, "id": "r1", "cmd": "reboot"}), qos=1)
-        d2 = _wait(lambda: (d := _summary(db)) and d["boot"] == 2 and d["counters"].get("logged", 0) >= 3 and d,
-                   40, "boot 2 logging")  # fmt: skip
-        lt1, lt2 = d1["lifetime"], d2["lifetime"]
-        # this boot's counter restarted; the lifetime one is boot 1's last counters plus this boot's
-        assert d2["counters"]["logged"] < lt1["counters"]["logged"]
-        assert (
-            lt2["boots"] == 2 and lt2["counters"]["logged"] > lt1["counters"]["logged"] + d2["counters"]["logged"] - 1
-        )
-        assert lt2["counters"]["sampled"] > d2["counters"]["sampled"]
-        assert lt2["counters"]["published"] > d2["counters"]["published"]
-        # stop sampling; once everything is stored and acked, logged (lifetime) == records stored
-        op.publish("edgefleet/node-001/cmd",
-                   json.dumps({"v": 1, "id": "s1", "cmd": "set_config", "args": {"rates": {"env": 0, "imu": 0, "soil": 0, "air": 0}}}), qos=1)  # fmt: skip
-
-        def settled():
-            d = _summary(db)
-            st = d and d["counters"]
-            if not d or st.get("acked") != d["max_seq"] or d["lifetime"]["not_yet_stored"]:
-                return None
-            return d
-
-        d = _wait(settled, 40, "every record stored and acked")
-        lt = d["lifetime"]
-        assert lt["counters"]["logged"] == lt["records"] == d["records"] >= lt2["counters"]["logged"], lt
-        assert lt["logged_counted"] <= lt["counters"]["logged"] and lt["balance"] == "logged = records", lt
+        yield db, fleet, cmd
     finally:
         op.loop_stop()
         fleet.close()
         collector.stop()
         store.close()
+
+
+def _logging(db: str, boot: int, n: int) -> dict:
+    return _wait(lambda: (d := _summary(db)) and d["boot"] == boot and d["counters"].get("logged", 0) >= n and d,
+                 40, f"boot {boot} logging")  # fmt: skip
+
+
+def _settled(db: str) -> dict:
+    """Sampling is off: wait until the node's stored mark reaches the last record in the database and nothing the
+    node numbered is left unstored."""
+
+    def done():
+        d = _summary(db)
+        if not d or d["counters"].get("acked") != d["max_seq"] or d["lifetime"]["not_yet_stored"]:
+            return None
+        return d
+
+    return _wait(done, 40, "every record stored and acked")
+
+
+def test_node_reboot_keeps_lifetime_counters_growing_and_logged_equals_stored(mqtt_broker, tmp_path, capsys) -> None:
+    """A real sim node against mosquitto and the collector: its counters restart at the `reboot` command, the
+    lifetime ones keep growing; once it stops sampling, lifetime logged equals the records stored."""
+    with _node(mqtt_broker, tmp_path) as (db, _fleet, cmd):
+        d1 = _logging(db, 1, 10)
+        cmd("r1", "reboot")
+        d2 = _logging(db, 2, 3)
+        lt1, lt2 = d1["lifetime"], d2["lifetime"]
+        # this boot's counter restarted; the lifetime one is boot 1's last counters plus this boot's
+        assert d2["counters"]["logged"] < lt1["counters"]["logged"]
+        assert lt2["boots"] == 2 and lt2["counters"]["logged"] >= lt1["counters"]["logged"] + d2["counters"]["logged"]
+        for c in ("sampled", "published", "stored"):
+            assert lt2["counters"][c] > d2["counters"][c], (c, lt2, d2["counters"])
+        cmd("s1", "set_config", {"rates": OFF})
+        d = _settled(db)
+        lt = d["lifetime"]
+        assert lt["counters"]["logged"] == lt["records"] == d["records"] >= lt2["counters"]["logged"], lt
+        assert lt["logged_counted"] <= lt["counters"]["logged"] and lt["balance"] == "logged = records", lt
     assert main(["fleet", "status", "--db", db]) == 0
     out = capsys.readouterr().out
     assert "logged = records" in next(x for x in out.splitlines() if x.startswith("node-001 ")), out
+
+
+def _freeze_after_a_record_past_the_last_status(db: str, pid: int) -> None:
+    """SIGSTOP the node at a moment when the database holds a record it logged after its latest status (retrying
+    until it does), so the SIGKILL that follows certainly cuts a boot with records its counters never reported."""
+    for _ in range(40):
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.5)  # what the node had sent lands in the database
+        d = _summary(db)
+        if d and d["lifetime"]["logged_after_last_status"] > 0:
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.3)
+    raise AssertionError("the node never had a record stored past its latest status")
+
+
+def test_power_cut_counts_what_the_log_numbered_and_names_what_was_lost(mqtt_broker, tmp_path) -> None:
+    """A power cut (SIGKILL) ends a boot without a last status: the boots' counters summed miss what it logged
+    after its last status, lifetime logged (the log's seq) does not, and the balance names every record not
+    stored (at most the RAM batch a power cut loses)."""
+    with _node(mqtt_broker, tmp_path, status_interval_s=2) as (db, fleet, cmd):
+        _logging(db, 1, 5)
+        _freeze_after_a_record_past_the_last_status(db, fleet.nodes[0].pid)
+        fleet.kill(0)
+        fleet.restart(0)
+        _logging(db, 2, 3)
+        cmd("s1", "set_config", {"rates": OFF})
+        d = _settled(db)
+    lt = d["lifetime"]
+    assert lt["boots"] == 2 and lt["records"] == d["records"]
+    assert lt["counters"]["logged"] == lt["records"] + lt["lost"] and lt["lost"] <= power_cut_loss(), lt
+    # boot 1's last counters miss what it logged after its last status; the log's seq counts it
+    assert lt["logged_counted"] < lt["counters"]["logged"], lt
+    assert lt["logged_after_last_status"] == lt["counters"]["logged"] - lt["logged_counted"], lt
+    assert lt["balance"] == ("logged = records" if not lt["lost"] else
+                             f"logged {lt['counters']['logged']} = records {lt['records']} + {lt['lost']} lost "
+                             "(power cut, corrupt sector, or still in flight)"), lt  # fmt: skip
