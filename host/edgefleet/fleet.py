@@ -11,7 +11,7 @@ import sys
 
 from .redact import refuse_password_in_url
 from .storage import DeviceRow, open_storage
-from .storage.base import BOOT_COUNTERS, SEQ_JUMP, BootRow
+from .storage.base import BOOT_COUNTERS, SEQ_JUMP, LogCounters
 
 COUNTERS = ("sampled", "logged", "published", "dropped", "rejected", "reconnects", "corrupt", "stored")
 
@@ -22,7 +22,7 @@ LIFETIME_NOTE = (
 )
 
 
-def lifetime(boots: list[BootRow], log_stats: dict[str, tuple[int, int, int]]) -> dict:
+def lifetime(logs: list[LogCounters], log_stats: dict[str, tuple[int, int, int]]) -> dict:
     """A device's lifetime counters, and `logged` reconciled with the records stored. The one place that computes
     them: `fleet status` and the console both call it (through device_summary).
 
@@ -32,10 +32,10 @@ def lifetime(boots: list[BootRow], log_stats: dict[str, tuple[int, int, int]]) -
     the highest seq known of a log (from a status or a stored record) is the number of records it logged, power
     cuts included. That makes the balance exact: logged = stored + not yet stored + missing (the gaps: dropped
     on the node or lost) + before the database's first record of a log."""
-    counted = {c: sum(b.counters.get(c, 0) for b in boots) for c in BOOT_COUNTERS}
+    counted = {c: sum(x.counters.get(c, 0) for x in logs) for c in BOOT_COUNTERS}
     high: dict[str, int] = {}
-    for b in boots:
-        high[b.log] = max(high.get(b.log, 0), b.seq)
+    for x in logs:
+        high[x.log] = max(high.get(x.log, 0), x.seq)
     for lg, (_n, _lo, hi) in log_stats.items():
         high[lg] = max(high.get(lg, 0), hi)
     stored = pending = missing = before = 0
@@ -51,7 +51,7 @@ def lifetime(boots: list[BootRow], log_stats: dict[str, tuple[int, int, int]]) -
     logged = max(numbered, counted["logged"])
     dropped = min(missing, counted["dropped"])
     out = {
-        "boots": len(boots),
+        "boots": sum(x.boots for x in logs),
         "counters": {**counted, "logged": logged},
         "logged_counted": counted["logged"],
         "logged_after_last_status": max(0, numbered - counted["logged"]),
@@ -126,7 +126,7 @@ def device_summary(row: DeviceRow) -> dict:
         "gaps": [list(g) for g in row.gaps],
         "duplicates": row.duplicates,
         "counters": st.get("counters", {}),
-        "lifetime": (lt := lifetime(row.boots, row.log_stats)),
+        "lifetime": (lt := lifetime(row.log_counters, row.log_stats)),
         "logged": lt["counters"]["logged"],  # flat copies for the console's sortable table
         "balance": lt["balance"],
         "lifetime_note": LIFETIME_NOTE,

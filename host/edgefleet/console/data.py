@@ -95,7 +95,7 @@ def fleet_rows(store: Storage, since_ms: int | None = None, device: str | None =
     out = []
     found = store.execute(sql + " ORDER BY d.device", params).fetchall()
     # lifetime counters (fleet.lifetime): the per-boot rows of these devices, one small-table query
-    boots = store.boot_rows(None if since_ms is None and device is None else [r[0] for r in found])
+    per_log = store.log_counters(None if since_ms is None and device is None else [r[0] for r in found])
     for r in found:
         dev, records = r[0], int(r[7])
         logs = {x for x in r[8:12] if x is not None}
@@ -113,7 +113,7 @@ def fleet_rows(store: Storage, since_ms: int | None = None, device: str | None =
         row = DeviceRow(
             device=dev, state=r[1], state_ms=r[2], first_seen_ms=int(r[3]), last_seen_ms=int(r[4]),
             records=records, duplicates=int(r[5]), min_seq=lo, max_seq=hi, missing=missing, gaps=[],
-            status=_status(r[6]), logs=len(logs), boots=boots.get(dev, []), log_stats=per,
+            status=_status(r[6]), logs=len(logs), log_counters=per_log.get(dev, []), log_stats=per,
         )  # fmt: skip
         out.append(device_summary(row))
     return out

@@ -66,16 +66,16 @@ class WriteResult:
 
 
 @dataclass
-class BootRow:
-    """The last counters one boot of a node reported (the maximum of each over its statuses)."""
+class LogCounters:
+    """A device's per-boot counters of one flash log, summed over its boots (each boot's row holds the maximum of
+    each counter over that boot's statuses), with the highest seq a status reported in that log."""
 
     log: str
-    boot: int
-    first_ms: int
-    last_ms: int
-    uptime_s: int
+    boots: int
     seq: int
     acked: int
+    first_ms: int
+    last_ms: int
     counters: dict[str, int]
 
 
@@ -104,13 +104,13 @@ class DeviceRow:
     seq_jumps: int = 0  # gaps wider than SEQ_JUMP: a bad or hostile seq, not counted as missing
     # Lifetime inputs (fleet.lifetime): the last counters of every boot, and (count, min seq, max seq) of the
     # records stored per flash log.
-    boots: list[BootRow] = field(default_factory=list)
+    log_counters: list[LogCounters] = field(default_factory=list)
     log_stats: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
         d["gaps"] = [list(g) for g in self.gaps]
-        d.pop("boots", None)
+        d.pop("log_counters", None)
         d.pop("log_stats", None)
         return d
 
@@ -125,6 +125,7 @@ class Storage:
     name = "?"
     placeholder = "?"
     greatest = "max"
+    sum_fn = "total"  # SQLite's sum() raises on integer overflow (hostile counters); total() is a float
     migrations: ClassVar[list[list[str]]] = []
     insert_reading = ""
     insert_event = ""
@@ -282,21 +283,25 @@ class Storage:
             (device, st.get("log") or "", boot, received, received, *vals),
         )
 
-    def boot_rows(self, devices: list[str] | None = None) -> dict[str, list[BootRow]]:
-        """Every device's per-boot counters (one row per boot: a small table), for fleet.lifetime."""
-        cols = ("uptime_s", *BOOT_SEQS, *BOOT_COUNTERS)
-        sql = f"SELECT device, log, boot, first_ms, last_ms, {', '.join(cols)} FROM boot_counters"
+    def log_counters(self, devices: list[str] | None = None) -> dict[str, list[LogCounters]]:
+        """Every device's counters per flash log, summed over its boots in the database (one row per (device, log):
+        the console lists thousands of devices, each with many boots), for fleet.lifetime."""
+        sums = ", ".join(f"{self.sum_fn}({c})" for c in BOOT_COUNTERS)
+        sql = (
+            f"SELECT device, log, count(*), max(seq), max(acked), min(first_ms), max(last_ms), {sums} "
+            "FROM boot_counters"
+        )
         params: list = []
         if devices is not None:
             if not devices:
                 return {}
             sql += " WHERE device IN (" + ",".join("?" * len(devices)) + ")"
             params = list(devices)
-        out: dict[str, list[BootRow]] = {}
-        for r in self.execute(sql + " ORDER BY device, first_ms, boot", params).fetchall():
-            counters = {c: int(v) for c, v in zip(BOOT_COUNTERS, r[8:], strict=True)}
+        out: dict[str, list[LogCounters]] = {}
+        for r in self.execute(sql + " GROUP BY device, log ORDER BY device, min(first_ms)", params).fetchall():
+            counters = {c: int(v) for c, v in zip(BOOT_COUNTERS, r[7:], strict=True)}
             out.setdefault(r[0], []).append(
-                BootRow(r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]), counters)
+                LogCounters(r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), counters)
             )
         return out
 
@@ -387,7 +392,7 @@ class Storage:
                 continue
             gaps.setdefault((device, lg), []).append((int(seq) + 1, int(nxt) - 1))
             missing[device] = missing.get(device, 0) + width
-        boots = self.boot_rows()
+        per_log = self.log_counters()
         rows = []
         for r in self.execute(
             "SELECT device, state, state_ms, first_seen_ms, last_seen_ms, duplicates, status FROM devices "
@@ -418,7 +423,7 @@ class Storage:
                     log=current[0] if current else None,
                     log_since_ms=current[4] if current else None,
                     seq_jumps=jumps.get(device, 0),
-                    boots=boots.get(device, []),
+                    log_counters=per_log.get(device, []),
                     log_stats={x[0]: (x[1], x[2], x[3]) for x in dev_logs},
                 )
             )

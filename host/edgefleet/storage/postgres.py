@@ -77,6 +77,7 @@ class PostgresStorage(Storage):
     name = "postgresql"
     placeholder = "%s"
     greatest = "GREATEST"
+    sum_fn = "sum"  # bigint sums are numeric: no overflow
     migrations = MIGRATIONS
     # Records go in with COPY into a temporary staging table, then one INSERT ... SELECT per table that skips
     # known (device, seq), also those in the other table: one round trip per batch instead of one per row.
