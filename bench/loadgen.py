@@ -1,0 +1,546 @@
+"""How many devices one machine holds: thousands of MQTT 3.1.1 connections, each a device publishing the node's
+real telemetry (protocol v2: log id, per-device seq, env reading records) at one message per --period seconds,
+logging in with its own credentials on the secure broker configuration (mosquitto: password file + the fleet
+ACL from broker.render_acl; RabbitMQ: per-device users with the topic permissions of rabbitmq.py), into one or
+more `edgefleet collect` processes writing to PostgreSQL.
+
+For N devices one trial measures:
+- loss: every (device, log, seq) published must be a row in `readings` (the primary key makes a row unique);
+  a device here never republishes, so anything the broker or collector drops shows as loss;
+- logged-to-stored latency: from the moment a record is logged and published (its `ts`) to the moment the
+  device receives the collector's `stored` ack covering its seq (sent after the COMMIT; this includes the
+  ack's way back, which is what a node waits for before freeing flash). A record never acked counts as lost
+  for latency (infinite).
+A trial passes with zero loss, zero failed connections and p99 < --p99-ms. The search doubles N from --start
+until a trial fails (or --max-n), then bisects between the last pass and the first fail.
+
+The MQTT client is a minimal 3.1.1 implementation over asyncio streams (CONNECT with login, SUBSCRIBE to the
+device's own `stored`, PUBLISH at QoS 1, PUBACK both ways, PINGREQ): one coroutine per device, one process,
+so the load generator's own cost is a few % of a core at 1,000 msg/s, not a thread per device.
+
+    PYTHONPATH=host .venv/bin/python bench/loadgen.py --broker mosquitto [--start 500] [--max-n 16000]
+    PYTHONPATH=host .venv/bin/python bench/loadgen.py --broker rabbitmq --start 250
+    PYTHONPATH=host .venv/bin/python bench/loadgen.py --broker mosquitto --fixed 2000   # one trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import random
+import resource
+import secrets
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = Path(__file__).resolve().parents[1] / "host"
+sys.path.insert(0, str(HOST))
+
+from edgefleet import protocol  # noqa: E402
+from edgefleet.broker import Mosquitto, render_acl, write_password_file  # noqa: E402
+from edgefleet.testing.fleetsim import reading  # noqa: E402
+from edgefleet.testing.postgres import PostgresCluster  # noqa: E402
+
+PREFIX = protocol.DEFAULT_PREFIX
+
+# ------------------------------------------------------------------------------------------- MQTT 3.1.1 codec
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n % 128, n // 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _str(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("!H", len(b)) + b
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + _varint(len(body)) + body
+
+
+def connect_packet(client_id: str, user: str, password: str, keepalive: int) -> bytes:
+    flags = 0x80 | 0x40 | 0x02  # user name, password, clean session
+    return _packet(0x10, _str("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive)
+                   + _str(client_id) + _str(user) + _str(password))  # fmt: skip
+
+
+def publish_packet(topic: str, payload: bytes, pid: int) -> bytes:
+    return _packet(0x32, _str(topic) + struct.pack("!H", pid) + payload)
+
+
+def subscribe_packet(topic: str, pid: int) -> bytes:
+    return _packet(0x82, struct.pack("!H", pid) + _str(topic) + b"\x01")
+
+
+def puback_packet(pid: int) -> bytes:
+    return b"\x40\x02" + struct.pack("!H", pid)
+
+
+class MqttError(Exception):
+    pass
+
+
+class Client:
+    """One MQTT 3.1.1 connection: QoS 1 publishes awaited on their PUBACK, incoming QoS 0/1 messages handed to
+    `on_message(topic, payload)` (acked at once)."""
+
+    def __init__(self, on_message) -> None:
+        self.on_message = on_message
+        self._pid = 0
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._reader_task: asyncio.Task | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    def _next_pid(self) -> int:
+        self._pid = self._pid % 65535 + 1
+        return self._pid
+
+    async def connect(self, host: str, port: int, client_id: str, user: str, password: str, keepalive: int) -> None:
+        self.reader, self.writer = await asyncio.open_connection(host, port)
+        self.writer.write(connect_packet(client_id, user, password, keepalive))
+        first, body = await self._read_packet()
+        if first >> 4 != 2 or len(body) != 2 or body[1] != 0:
+            raise MqttError(f"CONNACK refused: {body.hex()}")
+        self._reader_task = asyncio.create_task(self._read_loop())
+
+    async def _read_packet(self) -> tuple[int, bytes]:
+        first = (await self.reader.readexactly(1))[0]
+        mult, n = 1, 0
+        while True:
+            b = (await self.reader.readexactly(1))[0]
+            n += (b & 0x7F) * mult
+            mult *= 128
+            if not b & 0x80:
+                break
+        return first, await self.reader.readexactly(n) if n else b""
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                first, body = await self._read_packet()
+                kind = first >> 4
+                if kind in (4, 9):  # PUBACK, SUBACK
+                    fut = self._waiting.pop(struct.unpack_from("!H", body)[0], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(body[2:])
+                elif kind == 3:  # PUBLISH to us
+                    tlen = struct.unpack_from("!H", body)[0]
+                    topic = body[2 : 2 + tlen].decode()
+                    pos = 2 + tlen
+                    if (first >> 1) & 3:
+                        self.writer.write(puback_packet(struct.unpack_from("!H", body, pos)[0]))
+                        pos += 2
+                    self.on_message(topic, body[pos:])
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError) as e:
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(MqttError(f"connection lost: {e!r}"))
+            self._waiting.clear()
+
+    async def _request(self, packet_for, timeout: float) -> bytes:
+        pid = self._next_pid()
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[pid] = fut
+        self.writer.write(packet_for(pid))
+        return await asyncio.wait_for(fut, timeout)
+
+    async def subscribe(self, topic: str, timeout: float = 30) -> None:
+        granted = await self._request(lambda pid: subscribe_packet(topic, pid), timeout)
+        if not granted or granted[0] == 0x80:
+            raise MqttError(f"SUBSCRIBE {topic} refused")
+
+    async def publish(self, topic: str, payload: bytes, timeout: float = 30) -> None:
+        await self._request(lambda pid: publish_packet(topic, payload, pid), timeout)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.write(b"\xe0\x00")
+                await self.writer.drain()
+            except ConnectionError:
+                pass
+            self.writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+
+# ------------------------------------------------------------------------------------------------- one device
+
+
+@dataclass
+class Device:
+    name: str
+    password: str
+    log: str = field(default_factory=lambda: secrets.token_hex(4))
+    seq: int = 0
+    logged_ms: dict[int, float] = field(default_factory=dict)  # seq -> wall ms it was logged and published
+    latency_ms: dict[int, float] = field(default_factory=dict)  # seq -> logged-to-stored
+    error: str | None = None
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """A `stored` ack: every seq it covers that we logged gets its latency (first ack wins)."""
+        now = time.time() * 1000
+        try:
+            log, ranges = protocol.check_stored(json.loads(payload))
+        except (ValueError, protocol.ProtocolError) as e:
+            self.error = f"bad stored ack: {e}"
+            return
+        if log != self.log:
+            return
+        for a, b in ranges:
+            for s in range(a, b + 1):
+                t = self.logged_ms.get(s)
+                if t is not None and s not in self.latency_ms:
+                    self.latency_ms[s] = now - t
+
+    def message(self, recs: int) -> bytes:
+        now = int(time.time() * 1000)
+        out = []
+        for _ in range(recs):
+            self.seq += 1
+            self.logged_ms[self.seq] = now
+            out.append(reading(self.seq, now))
+        return protocol.encode(protocol.telemetry(self.name, out, log=self.log))
+
+
+async def run_device(dev: Device, addr: tuple[str, int], start_at: float, args, connect_sem: asyncio.Semaphore,
+                     connected: list, failed: list) -> None:  # fmt: skip
+    """Connect (bounded concurrency), subscribe to our `stored`, then publish --msgs messages --period s apart
+    starting at a random phase of the first period."""
+    c = Client(dev.on_message)
+    try:
+        async with connect_sem:
+            try:
+                await asyncio.wait_for(c.connect(*addr, dev.name, dev.name, dev.password, keepalive=120), 60)
+                await c.subscribe(protocol.topic(PREFIX, dev.name, "stored"))
+            except BaseException:
+                failed.append(dev.name)
+                raise
+        connected.append(dev.name)
+        loop = asyncio.get_running_loop()
+        phase = start_at + random.random() * args.period
+        for k in range(args.msgs):
+            await asyncio.sleep(max(0.0, phase + k * args.period - loop.time()))
+            await c.publish(protocol.topic(PREFIX, dev.name, "telemetry"), dev.message(args.recs))
+        await asyncio.sleep(max(0.0, start_at + (args.msgs + 1) * args.period + args.drain - loop.time()))
+    except (TimeoutError, OSError, MqttError) as e:
+        dev.error = f"{type(e).__name__}: {e}"
+    finally:
+        await c.close()
+
+
+# ------------------------------------------------------------------------------------------------ the brokers
+
+
+class MosquittoTarget:
+    """One mosquitto with logins and the fleet ACL (what `edgefleet broker` writes), restarted per trial."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.broker: Mosquitto | None = None
+
+    def start(self, creds: dict[str, str], trial: int) -> None:
+        d = self.work / f"mq-{trial}"
+        d.mkdir(parents=True)
+        pw = write_password_file(creds, d / "passwd")
+        acl = d / "acl"
+        acl.write_text(render_acl(PREFIX))
+        self.broker = Mosquitto(data_dir=d, password_file=pw, acl_file=acl).start()
+
+    def device_addr(self, i: int) -> tuple[str, int]:
+        return ("127.0.0.1", self.broker.port)
+
+    def collector_url(self) -> str:
+        return f"mqtt://collector@127.0.0.1:{self.broker.port}"
+
+    def stop(self) -> None:
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def rabbit_password_hash(password: str) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt(4) + sha256(salt + password))."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+class RabbitTarget:
+    """The 3-node cluster of rabbitmq.py, started once; devices spread over the three MQTT listeners (what the
+    balancer in front does); device users imported in bulk with the same permissions as RabbitCluster.set_user
+    (one rabbitmqctl call per user takes ~1 s: too slow for thousands)."""
+
+    def __init__(self, work: Path) -> None:
+        from edgefleet.rabbitmq import RabbitCluster
+
+        self.cluster = RabbitCluster(3, root=work / "rmq")
+        self.users: set[str] = set()
+        self.work = work
+
+    def start(self, creds: dict[str, str], trial: int) -> None:
+        from edgefleet.rabbitmq import QUEUE
+
+        if not self.users:
+            print("starting a 3-node RabbitMQ cluster (~60 s) ...", flush=True)
+            self.cluster.start(users={"collector": creds["collector"]})
+            self.users.add("collector")
+        self.import_devices({u: p for u, p in creds.items() if u not in self.users})
+        self.cluster.ctl(self.cluster.nodes[0], "purge_queue", QUEUE, check=False)
+
+    def import_devices(self, creds: dict[str, str]) -> None:
+        from edgefleet.rabbitmq import NODE_TOPICS_IN, NODE_TOPICS_OUT
+
+        if not creds:
+            return
+        import re
+
+        p, q = re.escape(PREFIX), "mqtt-subscription-.*"
+        defs: dict = {"users": [], "permissions": [], "topic_permissions": []}
+        for name, password in creds.items():
+            d = re.escape(name.replace(".", "/"))
+            defs["users"].append({"name": name, "password_hash": rabbit_password_hash(password),
+                                  "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})  # fmt: skip
+            defs["permissions"].append({"user": name, "vhost": "/", "configure": f"^{q}",
+                                        "write": f"^(amq\\.topic|{q})$", "read": f"^(amq\\.topic|{q})$"})  # fmt: skip
+            defs["topic_permissions"].append({"user": name, "vhost": "/", "exchange": "amq.topic",
+                                              "write": f"^{p}\\.{d}\\.({NODE_TOPICS_OUT})$",
+                                              "read": f"^{p}\\.{d}\\.({NODE_TOPICS_IN})$"})  # fmt: skip
+        path = self.work / "defs.json"
+        path.write_text(json.dumps(defs))
+        path.chmod(0o600)
+        self.cluster.ctl(self.cluster.nodes[0], "import_definitions", str(path), timeout=300)
+        path.unlink()
+        self.users |= set(creds)
+
+    def device_addr(self, i: int) -> tuple[str, int]:
+        ports = self.cluster.mqtt_ports
+        return ("127.0.0.1", ports[i % len(ports)])
+
+    def collector_url(self) -> str:
+        return self.cluster.amqp_url_for("collector")
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.cluster.stop()
+
+
+# ------------------------------------------------------------------------------------------------- one trial
+
+
+def start_collectors(n: int, url: str, db: str, password: str, logdir: Path) -> list[subprocess.Popen]:
+    env = dict(os.environ, PYTHONPATH=str(HOST), EDGEFLEET_BROKER_PASSWORD=password)
+    out = []
+    group = ["--group", "load"] if url.startswith("mqtt") and n > 1 else []
+    for i in range(n):
+        path = logdir / f"collector-{i}.log"
+        argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", url, "--db", db,
+                "--client-id", f"load-c{i}", *group]  # fmt: skip
+        with path.open("ab") as log:
+            out.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 30
+        while b"collecting" not in path.read_bytes():
+            if time.monotonic() > deadline or out[-1].poll() is not None:
+                stop_collectors(out)
+                raise SystemExit(f"collector did not start:\n{path.read_text()[-2000:]}")
+            time.sleep(0.1)
+    return out
+
+
+def stop_collectors(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def stored_keys(db: str) -> set[tuple[str, str, int]]:
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        return {(d, lg, s) for d, lg, s in conn.execute("SELECT device, log, seq FROM readings")}
+
+
+@dataclass
+class Result:
+    n: int
+    connected: int
+    logged: int
+    stored: int
+    lost: int
+    acked: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    connect_s: float
+    errors: list[str]
+
+    def ok(self, p99_ms: float) -> bool:
+        return self.connected == self.n and self.lost == 0 and self.acked == self.logged and self.p99_ms < p99_ms
+
+    def line(self) -> str:
+        return (f"N={self.n:6d}  connected {self.connected}/{self.n} in {self.connect_s:.1f} s  logged {self.logged}"
+                f"  stored {self.stored}  lost {self.lost}  acked {self.acked}  latency p50 {self.p50_ms:.0f} ms"
+                f"  p99 {self.p99_ms:.0f} ms  max {self.max_ms:.0f} ms")  # fmt: skip
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("inf")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def drive(devices: list[Device], target, args, ramp: float) -> tuple[int, float]:
+    """Run every device; returns how many connected and subscribed, and how long that took (s)."""
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(args.connect_concurrency)
+    connected: list[str] = []
+    failed: list[str] = []
+    start_at = loop.time() + ramp  # the publishing schedule starts once the ramp-up should be over
+    t0 = loop.time()
+    tasks = [asyncio.create_task(run_device(d, target.device_addr(i), start_at, args, sem, connected, failed))
+             for i, d in enumerate(devices)]  # fmt: skip
+    while len(connected) + len(failed) < len(devices):
+        await asyncio.sleep(0.05)
+    connect_s = loop.time() - t0
+    await asyncio.gather(*tasks)
+    return len(connected), connect_s
+
+
+def trial(n: int, target, pg: PostgresCluster, args, work: Path, k: int) -> Result:
+    creds = {"collector": args.collector_password, **{f"ld-{i:05d}": secrets.token_urlsafe(12) for i in range(n)}}
+    target.start(creds, k)
+    db = pg.new_database()
+    logdir = work / f"trial-{k}"
+    logdir.mkdir()
+    cols = start_collectors(args.collectors, target.collector_url(), db, args.collector_password, logdir)
+    devices = [Device(u, p) for u, p in creds.items() if u != "collector"]
+    try:
+        ramp = args.ramp if args.ramp > 0 else max(5.0, n / 500)
+        connected, connect_s = asyncio.run(drive(devices, target, args, ramp))
+    finally:
+        stop_collectors(cols)
+        target.stop()
+    keys = stored_keys(db)
+    logged = {(d.name, d.log, s) for d in devices for s in d.logged_ms}
+    lat = [v for d in devices for v in d.latency_ms.values()]
+    acked = len(lat)
+    lat_all = lat + [float("inf")] * (len(logged) - acked)
+    errors = sorted({d.error for d in devices if d.error})
+    return Result(n, connected, len(logged), len(keys & logged),
+                  len(logged - keys), acked, percentile(lat, 0.5), percentile(lat_all, 0.99),
+                  max(lat_all) if lat_all else float("inf"), connect_s, errors[:3])  # fmt: skip
+
+
+def search(target, pg, args, work: Path) -> int:
+    """Double N from --start until a trial fails, then bisect; returns the largest N that passed (0: none)."""
+    results: dict[int, bool] = {}
+    k = 0
+
+    def run(n: int) -> bool:
+        nonlocal k
+        k += 1
+        r = trial(n, target, pg, args, work, k)
+        results[n] = r.ok(args.p99_ms)
+        print(("PASS " if results[n] else "FAIL ") + r.line(), flush=True)
+        for e in r.errors:
+            print(f"      e.g. {e}", flush=True)
+        return results[n]
+
+    if args.fixed:
+        return args.fixed if run(args.fixed) else 0
+    n, good, bad = args.start, 0, 0
+    while n <= args.max_n:
+        if not run(n):
+            bad = n
+            break
+        good, n = n, n * 2
+    if not bad:
+        print(f"every N up to {good} passed (--max-n {args.max_n} reached)")
+        return good
+    for _ in range(args.bisect):
+        if bad - good <= max(1, good // 10):
+            break
+        mid = (good + bad) // 2
+        if run(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def raise_fd_limit(want: int) -> int:
+    """Soft file-descriptor limit up to the hard limit; returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = hard if hard == resource.RLIM_INFINITY else min(max(soft, want), hard)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--broker", choices=("mosquitto", "rabbitmq"), default="mosquitto")
+    ap.add_argument("--start", type=int, default=500, help="first N of the search (default: %(default)s)")
+    ap.add_argument("--max-n", type=int, default=16000, help="largest N tried (default: %(default)s)")
+    ap.add_argument("--bisect", type=int, default=2, help="bisection steps after the first fail (default: 2)")
+    ap.add_argument("--fixed", type=int, default=0, help="run one trial with this N instead of searching")
+    ap.add_argument("--period", type=float, default=10.0, help="s between a device's messages (default: 10)")
+    ap.add_argument("--msgs", type=int, default=3, help="messages per device per trial (default: 3)")
+    ap.add_argument("--recs", type=int, default=1, help="reading records per message (default: 1)")
+    ap.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="s to allow for connecting before the schedule starts (default: N/500, at least 5)",
+    )
+    ap.add_argument("--drain", type=float, default=5.0, help="s after the last period to wait for acks (default 5)")
+    ap.add_argument("--collectors", type=int, default=1, help="collector processes (default: 1)")
+    ap.add_argument("--connect-concurrency", type=int, default=200, help="connects in flight (default: 200)")
+    ap.add_argument("--p99-ms", type=float, default=2000.0, help="latency bound (default: 2000)")
+    args = ap.parse_args()
+    args.collector_password = secrets.token_urlsafe(16)
+    fds = raise_fd_limit(args.max_n + 1000)
+    print(f"file descriptors: {fds} (hard limit {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}); brokers started"
+          f" from here inherit it; at most ~{fds - 200} devices per process", flush=True)  # fmt: skip
+    args.max_n = min(args.max_n, fds - 200)
+    work = Path(tempfile.mkdtemp(prefix="edgefleet-load-"))
+    pg = PostgresCluster().start()
+    target = MosquittoTarget(work) if args.broker == "mosquitto" else RabbitTarget(work)
+    try:
+        best = search(target, pg, args, work)
+        print(f"\n{args.broker}: largest N with zero loss and p99 < {args.p99_ms:.0f} ms at one message per"
+              f" {args.period:g} s: {best}  ({best / args.period:.0f} messages/s)")  # fmt: skip
+    finally:
+        if isinstance(target, RabbitTarget):
+            target.close()
+        else:
+            target.stop()
+        pg.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
