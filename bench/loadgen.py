@@ -18,7 +18,7 @@ The MQTT client is a minimal 3.1.1 implementation over asyncio streams (CONNECT 
 device's own `stored`, PUBLISH at QoS 1, PUBACK both ways, PINGREQ): one coroutine per device, one process,
 so the load generator's own cost is a few % of a core at 1,000 msg/s, not a thread per device.
 
-    PYTHONPATH=host .venv/bin/python bench/loadgen.py --broker mosquitto [--start 500] [--max-n 16000]
+    PYTHONPATH=host .venv/bin/python bench/loadgen.py --broker mosquitto [--start 500] [--max-n 32000]
     PYTHONPATH=host .venv/bin/python bench/loadgen.py --broker rabbitmq --start 250
     PYTHONPATH=host .venv/bin/python bench/loadgen.py --broker mosquitto --fixed 2000   # one trial
 """
@@ -34,6 +34,7 @@ import os
 import random
 import resource
 import secrets
+import shutil
 import signal
 import struct
 import subprocess
@@ -46,12 +47,15 @@ from pathlib import Path
 HOST = Path(__file__).resolve().parents[1] / "host"
 sys.path.insert(0, str(HOST))
 
-from edgefleet import protocol  # noqa: E402
+from edgefleet import procs, protocol  # noqa: E402
 from edgefleet.broker import Mosquitto, render_acl, write_password_file  # noqa: E402
 from edgefleet.testing.fleetsim import reading  # noqa: E402
 from edgefleet.testing.postgres import PostgresCluster  # noqa: E402
 
 PREFIX = protocol.DEFAULT_PREFIX
+# Connections come from several loopback source addresses: one (source, broker address) pair has only the
+# ephemeral port range (32768-60999 here, ~28k) of local ports.
+SOURCES = [f"127.0.0.{i}" for i in range(1, 5)]
 
 # ------------------------------------------------------------------------------------------- MQTT 3.1.1 codec
 
@@ -111,8 +115,10 @@ class Client:
         self._pid = self._pid % 65535 + 1
         return self._pid
 
-    async def connect(self, host: str, port: int, client_id: str, user: str, password: str, keepalive: int) -> None:
-        self.reader, self.writer = await asyncio.open_connection(host, port)
+    async def connect(
+        self, host: str, port: int, client_id: str, user: str, password: str, keepalive: int, source: str
+    ) -> None:
+        self.reader, self.writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
         self.writer.write(connect_packet(client_id, user, password, keepalive))
         first, body = await self._read_packet()
         if first >> 4 != 2 or len(body) != 2 or body[1] != 0:
@@ -192,6 +198,7 @@ class Device:
     logged_ms: dict[int, float] = field(default_factory=dict)  # seq -> wall ms it was logged and published
     latency_ms: dict[int, float] = field(default_factory=dict)  # seq -> logged-to-stored
     error: str | None = None
+    all_acked: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """A `stored` ack: every seq it covers that we logged gets its latency (first ack wins)."""
@@ -208,6 +215,8 @@ class Device:
                 t = self.logged_ms.get(s)
                 if t is not None and s not in self.latency_ms:
                     self.latency_ms[s] = now - t
+        if len(self.latency_ms) == len(self.logged_ms):
+            self.all_acked.set()
 
     def message(self, recs: int) -> bytes:
         now = int(time.time() * 1000)
@@ -216,29 +225,34 @@ class Device:
             self.seq += 1
             self.logged_ms[self.seq] = now
             out.append(reading(self.seq, now))
+        self.all_acked.clear()
         return protocol.encode(protocol.telemetry(self.name, out, log=self.log))
 
 
-async def run_device(dev: Device, addr: tuple[str, int], start_at: float, args, connect_sem: asyncio.Semaphore,
+async def run_device(dev: Device, addr: tuple[str, int], source: str, go: Go, args, connect_sem: asyncio.Semaphore,
                      connected: list, failed: list) -> None:  # fmt: skip
-    """Connect (bounded concurrency), subscribe to our `stored`, then publish --msgs messages --period s apart
-    starting at a random phase of the first period."""
+    """Connect (bounded concurrency), subscribe to our `stored`, wait until every device is connected, then
+    publish --msgs messages --period s apart starting at a random phase of the first period."""
     c = Client(dev.on_message)
     try:
         async with connect_sem:
             try:
-                await asyncio.wait_for(c.connect(*addr, dev.name, dev.name, dev.password, keepalive=120), 60)
+                await asyncio.wait_for(c.connect(*addr, dev.name, dev.name, dev.password, 120, source), 60)
                 await c.subscribe(protocol.topic(PREFIX, dev.name, "stored"))
             except BaseException:
                 failed.append(dev.name)
                 raise
         connected.append(dev.name)
         loop = asyncio.get_running_loop()
-        phase = start_at + random.random() * args.period
+        await go.event.wait()  # steady state is measured, not the connect storm: publishing starts when all are in
+        phase = go.at + random.random() * args.period
         for k in range(args.msgs):
             await asyncio.sleep(max(0.0, phase + k * args.period - loop.time()))
             await c.publish(protocol.topic(PREFIX, dev.name, "telemetry"), dev.message(args.recs))
-        await asyncio.sleep(max(0.0, start_at + (args.msgs + 1) * args.period + args.drain - loop.time()))
+        try:  # until every seq is acked, or --drain s after the last publish (then the rest count as not acked)
+            await asyncio.wait_for(dev.all_acked.wait(), args.drain)
+        except TimeoutError:
+            pass
     except (TimeoutError, OSError, MqttError) as e:
         dev.error = f"{type(e).__name__}: {e}"
     finally:
@@ -353,7 +367,7 @@ def start_collectors(n: int, url: str, db: str, password: str, logdir: Path) -> 
         argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", url, "--db", db,
                 "--client-id", f"load-c{i}", *group]  # fmt: skip
         with path.open("ab") as log:
-            out.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+            out.append(procs.spawn(argv, name=f"collector-{i}", env=env, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 30
         while b"collecting" not in path.read_bytes():
             if time.monotonic() > deadline or out[-1].poll() is not None:
@@ -378,8 +392,11 @@ def stop_collectors(procs: list[subprocess.Popen]) -> None:
 def stored_keys(db: str) -> set[tuple[str, str, int]]:
     import psycopg
 
-    with psycopg.connect(db) as conn:
-        return {(d, lg, s) for d, lg, s in conn.execute("SELECT device, log, seq FROM readings")}
+    try:
+        with psycopg.connect(db) as conn:
+            return {(d, lg, s) for d, lg, s in conn.execute("SELECT device, log, seq FROM readings")}
+    except psycopg.errors.UndefinedTable:  # no collector ever committed (e.g. --collectors 0, a sanity check)
+        return set()
 
 
 @dataclass
@@ -412,19 +429,27 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-async def drive(devices: list[Device], target, args, ramp: float) -> tuple[int, float]:
+@dataclass
+class Go:
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    at: float = 0.0
+
+
+async def drive(devices: list[Device], target, args) -> tuple[int, float]:
     """Run every device; returns how many connected and subscribed, and how long that took (s)."""
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(args.connect_concurrency)
     connected: list[str] = []
     failed: list[str] = []
-    start_at = loop.time() + ramp  # the publishing schedule starts once the ramp-up should be over
+    go = Go()
     t0 = loop.time()
-    tasks = [asyncio.create_task(run_device(d, target.device_addr(i), start_at, args, sem, connected, failed))
+    tasks = [asyncio.create_task(run_device(d, target.device_addr(i), SOURCES[i % len(SOURCES)], go, args, sem, connected, failed))
              for i, d in enumerate(devices)]  # fmt: skip
     while len(connected) + len(failed) < len(devices):
         await asyncio.sleep(0.05)
     connect_s = loop.time() - t0
+    go.at = loop.time()
+    go.event.set()
     await asyncio.gather(*tasks)
     return len(connected), connect_s
 
@@ -438,8 +463,7 @@ def trial(n: int, target, pg: PostgresCluster, args, work: Path, k: int) -> Resu
     cols = start_collectors(args.collectors, target.collector_url(), db, args.collector_password, logdir)
     devices = [Device(u, p) for u, p in creds.items() if u != "collector"]
     try:
-        ramp = args.ramp if args.ramp > 0 else max(5.0, n / 500)
-        connected, connect_s = asyncio.run(drive(devices, target, args, ramp))
+        connected, connect_s = asyncio.run(drive(devices, target, args))
     finally:
         stop_collectors(cols)
         target.stop()
@@ -477,6 +501,8 @@ def search(target, pg, args, work: Path) -> int:
             bad = n
             break
         good, n = n, n * 2
+        if good < args.max_n < n:
+            n = args.max_n  # the largest N this machine lets us try (file descriptors), once
     if not bad:
         print(f"every N up to {good} passed (--max-n {args.max_n} reached)")
         return good
@@ -491,40 +517,45 @@ def search(target, pg, args, work: Path) -> int:
     return good
 
 
-def raise_fd_limit(want: int) -> int:
-    """Soft file-descriptor limit up to the hard limit; returns the limit in force."""
+def raise_fd_limit(want: int) -> tuple[int, str]:
+    """Soft file-descriptor limit up to `want`: past the hard limit too when we may (root: up to
+    /proc/sys/fs/nr_open). Returns the limit in force and what capped it, if anything did."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    new = hard if hard == resource.RLIM_INFINITY else min(max(soft, want), hard)
-    if new > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    cap = ""
+    if want > hard != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want, cap
+        except (ValueError, OSError) as e:
+            cap = f"hard limit {hard} (raising it: {e})"
+            want = hard
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0], cap
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--broker", choices=("mosquitto", "rabbitmq"), default="mosquitto")
     ap.add_argument("--start", type=int, default=500, help="first N of the search (default: %(default)s)")
-    ap.add_argument("--max-n", type=int, default=16000, help="largest N tried (default: %(default)s)")
+    ap.add_argument("--max-n", type=int, default=32000, help="largest N tried (default: %(default)s)")
     ap.add_argument("--bisect", type=int, default=2, help="bisection steps after the first fail (default: 2)")
     ap.add_argument("--fixed", type=int, default=0, help="run one trial with this N instead of searching")
     ap.add_argument("--period", type=float, default=10.0, help="s between a device's messages (default: 10)")
     ap.add_argument("--msgs", type=int, default=3, help="messages per device per trial (default: 3)")
     ap.add_argument("--recs", type=int, default=1, help="reading records per message (default: 1)")
     ap.add_argument(
-        "--ramp",
-        type=float,
-        default=0.0,
-        help="s to allow for connecting before the schedule starts (default: N/500, at least 5)",
+        "--drain", type=float, default=5.0, help="s after its last publish a device waits for acks (default: 5)"
     )
-    ap.add_argument("--drain", type=float, default=5.0, help="s after the last period to wait for acks (default 5)")
     ap.add_argument("--collectors", type=int, default=1, help="collector processes (default: 1)")
     ap.add_argument("--connect-concurrency", type=int, default=200, help="connects in flight (default: 200)")
     ap.add_argument("--p99-ms", type=float, default=2000.0, help="latency bound (default: 2000)")
     args = ap.parse_args()
     args.collector_password = secrets.token_urlsafe(16)
-    fds = raise_fd_limit(args.max_n + 1000)
-    print(f"file descriptors: {fds} (hard limit {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}); brokers started"
-          f" from here inherit it; at most ~{fds - 200} devices per process", flush=True)  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # stop the brokers and collectors on the way out
+    fds, cap = raise_fd_limit(2 * args.max_n + 1000)
+    print(f"file descriptors: {fds}{' (capped by the ' + cap + ')' if cap else ''}; the brokers started from"
+          f" here inherit it", flush=True)  # fmt: skip
     args.max_n = min(args.max_n, fds - 200)
     work = Path(tempfile.mkdtemp(prefix="edgefleet-load-"))
     pg = PostgresCluster().start()
@@ -539,6 +570,7 @@ def main() -> int:
         else:
             target.stop()
         pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
