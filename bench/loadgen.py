@@ -412,6 +412,7 @@ class Result:
     max_ms: float
     connect_s: float
     errors: list[str]
+    cpu: dict[str, float]
 
     def ok(self, p99_ms: float) -> bool:
         return self.connected == self.n and self.lost == 0 and self.acked == self.logged and self.p99_ms < p99_ms
@@ -419,7 +420,8 @@ class Result:
     def line(self) -> str:
         return (f"N={self.n:6d}  connected {self.connected}/{self.n} in {self.connect_s:.1f} s  logged {self.logged}"
                 f"  stored {self.stored}  lost {self.lost}  acked {self.acked}  latency p50 {self.p50_ms:.0f} ms"
-                f"  p99 {self.p99_ms:.0f} ms  max {self.max_ms:.0f} ms")  # fmt: skip
+                f"  p99 {self.p99_ms:.0f} ms  max {self.max_ms:.0f} ms\n      CPU while publishing (% of one core): "
+                + "  ".join(f"{k} {v:.0f}" for k, v in self.cpu.items()))  # fmt: skip
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -429,14 +431,68 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def _descendants() -> dict[int, str]:
+    """pid -> comm of every process below this one (brokers, collectors, PostgreSQL and their children)."""
+    parent: dict[int, int] = {}
+    comm: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            parent[int(d.name)], comm[int(d.name)] = int(rest[1]), name
+    me, out = os.getpid(), {}
+    for pid in comm:
+        p = pid
+        while p > 1 and p != me:
+            p = parent.get(p, 0)
+        if p == me and pid != me:
+            out[pid] = comm[pid]
+    return out
+
+
+def cpu_snapshot(collector_pids: set[int]) -> dict[int, tuple[str, float]]:
+    """pid -> (component, CPU seconds so far) for the generator and everything it started."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid, comm in [(os.getpid(), "generator"), *_descendants().items()]:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if pid == os.getpid():
+            group = "generator"
+        elif pid in collector_pids:
+            group = "collector"
+        elif comm.startswith("postgres"):
+            group = "postgresql"
+        elif comm in ("runuser",):
+            continue
+        else:
+            group = "broker"  # mosquitto, or RabbitMQ's Erlang VMs and their helpers
+        out[pid] = (group, (int(f[11]) + int(f[12])) / tick)
+    return out
+
+
+def cpu_use(before: dict, after: dict, wall_s: float) -> dict[str, float]:
+    """Per component: % of one core used between the snapshots (the machine has os.cpu_count() of them)."""
+    use: dict[str, float] = {}
+    for pid, (group, t) in after.items():
+        use[group] = use.get(group, 0.0) + t - before.get(pid, (group, 0.0))[1]
+    return {g: 100 * v / wall_s for g, v in sorted(use.items())}
+
+
 @dataclass
 class Go:
     event: asyncio.Event = field(default_factory=asyncio.Event)
     at: float = 0.0
 
 
-async def drive(devices: list[Device], target, args) -> tuple[int, float]:
-    """Run every device; returns how many connected and subscribed, and how long that took (s)."""
+async def drive(devices: list[Device], target, args, collector_pids: set[int]) -> tuple[int, float, dict]:
+    """Run every device; returns how many connected and subscribed, how long that took (s), and the CPU use of
+    each component while they published."""
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(args.connect_concurrency)
     connected: list[str] = []
@@ -449,9 +505,10 @@ async def drive(devices: list[Device], target, args) -> tuple[int, float]:
         await asyncio.sleep(0.05)
     connect_s = loop.time() - t0
     go.at = loop.time()
+    before = cpu_snapshot(collector_pids)
     go.event.set()
     await asyncio.gather(*tasks)
-    return len(connected), connect_s
+    return len(connected), connect_s, cpu_use(before, cpu_snapshot(collector_pids), loop.time() - go.at)
 
 
 def trial(n: int, target, pg: PostgresCluster, args, work: Path, k: int) -> Result:
@@ -463,7 +520,7 @@ def trial(n: int, target, pg: PostgresCluster, args, work: Path, k: int) -> Resu
     cols = start_collectors(args.collectors, target.collector_url(), db, args.collector_password, logdir)
     devices = [Device(u, p) for u, p in creds.items() if u != "collector"]
     try:
-        connected, connect_s = asyncio.run(drive(devices, target, args))
+        connected, connect_s, cpu = asyncio.run(drive(devices, target, args, {c.pid for c in cols}))
     finally:
         stop_collectors(cols)
         target.stop()
@@ -475,7 +532,7 @@ def trial(n: int, target, pg: PostgresCluster, args, work: Path, k: int) -> Resu
     errors = sorted({d.error for d in devices if d.error})
     return Result(n, connected, len(logged), len(keys & logged),
                   len(logged - keys), acked, percentile(lat, 0.5), percentile(lat_all, 0.99),
-                  max(lat_all) if lat_all else float("inf"), connect_s, errors[:3])  # fmt: skip
+                  max(lat_all) if lat_all else float("inf"), connect_s, errors[:3], cpu)  # fmt: skip
 
 
 def search(target, pg, args, work: Path) -> int:
