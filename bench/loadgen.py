@@ -106,7 +106,7 @@ def main() -> int:
     ap.add_argument("--fixed", type=int, default=0, help="run one trial with this N instead of searching")
     ap.add_argument("--period", type=float, default=10.0, help="s between a device's messages (default: 10)")
     ap.add_argument("--msgs", type=int, default=3, help="messages per device per trial (default: 3)")
-    ap.add_argument("--recs", type=int, default=1, help="reading records per message (default: 1)")
+    ap.add_argument("--recs", type=int, default=5, help="reading records per message (default: 5)")
     ap.add_argument(
         "--drain", type=float, default=5.0, help="s after its last publish a device waits for acks (default: 5)"
     )

@@ -44,7 +44,7 @@ class LoadSpec:
 
     period: float = 10.0  # s between a device's messages
     msgs: int = 3  # messages per device
-    recs: int = 1  # reading records per message
+    recs: int = 5  # reading records per message (a node at 1 Hz flushes ~6 env readings, 256 bytes, per batch)
     drain: float = 5.0  # s after its last publish a device waits for its acks
     collectors: int = 1  # `edgefleet collect` processes
     connect_concurrency: int = 200  # connects in flight
@@ -218,12 +218,14 @@ class Device:
             self.all_acked.set()
 
     def message(self, recs: int) -> bytes:
+        """`recs` env readings sampled 1 s apart, the newest now: a node's batch. Each record's latency runs from
+        now (the batch is durable and published), not from its sample time (the node's batching is its own)."""
         now = int(time.time() * 1000)
         out = []
-        for _ in range(recs):
+        for i in range(recs):
             self.seq += 1
             self.logged_ms[self.seq] = now
-            out.append(reading(self.seq, now))
+            out.append(reading(self.seq, now - (recs - 1 - i) * 1000))
         self.all_acked.clear()
         return protocol.encode(protocol.telemetry(self.name, out, log=self.log))
 
