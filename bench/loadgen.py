@@ -48,7 +48,9 @@ def search(target, pg, args, work: Path) -> int:
     def run(n: int) -> bool:
         nonlocal k
         k += 1
-        spec = LoadSpec(args.period, args.msgs, args.recs, args.drain, args.collectors, args.connect_concurrency)
+        spec = LoadSpec(
+            args.period, args.msgs, args.recs, args.drain, args.collectors, args.connect_concurrency, args.settle
+        )
         r = trial(n, target, pg, spec, work, k)
         results[n] = r.ok(args.p99_ms)
         print(("PASS " if results[n] else "FAIL ") + r.line(), flush=True)
@@ -109,6 +111,9 @@ def main() -> int:
     ap.add_argument("--recs", type=int, default=5, help="reading records per message (default: 5)")
     ap.add_argument(
         "--drain", type=float, default=5.0, help="s after its last publish a device waits for acks (default: 5)"
+    )
+    ap.add_argument(
+        "--settle", type=float, default=5.0, help="s between the last connect and the first publish (default: 5)"
     )
     ap.add_argument("--collectors", type=int, default=1, help="collector processes (default: 1)")
     ap.add_argument("--connect-concurrency", type=int, default=200, help="connects in flight (default: 200)")
