@@ -21,6 +21,6 @@ def test_small_fleet_all_stored_and_acked(pg_cluster, tmp_path: Path) -> None:
 
 def test_no_collector_means_everything_lost(pg_cluster, tmp_path: Path) -> None:
     target = MosquittoTarget(tmp_path)
-    r = trial(10, target, pg_cluster, LoadSpec(period=0.5, msgs=2, drain=1.0, collectors=0), tmp_path, 1)
+    r = trial(10, target, pg_cluster, LoadSpec(period=0.5, msgs=2, recs=1, drain=1.0, collectors=0), tmp_path, 1)
     assert (r.connected, r.logged, r.stored, r.lost, r.acked) == (10, 20, 0, 20, 0)
     assert r.p99_ms == float("inf") and not r.ok(2000)
