@@ -389,14 +389,15 @@ def stop_collectors(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def stored_keys(db: str) -> set[tuple[str, str, int]]:
+def stored_rows(db: str) -> dict[tuple[str, str, int], int]:
+    """(device, log, seq) -> received_ms (when the collector received the message) of every stored reading."""
     import psycopg
 
     try:
         with psycopg.connect(db) as conn:
-            return {(d, lg, s) for d, lg, s in conn.execute("SELECT device, log, seq FROM readings")}
-    except psycopg.errors.UndefinedTable:  # no collector ever committed (e.g. --collectors 0, a sanity check)
-        return set()
+            return {(d, lg, s): r for d, lg, s, r in conn.execute("SELECT device, log, seq, received_ms FROM readings")}
+    except psycopg.errors.UndefinedTable:  # no collector ever committed (e.g. collectors=0, the sanity check)
+        return {}
 
 
 @dataclass
@@ -413,6 +414,8 @@ class Result:
     connect_s: float
     errors: list[str]
     cpu: dict[str, float]
+    p99_to_collector_ms: float = float("nan")  # logged -> received by the collector
+    p99_loop_lag_ms: float = float("nan")  # the generator's own event-loop delay: how late it sees an ack
     load: float = field(default_factory=lambda: os.getloadavg()[0])  # the machine's 1-min load at the end
 
     def ok(self, p99_ms: float) -> bool:
@@ -423,7 +426,9 @@ class Result:
     def line(self) -> str:
         return (f"N={self.n:6d}  connected {self.connected}/{self.n} in {self.connect_s:.1f} s  logged {self.logged}"
                 f"  stored {self.stored}  lost {self.lost}  acked {self.acked}  latency p50 {self.p50_ms:.0f} ms"
-                f"  p99 {self.p99_ms:.0f} ms  max {self.max_ms:.0f} ms\n      load average {self.load:.1f};"
+                f"  p99 {self.p99_ms:.0f} ms  max {self.max_ms:.0f} ms\n      p99 logged->received by the collector"
+                f" {self.p99_to_collector_ms:.0f} ms; generator loop lag p99 {self.p99_loop_lag_ms:.0f} ms;"
+                f" load average {self.load:.1f};"
                 " CPU while publishing (% of one core): "
                 + "  ".join(f"{k} {v:.0f}" for k, v in self.cpu.items()))  # fmt: skip
 
@@ -494,9 +499,20 @@ class Go:
     at: float = 0.0
 
 
-async def drive(devices: list[Device], target, spec: LoadSpec, collector_pids: set[int]) -> tuple[int, float, dict]:
-    """Run every device; returns how many connected and subscribed, how long that took (s), and the CPU use of
-    each component while they published."""
+async def _lag(out: list[float]) -> None:
+    """How late this process's event loop wakes (ms, every 50 ms): an ack read late inflates the latency."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(0.05)
+        out.append((loop.time() - t - 0.05) * 1000)
+
+
+async def drive(
+    devices: list[Device], target, spec: LoadSpec, collector_pids: set[int]
+) -> tuple[int, float, dict, float]:
+    """Run every device; returns how many connected and subscribed, how long that took (s), the CPU use of
+    each component while they published, and the p99 of the generator's event-loop lag then (ms)."""
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(spec.connect_concurrency)
     connected: list[str] = []
@@ -511,9 +527,13 @@ async def drive(devices: list[Device], target, spec: LoadSpec, collector_pids: s
     await asyncio.sleep(spec.settle)
     go.at = loop.time()
     before = cpu_snapshot(collector_pids)
+    lags: list[float] = []
+    lag_task = asyncio.create_task(_lag(lags))
     go.event.set()
     await asyncio.gather(*tasks)
-    return len(connected), connect_s, cpu_use(before, cpu_snapshot(collector_pids), loop.time() - go.at)
+    lag_task.cancel()
+    cpu = cpu_use(before, cpu_snapshot(collector_pids), loop.time() - go.at)
+    return len(connected), connect_s, cpu, percentile(lags, 0.99)
 
 
 def trial(n: int, target, pg: PostgresCluster, spec: LoadSpec, work: Path, k: int) -> Result:
@@ -525,16 +545,21 @@ def trial(n: int, target, pg: PostgresCluster, spec: LoadSpec, work: Path, k: in
     cols = start_collectors(spec.collectors, target.collector_url(), db, spec.collector_password, logdir)
     devices = [Device(u, p) for u, p in creds.items() if u != "collector"]
     try:
-        connected, connect_s, cpu = asyncio.run(drive(devices, target, spec, {c.pid for c in cols}))
+        connected, connect_s, cpu, lag = asyncio.run(drive(devices, target, spec, {c.pid for c in cols}))
     finally:
         stop_collectors(cols)
         target.stop()
-    keys = stored_keys(db)
+    rows = stored_rows(db)
+    keys = set(rows)
     logged = {(d.name, d.log, s) for d in devices for s in d.logged_ms}
+    # where the time goes: logged -> the collector received it (broker + generator) vs the whole way to the ack
+    to_collector = [rows[(d.name, d.log, s)] - t for d in devices for s, t in d.logged_ms.items()
+                    if (d.name, d.log, s) in rows]  # fmt: skip
     lat = [v for d in devices for v in d.latency_ms.values()]
     acked = len(lat)
     lat_all = lat + [float("inf")] * (len(logged) - acked)
     errors = sorted({d.error for d in devices if d.error})
     return Result(n, connected, len(logged), len(keys & logged),
                   len(logged - keys), acked, percentile(lat, 0.5), percentile(lat_all, 0.99),
-                  max(lat_all) if lat_all else float("inf"), connect_s, errors[:3], cpu)  # fmt: skip
+                  max(lat_all) if lat_all else float("inf"), connect_s, errors[:3], cpu,
+                  percentile(to_collector, 0.99), lag)  # fmt: skip
