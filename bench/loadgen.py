@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import secrets
 import shutil
 import signal
 import sys
@@ -43,13 +44,21 @@ from edgefleet.testing.postgres import PostgresCluster  # noqa: E402
 def search(target, pg, args, work: Path) -> int:
     """Double N from --start until a trial fails, then bisect; returns the largest N that passed (0: none)."""
     results: dict[int, bool] = {}
+    collector_password = secrets.token_urlsafe(16)  # one for the run: RabbitMQ keeps its users between trials
     k = 0
 
     def run(n: int) -> bool:
         nonlocal k
         k += 1
         spec = LoadSpec(
-            args.period, args.msgs, args.recs, args.drain, args.collectors, args.connect_concurrency, args.settle
+            args.period,
+            args.msgs,
+            args.recs,
+            args.drain,
+            args.collectors,
+            args.connect_concurrency,
+            args.settle,
+            collector_password,
         )
         r = trial(n, target, pg, spec, work, k)
         results[n] = r.ok(args.p99_ms)

@@ -536,8 +536,16 @@ async def drive(
     return len(connected), connect_s, cpu, percentile(lags, 0.99)
 
 
+_PASSWORDS: dict[str, str] = {}
+
+
+def device_password(name: str) -> str:
+    """A random password per device, the same for every trial of this process (RabbitMQ keeps its users)."""
+    return _PASSWORDS.setdefault(name, secrets.token_urlsafe(12))
+
+
 def trial(n: int, target, pg: PostgresCluster, spec: LoadSpec, work: Path, k: int) -> Result:
-    creds = {"collector": spec.collector_password, **{f"ld-{i:05d}": secrets.token_urlsafe(12) for i in range(n)}}
+    creds = {"collector": spec.collector_password, **{f"ld-{i:05d}": device_password(f"ld-{i:05d}") for i in range(n)}}
     target.start(creds, k)
     db = pg.new_database()
     logdir = work / f"trial-{k}"
