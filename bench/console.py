@@ -3,10 +3,11 @@ query of the same range (every reading fetched and decoded: what a chart without
 the fleet list of thousands of devices. SQLite and a throwaway PostgreSQL (skipped with a message when the
 PostgreSQL server binaries are missing), in the same run.
 
-    PYTHONPATH=host .venv/bin/python bench/console.py [--hours 24] [--rate 10] [--devices 5000] [--no-pg]
+    PYTHONPATH=host .venv/bin/python bench/console.py [--hours 24] [--rate 10] [--devices 5000] [--boots 20] [--no-pg]
 
 Printed per backend: rows in the range, raw query seconds, downsampled seconds (points drawn), the ratio, and the
-fleet list time for --devices devices.
+fleet list time for --devices devices, each with the last counters of --boots boots (the lifetime counters the
+fleet list sums).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from edgefleet.storage import Batch, open_storage  # noqa: E402
 T0 = 1_764_000_000_000
 
 
-def fill(url: str, hours: float, rate: float, devices: int) -> tuple[int, int]:
-    """One device `dev-0` with `hours` of imu readings at `rate` Hz plus env at 1 Hz; `devices` others with a
-    status and 20 readings each. Returns the range (since, until) of dev-0."""
+def fill(url: str, hours: float, rate: float, devices: int, boots: int = 1) -> tuple[int, int]:
+    """One device `dev-0` with `hours` of imu readings at `rate` Hz plus env at 1 Hz; `devices` others with the last
+    status per boot (`boots` of them) and 20 readings each. Returns the range (since, until) of dev-0."""
     s = open_storage(url)
     n = int(hours * 3600 * rate)
     step = int(1000 / rate)
@@ -51,15 +52,18 @@ def fill(url: str, hours: float, rate: float, devices: int) -> tuple[int, int]:
             batch = []
     if batch:
         s.write(Batch(readings={"dev-0": batch}, seen={"dev-0": batch[-1][3]}))
-    status = json.dumps({"v": 1, "state": "online", "fw": "0.1.0", "model": "m", "heap_free": 60000,
-                         "safe_mode": False, "error": None, "counters": {"logged": 20}, "e_buffer": 1.0,
-                         "r_noise": 0.0})  # fmt: skip
+    status = [
+        json.dumps({"v": 1, "state": "online", "fw": "0.1.0", "model": "m", "heap_free": 60000, "boot": boot,
+                    "seq": 20 * boot // boots, "safe_mode": False, "error": None, "counters": {"logged": 20 // boots},
+                    "e_buffer": 1.0, "r_noise": 0.0})
+        for boot in range(1, boots + 1)
+    ]  # fmt: skip
     for start in range(1, devices, 1000):
         b = Batch()
         for d in range(start, min(devices, start + 1000)):
             dev = f"dev-{d}"
             b.readings[dev] = [(dev, "", k, T0 + k * 1000, "env", 0, '{"temperature":20.5}', T0) for k in range(1, 21)]
-            b.statuses.append((dev, T0, "online", True, status))
+            b.statuses += [(dev, T0 + i, "online", True, body) for i, body in enumerate(status)]
             b.seen[dev] = T0
         s.write(b)
     s.close()
@@ -99,13 +103,14 @@ def main() -> int:
     ap.add_argument("--hours", type=float, default=24, help="hours of data of the charted device (default 24)")
     ap.add_argument("--rate", type=float, default=10, help="imu samples per second (default 10)")
     ap.add_argument("--devices", type=int, default=5000, help="devices in the fleet list (default 5000)")
+    ap.add_argument("--boots", type=int, default=20, help="boots per device in the fleet list (default 20)")
     ap.add_argument("--points", type=int, default=1500, help="points per sensor asked of the server (default 1500)")
     ap.add_argument("--no-pg", action="store_true", help="SQLite only")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         t = time.perf_counter()
-        since, until = fill(url, a.hours, a.rate, a.devices)
+        since, until = fill(url, a.hours, a.rate, a.devices, a.boots)
         print(f"filled SQLite in {time.perf_counter() - t:.0f} s")
         report("sqlite", measure(url, since, until, a.points))
     if a.no_pg:
@@ -120,7 +125,7 @@ def main() -> int:
     try:
         url = cluster.new_database()
         t = time.perf_counter()
-        since, until = fill(url, a.hours, a.rate, a.devices)
+        since, until = fill(url, a.hours, a.rate, a.devices, a.boots)
         print(f"filled PostgreSQL in {time.perf_counter() - t:.0f} s")
         report("postgresql", measure(url, since, until, a.points))
     finally:

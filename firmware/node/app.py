@@ -14,6 +14,7 @@ import time
 
 from micropython import const
 
+from node import board as boardmod
 from node import records as R
 from node.flashlog import ALIGN, FlashLog
 from node.mqtt import MQTTClient
@@ -124,9 +125,10 @@ class Node:
     def __init__(
         self, board, cfg, part, error=None, cfg_path=CONFIG_PATH, now_ms=None, link=None, flush=None, mqtt_opts=None
     ):
-        # Only the board's name stays: the parsed board.json (~3.4 KB of heap on a 32-bit board) is released
-        # after boot, and set_config reads the file again (BOARD_PATH) for the validation it needs.
+        # Only the board's name and the brief set_config validates against stay: the parsed board.json (~3.4 KB
+        # of heap on a 32-bit board) is released after boot.
         self.board_name = board.get("name", "?")
+        self.board_brief = boardmod.brief(board)
         self.cfg = cfg
         self.cfg_path = cfg_path
         self.dev = cfg.get("device_id") or "unconfigured"
@@ -214,15 +216,15 @@ class Node:
         return getattr(c, "sampled", 0), getattr(c, "rejected", 0)
 
     def set_config(self, changes):
-        # Persist through node.config (validated against the board), then apply to the running stages.
-        from node import config
+        # Persist through node.cfgset (the changed sections validated against the board), then apply to the
+        # running stages. Not node.config: see node/cfgset.py.
+        from node import cfgset
 
         try:
-            from node import board as boardmod
-
-            new, err = config.update(self.cfg_path, self.cfg, changes, boardmod.load(BOARD_PATH))
+            new, err = cfgset.update(self.cfg_path, self.cfg, changes, self.board_brief)
         finally:
-            _release(config)
+            cfgset = None
+            _release_module("cfgset")
         if err:
             from node.commands import CommandError  # loaded: set_config runs inside a command
 

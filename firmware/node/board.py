@@ -30,3 +30,17 @@ def sensor(board, name):
         if s["name"] == name:
             return s
     return None
+
+
+def brief(board):
+    # The fields node.config's validation reads (name, sensors' name/type/max_rate_hz, outputs' names), kept
+    # by the running node so set_config validates without parsing board.json again: the whole dict is ~7 KB
+    # of heap on the 64-bit port, too much to take from a running node's fragmented heap at once.
+    sensors = []
+    for s in board.get("sensors", ()):
+        b = {"name": s["name"], "type": s.get("type")}
+        if s.get("max_rate_hz") is not None:
+            b["max_rate_hz"] = s["max_rate_hz"]
+        sensors.append(b)
+    return {"name": board.get("name", "?"), "sensors": sensors,
+            "outputs": [{"name": o["name"]} for o in board.get("outputs", ())]}

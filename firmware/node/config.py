@@ -10,7 +10,12 @@
 # log_every) merge key by key; `rule` and the scalars replace. Unknown fields are errors (a typo must not
 # be silently ignored).
 import json
-import os
+
+from node.cfgset import check_interval, check_rates, check_rule, max_rate, save
+from node.cfgset import copy as _copy
+from node.cfgset import is_int as _is_int
+from node.cfgset import is_num as _is_num
+from node.cfgset import merge
 
 DEFAULTS = {
     "device_id": "node-001",
@@ -31,7 +36,6 @@ DEFAULTS = {
     # per sensor: "off", or {"window": odd 3..31, "k": 1..20, "stuck_s": s}; a sensor left out: the defaults
     "clean": {},
 }
-MERGED = ("broker", "wifi", "rates", "log_every", "log", "mqtt", "clean")
 _CLEAN = (("window", 3, 31, True), ("k", 1, 20, False), ("stuck_s", 1, 86400, False))
 # numeric tuning fields of the dict sections: (section, field, lo, hi, integer?)
 _TUNING = (
@@ -42,35 +46,7 @@ _TUNING = (
     ("mqtt", "keepalive_s", 5, 3600, True),
     ("mqtt", "backoff_max_s", 1, 3600, False),
 )
-# highest sampling rate per sensor kind when the board file gives no max_rate_hz
-MAX_RATE = {"dht22": 0.5, "bme280": 25, "adc": 100, "mpu6050": 100}
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
-
-
-def _copy(d):
-    # deep enough for our config: dicts of scalars, one level down
-    out = {}
-    for k, v in d.items():
-        out[k] = dict(v) if isinstance(v, dict) else v
-    return out
-
-
-def _merge(base, changes):
-    out = _copy(base)
-    for k, v in changes.items():
-        if k in MERGED and isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k].update(v)
-        else:
-            out[k] = dict(v) if isinstance(v, dict) else v
-    return out
-
-
-def _is_num(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v not in (float("inf"), float("-inf"))
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _opt_str(v):
@@ -117,11 +93,6 @@ def _check_url(url):
     return None
 
 
-def max_rate(sensor):
-    m = sensor.get("max_rate_hz")
-    return m if m is not None else MAX_RATE.get(sensor["type"], 100)
-
-
 def validate(cfg, board):
     try:
         return _validate(cfg, board)
@@ -130,8 +101,17 @@ def validate(cfg, board):
 
 
 def _validate(cfg, board):
+    # One small function per part: set_config loads this module into a running node's fragmented heap, where
+    # one large function's bytecode (~800 bytes contiguous) does not find room and many small ones do.
     if not isinstance(cfg, dict):
         return "config: must be a JSON object"
+    sensors = {s["name"]: s for s in board["sensors"]}
+    err = _check_top(cfg) or _check_broker(cfg) or _check_wifi(cfg) or check_rates(cfg, sensors, board["name"])
+    err = err or _check_scalars(cfg) or _check_tuning(cfg) or _check_clean(cfg.get("clean", {}), sensors)
+    return err or _check_key(cfg.get("model_key")) or check_rule(cfg.get("rule"), board)
+
+
+def _check_top(cfg):
     for k in cfg:
         if k not in DEFAULTS:
             return "%s: unknown field (known: %s)" % (k, ", ".join(sorted(DEFAULTS)))
@@ -140,6 +120,10 @@ def _validate(cfg, board):
     p = cfg.get("prefix")
     if not isinstance(p, str) or not p or "+" in p or "#" in p or p[0] == "/" or p[-1] == "/":
         return "prefix: %r must be a non-empty MQTT topic prefix without +, # or a leading/trailing /" % (p,)
+    return None
+
+
+def _check_broker(cfg):
     b = cfg.get("broker")
     if not isinstance(b, dict):
         return "broker: must be an object with url, username, password, ca"
@@ -154,6 +138,10 @@ def _validate(cfg, board):
             return "broker.%s: must be a string or null" % k
     if b.get("url", "").startswith("mqtts://") and not b.get("ca"):
         return "broker.ca: required for mqtts:// (the CA certificate file that signed the broker's certificate)"
+    return None
+
+
+def _check_wifi(cfg):
     w = cfg.get("wifi")
     if not isinstance(w, dict):
         return "wifi: must be an object with ssid, password"
@@ -164,48 +152,23 @@ def _validate(cfg, board):
             return "wifi.%s: must be a string" % k
     if len(w.get("ssid", "")) > 32:
         return "wifi.ssid: longer than 32 bytes"
-    sensors = {s["name"]: s for s in board["sensors"]}
-    rates = cfg.get("rates")
-    if not isinstance(rates, dict):
-        return "rates: must be an object of sensor name -> Hz"
-    for name, r in rates.items():
-        if name not in sensors:
-            return "rates.%s: no sensor %r on board %s (has %s)" % (name, name, board["name"], ", ".join(sensors))
-        if not _is_num(r) or r < 0:
-            return "rates.%s: %r must be a number >= 0 (0 = off)" % (name, r)
-        m = max_rate(sensors[name])
-        if r > m:
-            return "rates.%s: %s Hz exceeds the %s sensor's maximum of %s Hz" % (name, r, sensors[name]["type"], m)
-    every = cfg.get("log_every")
-    if not isinstance(every, dict):
-        return "log_every: must be an object of sensor name -> N (log every N-th reading)"
-    for name, n in every.items():
-        if name not in sensors:
-            return "log_every.%s: no sensor %r on board %s" % (name, name, board["name"])
-        if not _is_int(n) or not 1 <= n <= 100000:
-            return "log_every.%s: %r must be an integer >= 1" % (name, n)
-    v = cfg.get("status_interval_s")
-    if not _is_num(v) or not 1 <= v <= 86400:
-        return "status_interval_s: %r must be a number of seconds in 1..86400" % (v,)
+    return None
+
+
+def _check_scalars(cfg):
+    err = check_interval(cfg)
+    if err:
+        return err
     v = cfg.get("max_batch_bytes")
     if not _is_int(v) or not 256 <= v <= 65536:
         return "max_batch_bytes: %r must be an integer in 256..65536" % (v,)
     v = cfg.get("ntp_host")
     if not (v is None or (isinstance(v, str) and v and " " not in v)):
         return "ntp_host: %r must be a host name or null" % (v,)
-    err = _check_tuning(cfg)
-    if err:
-        return err
-    err = _check_clean(cfg.get("clean", {}), sensors)
-    if err:
-        return err
     v = cfg.get("model")
     if not (v is None or (isinstance(v, str) and v and len(v) <= 64)):
         return "model: %r must be a file name or null (decision stage off)" % (v,)
-    err = _check_key(cfg.get("model_key"))
-    if err:
-        return err
-    return _check_rule(cfg.get("rule"), board)
+    return None
 
 
 def _check_key(v):
@@ -273,28 +236,6 @@ def _check_clean(clean, sensors):
     return None
 
 
-def _check_rule(rule, board):
-    if rule is None:
-        return None
-    if not isinstance(rule, dict):
-        return "rule: must be an object like {\"output\": \"relay\", \"on_class\": \"running\"} or null"
-    outs = [o["name"] for o in board["outputs"]]
-    for k in rule:
-        if k not in ("output", "on_class", "on_anomaly_over"):
-            return "rule.%s: unknown field (output, on_class, on_anomaly_over)" % k
-    if rule.get("output") not in outs:
-        return "rule.output: %r is not an output of board %s (has %s)" % (rule.get("output"), board["name"], ", ".join(outs))
-    has_c = "on_class" in rule
-    has_a = "on_anomaly_over" in rule
-    if has_c == has_a:
-        return "rule: needs exactly one of on_class, on_anomaly_over"
-    if has_c and not (isinstance(rule["on_class"], str) and 1 <= len(rule["on_class"]) <= 32):
-        return "rule.on_class: %r must be a class name" % (rule["on_class"],)
-    if has_a and not _is_num(rule["on_anomaly_over"]):
-        return "rule.on_anomaly_over: %r must be a number" % (rule["on_anomaly_over"],)
-    return None
-
-
 def safe_default(raw=None, board=None):
     # What a node runs with when its config is unusable: the defaults, with the decision stage off, but
     # with the identity and the way to the broker from the file when those parts are valid on their own.
@@ -349,7 +290,7 @@ def load(path, board):
         return safe_default(None, board), "config: %s is not valid JSON (%s)" % (path, e)
     if not isinstance(raw, dict):
         return safe_default(None, board), "config: %s must hold a JSON object" % path
-    cfg = _merge(defaults_for(board), raw)
+    cfg = merge(defaults_for(board), raw)
     err = validate(cfg, board)
     if err:
         return safe_default(raw, board), err
@@ -357,29 +298,22 @@ def load(path, board):
 
 
 def release():
-    # This module costs ~10 KB of heap (mostly its messages) and is needed only at boot and for set_config.
-    # The app may call release() after using it and import it again when needed.
+    # This module (with node.cfgset) costs ~17 KB of heap on the 64-bit port and is needed only at boot.
+    # The app calls release() after using it; set_config uses node.cfgset alone.
     import sys
 
     import node
 
-    sys.modules.pop("node.config", None)
-    if getattr(node, "config", None) is not None:
-        del node.config
-
-
-def save(path, cfg):
-    # Atomic: a power cut leaves either the old file or the new one, never half of one.
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(cfg, f)
-    os.rename(tmp, path)
+    for name in ("config", "cfgset"):
+        sys.modules.pop("node." + name, None)
+        if getattr(node, name, None) is not None:
+            delattr(node, name)
 
 
 def update(path, cfg, changes, board):
     if not isinstance(changes, dict):
         return cfg, "config: changes must be a JSON object"
-    new = _merge(cfg, changes)
+    new = merge(cfg, changes)
     err = validate(new, board)
     if err:
         return cfg, err

@@ -7,6 +7,7 @@ window features (node/features.py) and the node config rules (node/config.py).
 from __future__ import annotations
 
 import importlib.util
+import sys
 from functools import cache
 from types import ModuleType
 
@@ -15,7 +16,9 @@ from .paths import firmware_dir
 
 @cache
 def firmware_module(relpath: str) -> ModuleType:
-    """firmware/<relpath> imported under CPython, once per process."""
+    """firmware/<relpath> imported under CPython, once per process. Its own `from node.x import ...` find
+    firmware/node/x.py (the node's config rules span node/config.py and node/cfgset.py)."""
+    _node_package()
     path = firmware_dir() / relpath
     name = "edgefleet_fw_" + relpath.removesuffix(".py").replace("/", "_")
     spec = importlib.util.spec_from_file_location(name, path)
@@ -23,3 +26,13 @@ def firmware_module(relpath: str) -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _node_package() -> None:
+    """`node` as a namespace over firmware/node/ for the firmware modules loaded here; never replaces an
+    existing `node` module."""
+    if "node" in sys.modules:
+        return
+    pkg = ModuleType("node")
+    pkg.__path__ = [str(firmware_dir() / "node")]
+    sys.modules["node"] = pkg

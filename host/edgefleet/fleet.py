@@ -11,9 +11,78 @@ import sys
 
 from .redact import refuse_password_in_url
 from .storage import DeviceRow, open_storage
-from .storage.base import SEQ_JUMP
+from .storage.base import BOOT_COUNTERS, SEQ_JUMP, LogCounters
 
-COUNTERS = ("sampled", "logged", "published", "dropped", "rejected", "reconnects", "corrupt")
+COUNTERS = ("sampled", "logged", "published", "dropped", "rejected", "reconnects", "corrupt", "stored")
+
+LIFETIME_NOTE = (
+    "counters are lifetime: summed over boots, each boot counted up to its last status (what a node counts after "
+    "its last status before a power cut is not seen); logged is numbered by the flash log's seq, so it includes "
+    "records logged after a boot's last status"
+)
+
+
+def lifetime(logs: list[LogCounters], log_stats: dict[str, tuple[int, int, int]]) -> dict:
+    """A device's lifetime counters, and `logged` reconciled with the records stored. The one place that computes
+    them: `fleet status` and the console both call it (through device_summary).
+
+    Counters restart at every boot; the storage keeps the last counters of each (log, boot), so a lifetime counter
+    is their sum: exact up to the last status of every boot, blind to what a boot counted after it (a power cut).
+    `logged` is taken from the flash log instead: seq starts at 1 in a log and grows by one per record logged, so
+    the highest seq known of a log (from a status or a stored record) is the number of records it logged, power
+    cuts included. That makes the balance exact: logged = stored + not yet stored + missing (the gaps: dropped
+    on the node or lost) + before the database's first record of a log."""
+    counted = {c: sum(x.counters.get(c, 0) for x in logs) for c in BOOT_COUNTERS}
+    high: dict[str, int] = {}
+    for x in logs:
+        high[x.log] = max(high.get(x.log, 0), x.seq)
+    for lg, (_n, _lo, hi) in log_stats.items():
+        high[lg] = max(high.get(lg, 0), hi)
+    stored = pending = missing = before = 0
+    for lg, h in high.items():
+        n, lo, hi = log_stats.get(lg, (0, 1, 0))
+        stored += n
+        missing += (hi - lo + 1 - n) if n else 0
+        before += (lo - 1) if n else 0
+        pending += h - hi if n else h
+    numbered = sum(high.values())
+    # A node's counter never exceeds its log's seq; if a status says otherwise, the larger number is shown and
+    # the excess is named in the balance instead of hidden.
+    logged = max(numbered, counted["logged"])
+    dropped = min(missing, counted["dropped"])
+    out = {
+        "boots": sum(x.boots for x in logs),
+        "counters": {**counted, "logged": logged},
+        "logged_counted": counted["logged"],
+        "logged_after_last_status": max(0, numbered - counted["logged"]),
+        "unnumbered": logged - numbered,
+        "records": stored,
+        "not_yet_stored": pending,
+        "missing": missing,
+        "dropped": dropped,
+        "lost": missing - dropped,
+        "before_first": before,
+    }
+    out["balance"] = balance_text(out)
+    return out
+
+
+def balance_text(lt: dict) -> str:
+    """`logged` against the records stored, every difference named (never a number that quietly disagrees)."""
+    logged, records = lt["counters"]["logged"], lt["records"]
+    if logged == records:
+        return "logged = records"
+    parts = [f"logged {logged} = records {records}"]
+    for key, what in (
+        ("not_yet_stored", "not yet stored"),
+        ("dropped", "dropped on the node (log full)"),
+        ("lost", "lost (power cut, corrupt sector, or still in flight)"),
+        ("before_first", "before the database's first record of a log"),
+        ("unnumbered", "counted by the node beyond its log's seq (inconsistent statuses)"),
+    ):
+        if lt[key]:
+            parts.append(f"{lt[key]} {what}")
+    return " + ".join(parts)
 
 
 def _when(ms: int | None) -> str:
@@ -57,6 +126,10 @@ def device_summary(row: DeviceRow) -> dict:
         "gaps": [list(g) for g in row.gaps],
         "duplicates": row.duplicates,
         "counters": st.get("counters", {}),
+        "lifetime": (lt := lifetime(row.log_counters, row.log_stats)),
+        "logged": lt["counters"]["logged"],  # flat copies for the console's sortable table
+        "balance": lt["balance"],
+        "lifetime_note": LIFETIME_NOTE,
     }
 
 
@@ -67,12 +140,13 @@ def _opt(x: object) -> str:
 def render_table(rows: list[DeviceRow]) -> str:
     header = [
         "device", "state", "last seen (UTC)", "records", "logs", "log since (UTC)", "seq", "missing", "gaps",
-        "jumps", "dup", *COUNTERS, "safe", "fw", "model", "heap", "error",
+        "jumps", "dup", "boots", *COUNTERS, "logged vs records", "safe", "fw", "model", "heap", "error",
     ]  # fmt: skip
     table = [header]
     for r in rows:
         d = device_summary(r)
-        counters = d["counters"]
+        lt = d["lifetime"]
+        counters = lt["counters"]
         safe = {None: "-", True: "SAFE", False: "no"}[d["safe_mode"]]
         table.append(
             [
@@ -87,7 +161,9 @@ def render_table(rows: list[DeviceRow]) -> str:
                 _gaps_text(r),
                 str(r.seq_jumps),
                 str(r.duplicates),
+                str(lt["boots"]),
                 *(str(counters.get(c, "-")) for c in COUNTERS),
+                lt["balance"],
                 safe,
                 _opt(d["fw"]),
                 _opt(d["model"]),
@@ -108,7 +184,8 @@ def render_table(rows: list[DeviceRow]) -> str:
     safe_n = sum(1 for r in rows if (r.status or {}).get("safe_mode"))
     summary += f", {safe_n} in safe mode"
     lines.append(summary)
-    lines.append("counters of an offline device are from its last online status")
+    lines.append("state, safe, fw, model and heap of an offline device are from its last online status")
+    lines.append(LIFETIME_NOTE)
     return "\n".join(lines)
 
 

@@ -50,7 +50,7 @@ def build(
     cfg = nc.defaults_for(board.data)
     cfg["model"] = "model.efm" if model_file else None
     cfg["rule"] = rule_for_model(model_file) if model_file else None
-    cfg = nc._merge(cfg, overrides)
+    cfg = nc.merge(cfg, overrides)
     cfg["device_id"] = device_id
     if model_key is not None:
         cfg["model_key"] = model_key.hex()

@@ -77,7 +77,7 @@ def test_each_bad_config_names_its_field(sim_board):
     b = boardmod.load(sim_board)
     base = config.defaults_for(b)
     for change, field in BAD:
-        cfg = config._merge(base, change)
+        cfg = config.merge(base, change)
         err = config.validate(cfg, b)
         assert err is not None, "accepted: %r" % change
         assert err.startswith(field + ":") or err.startswith(field + " ") or field in err.split(":")[0], (field, err)

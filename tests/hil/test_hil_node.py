@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.testing.hil import Collector
+from edgefleet.testing.hil import RECORDER_USERS
 
 pytestmark = pytest.mark.hil
 
@@ -55,7 +55,7 @@ def test_boot_status_and_telemetry_reach_broker_and_collector(hil_board, hil_bro
     assert not st["safe_mode"] and st["error"] is None, st
     print(f"{hil_board.board.name}: node heap_free after boot {st['heap_free']} bytes")
     # the status is retained: a client that subscribes later still gets it from the broker
-    late = Collector(hil_broker.host, hil_broker.port)
+    late = hil_broker.subscriber(RECORDER_USERS[1])
     try:
         _, payload, retained = late.wait_for(f"/{node.device_id}/status", lambda m: m[2], timeout=10)
     finally:

@@ -94,6 +94,7 @@ def test_collector_records_what_reaches_the_broker(hil_broker, collector):
 
     assert hil_broker.node_url.startswith("mqtt://") and str(hil_broker.port) in hil_broker.node_url
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.username_pw_set("hil-x", hil_broker.add_device("hil-x"))  # a device logs in as its device id
     pub.connect(hil_broker.host, hil_broker.port)
     pub.loop_start()
     try:

@@ -20,13 +20,13 @@ def _event(dev: str, seq: int, log: str = LOG) -> tuple:
 
 def test_migrations_run_once_and_reopen(db_url) -> None:
     s = open_storage(db_url)
-    assert s.schema_version() == len(s.migrations) == 2
+    assert s.schema_version() == len(s.migrations) == 3
     s.close()
     s = open_storage(db_url)  # reopening applies nothing and keeps data
     try:
-        assert s.schema_version() == 2
+        assert s.schema_version() == 3
         rows = s.execute("SELECT count(*) FROM schema_version").fetchone()
-        assert rows[0] == 2
+        assert rows[0] == 3
     finally:
         s.close()
 
@@ -101,6 +101,7 @@ def test_v1_database_is_migrated_to_log_keys_keeping_its_records(db_url) -> None
             "acks",
             "dead_letter",
             "counters",
+            "boot_counters",
             "schema_version",
         ):
             conn.execute(f"DROP TABLE IF EXISTS {t}")
@@ -117,7 +118,7 @@ def test_v1_database_is_migrated_to_log_keys_keeping_its_records(db_url) -> None
     conn.close()
     s = open_storage(db_url)
     try:
-        assert s.schema_version() == 2
+        assert s.schema_version() == 3
         assert s.counts()["readings"] == 1 and s.counts()["events"] == 1
         # the old records are log '' (v1); the same seq in a new log is a new record, in the old log a duplicate
         res = s.write(

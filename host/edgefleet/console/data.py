@@ -49,9 +49,9 @@ def current_log(store: Storage, device: str) -> str | None:
     return best[1] if best else None
 
 
-def _log_stats(store: Storage, device: str) -> tuple[int | None, int | None, int]:
-    """(min seq, max seq) of the current log and records missing over all logs, for a device with several logs
-    (rare: a board replaced or its log erased). Scans that device's records only."""
+def _log_stats(store: Storage, device: str) -> tuple[int | None, int | None, int, dict[str, tuple[int, int, int]]]:
+    """(min seq, max seq) of the current log, records missing over all logs and (count, min, max) per log, for a
+    device with several logs (rare: a board replaced or its log erased). Scans that device's records only."""
     per: dict[str, list[int]] = {}
     for table in ("readings", "events"):
         for lg, n, lo, hi in store.execute(
@@ -63,7 +63,7 @@ def _log_stats(store: Storage, device: str) -> tuple[int | None, int | None, int
     missing = sum(hi - lo + 1 - n for n, lo, hi in per.values())
     cur = current_log(store, device)
     lo, hi = (per[cur][1], per[cur][2]) if cur in per else (None, None)
-    return lo, hi, missing
+    return lo, hi, missing, {lg: (a[0], a[1], a[2]) for lg, a in per.items()}
 
 
 def fleet_rows(store: Storage, since_ms: int | None = None, device: str | None = None) -> list[dict]:
@@ -93,22 +93,27 @@ def fleet_rows(store: Storage, since_ms: int | None = None, device: str | None =
         sql += " WHERE d.device = ?"
         params = (device,)
     out = []
-    for r in store.execute(sql + " ORDER BY d.device", params).fetchall():
+    found = store.execute(sql + " ORDER BY d.device", params).fetchall()
+    # lifetime counters (fleet.lifetime): the per-boot rows of these devices, one small-table query
+    per_log = store.log_counters(None if since_ms is None and device is None else [r[0] for r in found])
+    for r in found:
         dev, records = r[0], int(r[7])
         logs = {x for x in r[8:12] if x is not None}
         lo = hi = None
         missing = 0
+        per: dict[str, tuple[int, int, int]] = {}
         if len(logs) == 1:  # one aggregate per subquery above: each answered from the primary-key index
             lows = [x for x in (r[12], r[14]) if x is not None]
             highs = [x for x in (r[13], r[15]) if x is not None]
             lo, hi = min(lows), max(highs)
             missing = max(0, hi - lo + 1 - records)
+            per = {next(iter(logs)): (records, lo, hi)}
         elif logs:
-            lo, hi, missing = _log_stats(store, dev)
+            lo, hi, missing, per = _log_stats(store, dev)
         row = DeviceRow(
             device=dev, state=r[1], state_ms=r[2], first_seen_ms=int(r[3]), last_seen_ms=int(r[4]),
             records=records, duplicates=int(r[5]), min_seq=lo, max_seq=hi, missing=missing, gaps=[],
-            status=_status(r[6]), logs=len(logs),
+            status=_status(r[6]), logs=len(logs), log_counters=per_log.get(dev, []), log_stats=per,
         )  # fmt: skip
         out.append(device_summary(row))
     return out

@@ -24,6 +24,16 @@ DEAD_LETTER_MAX_ROWS = 100_000  # default cap of the dead_letter table (oldest p
 DEAD_LETTER_MAX_BYTES = 256 * 1024 * 1024  # default cap of its payload bytes (`collect --dead-max-mb`)
 SEQ_JUMP = 100_000  # a seq gap wider than this is a "seq jump" anomaly, not missing records (docs/collect.md)
 
+# The per-boot counters of an online status (docs/protocol.md "status") kept per (device, log, boot) in
+# boot_counters, so lifetime counters survive the node's reboots (fleet.lifetime). All of them only grow within a
+# boot, so the row keeps each one's maximum: a redelivered, reordered or concurrently written status changes
+# nothing. `seq` and `acked` are seqs of the log, not counts (max over the log, never summed).
+BOOT_COUNTERS = (
+    "sampled", "rejected", "logged", "dropped", "published", "reconnects", "corrupt", "stored", "resends",
+    "stored_bad",
+)  # fmt: skip
+BOOT_SEQS = ("seq", "acked")
+
 
 @dataclass
 class Batch:
@@ -56,6 +66,20 @@ class WriteResult:
 
 
 @dataclass
+class LogCounters:
+    """A device's per-boot counters of one flash log, summed over its boots (each boot's row holds the maximum of
+    each counter over that boot's statuses), with the highest seq a status reported in that log."""
+
+    log: str
+    boots: int
+    seq: int
+    acked: int
+    first_ms: int
+    last_ms: int
+    counters: dict[str, int]
+
+
+@dataclass
 class DeviceRow:
     """Fleet status of one device: state from the retained status / last will, counters from the last *online*
     status (kept when the node goes offline), record bookkeeping and seq gaps from the stored records."""
@@ -78,10 +102,16 @@ class DeviceRow:
     log: str | None = None
     log_since_ms: int | None = None
     seq_jumps: int = 0  # gaps wider than SEQ_JUMP: a bad or hostile seq, not counted as missing
+    # Lifetime inputs (fleet.lifetime): the last counters of every boot, and (count, min seq, max seq) of the
+    # records stored per flash log.
+    log_counters: list[LogCounters] = field(default_factory=list)
+    log_stats: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
         d["gaps"] = [list(g) for g in self.gaps]
+        d.pop("log_counters", None)
+        d.pop("log_stats", None)
         return d
 
 
@@ -95,6 +125,7 @@ class Storage:
     name = "?"
     placeholder = "?"
     greatest = "max"
+    sum_fn = "total"  # SQLite's sum() raises on integer overflow (hostile counters); total() is a float
     migrations: ClassVar[list[list[str]]] = []
     insert_reading = ""
     insert_event = ""
@@ -192,6 +223,7 @@ class Storage:
                         self.q("UPDATE devices SET state = ?, state_ms = ?, status = ? WHERE device = ?"),
                         (state, received, body, device),
                     )
+                    self._note_boot(cur, device, received, body)
                 else:
                     cur.execute(
                         self.q("UPDATE devices SET state = ?, state_ms = ? WHERE device = ?"), (state, received, device)
@@ -221,6 +253,57 @@ class Storage:
             res.duplicates += dup
         res.dead = len(batch.dead)
         return res
+
+    def _note_boot(self, cur: Any, device: str, received: int, body: str) -> None:
+        """Keep the counters of this status' boot: each column the larger of the stored and the new value, keyed by
+        (device, log, boot), so any number of deliveries in any order, by any number of collectors, give the same
+        row (PostgreSQL's ON CONFLICT DO UPDATE locks the row; SQLite has one writer)."""
+        st = json.loads(body)
+        boot = st.get("boot")
+        if not isinstance(boot, int) or isinstance(boot, bool):
+            return  # the collector validated it (protocol.check_status); a row written by other means is skipped
+        counters = st.get("counters") or {}
+
+        def num(x: Any) -> int:
+            return max(0, x) if isinstance(x, int) and not isinstance(x, bool) else 0
+
+        vals = [num(st.get("uptime_s")), num(st.get("seq")), num(counters.get("acked"))]
+        vals += [num(counters.get(c)) for c in BOOT_COUNTERS]
+        cols = ("uptime_s", *BOOT_SEQS, *BOOT_COUNTERS)
+        g = self.greatest
+        cur.execute(
+            self.q(
+                f"INSERT INTO boot_counters (device, log, boot, first_ms, last_ms, {', '.join(cols)}) VALUES "
+                f"({', '.join('?' * (5 + len(cols)))}) ON CONFLICT (device, log, boot) DO UPDATE SET "
+                "first_ms = "
+                + ("min" if g == "max" else "LEAST")
+                + "(boot_counters.first_ms, excluded.first_ms), "
+                + ", ".join(f"{c} = {g}(boot_counters.{c}, excluded.{c})" for c in ("last_ms", *cols))
+            ),
+            (device, st.get("log") or "", boot, received, received, *vals),
+        )
+
+    def log_counters(self, devices: list[str] | None = None) -> dict[str, list[LogCounters]]:
+        """Every device's counters per flash log, summed over its boots in the database (one row per (device, log):
+        the console lists thousands of devices, each with many boots), for fleet.lifetime."""
+        sums = ", ".join(f"{self.sum_fn}({c})" for c in BOOT_COUNTERS)
+        sql = (
+            f"SELECT device, log, count(*), max(seq), max(acked), min(first_ms), max(last_ms), {sums} "
+            "FROM boot_counters"
+        )
+        params: list = []
+        if devices is not None:
+            if not devices:
+                return {}
+            sql += " WHERE device IN (" + ",".join("?" * len(devices)) + ")"
+            params = list(devices)
+        out: dict[str, list[LogCounters]] = {}
+        for r in self.execute(sql + " GROUP BY device, log ORDER BY device, min(first_ms)", params).fetchall():
+            counters = {c: int(v) for c, v in zip(BOOT_COUNTERS, r[7:], strict=True)}
+            out.setdefault(r[0], []).append(
+                LogCounters(r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), counters)
+            )
+        return out
 
     def _prune_dead(self, cur: Any) -> int:
         """Delete the oldest dead letters beyond the row and byte caps; count them in counters. Why a cap: a
@@ -309,11 +392,12 @@ class Storage:
                 continue
             gaps.setdefault((device, lg), []).append((int(seq) + 1, int(nxt) - 1))
             missing[device] = missing.get(device, 0) + width
+        per_log = self.log_counters()
         rows = []
         for r in self.execute(
             "SELECT device, state, state_ms, first_seen_ms, last_seen_ms, duplicates, status FROM devices "
             "ORDER BY device"
-        ):
+        ).fetchall():
             device = r[0]
             dev_logs = logs.get(device, [])
             current = max(dev_logs, key=lambda x: (x[5], x[4])) if dev_logs else None
@@ -339,6 +423,8 @@ class Storage:
                     log=current[0] if current else None,
                     log_since_ms=current[4] if current else None,
                     seq_jumps=jumps.get(device, 0),
+                    log_counters=per_log.get(device, []),
+                    log_stats={x[0]: (x[1], x[2], x[3]) for x in dev_logs},
                 )
             )
         return rows

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from ..errors import EdgefleetError
 from ..redact import redact_text
-from .base import Storage
+from .base import BOOT_COUNTERS, Storage
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,22 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE events DROP CONSTRAINT events_pkey, ADD PRIMARY KEY (device, log, seq)",
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
     ],
+    # v3: the last counters of every boot of every node (lifetime counters that survive reboots, fleet.lifetime),
+    # filled from the status history an older database already holds.
+    [
+        "CREATE TABLE boot_counters (device TEXT NOT NULL, log TEXT NOT NULL, boot BIGINT NOT NULL,"
+        " first_ms BIGINT NOT NULL, last_ms BIGINT NOT NULL, uptime_s BIGINT NOT NULL, seq BIGINT NOT NULL,"
+        " acked BIGINT NOT NULL, "
+        + ", ".join(f"{c} BIGINT NOT NULL" for c in BOOT_COUNTERS)
+        + ", PRIMARY KEY (device, log, boot))",
+        "INSERT INTO boot_counters SELECT device, coalesce(body->>'log', ''), (body->>'boot')::bigint,"
+        " min(received_ms), max(received_ms), max(GREATEST(0, coalesce((body->>'uptime_s')::bigint, 0))),"
+        " max(GREATEST(0, coalesce((body->>'seq')::bigint, 0))),"
+        " max(GREATEST(0, coalesce((body->'counters'->>'acked')::bigint, 0))), "
+        + ", ".join(f"max(GREATEST(0, coalesce((body->'counters'->>'{c}')::bigint, 0)))" for c in BOOT_COUNTERS)
+        + " FROM status_history WHERE state = 'online' AND jsonb_typeof(body->'boot') = 'number'"
+        " GROUP BY 1, 2, 3",
+    ],
 ]
 
 READINGS_PLAIN = (
@@ -61,6 +77,7 @@ class PostgresStorage(Storage):
     name = "postgresql"
     placeholder = "%s"
     greatest = "GREATEST"
+    sum_fn = "sum"  # bigint sums are numeric: no overflow
     migrations = MIGRATIONS
     # Records go in with COPY into a temporary staging table, then one INSERT ... SELECT per table that skips
     # known (device, seq), also those in the other table: one round trip per batch instead of one per row.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgefleetError
-from .base import Storage
+from .base import BOOT_COUNTERS, Storage
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -60,6 +60,22 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE readings_v2 RENAME TO readings",
         "ALTER TABLE events_v2 RENAME TO events",
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    ],
+    # v3: the last counters of every boot of every node (lifetime counters that survive reboots, fleet.lifetime),
+    # filled from the status history an older database already holds.
+    [
+        "CREATE TABLE boot_counters (device TEXT NOT NULL, log TEXT NOT NULL, boot INTEGER NOT NULL,"
+        " first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, uptime_s INTEGER NOT NULL, seq INTEGER NOT NULL,"
+        " acked INTEGER NOT NULL, "
+        + ", ".join(f"{c} INTEGER NOT NULL" for c in BOOT_COUNTERS)
+        + ", PRIMARY KEY (device, log, boot)) WITHOUT ROWID",
+        "INSERT INTO boot_counters SELECT device, coalesce(json_extract(body, '$.log'), ''),"
+        " json_extract(body, '$.boot'), min(received_ms), max(received_ms),"
+        " max(max(0, coalesce(json_extract(body, '$.uptime_s'), 0))), max(max(0, coalesce(json_extract(body, '$.seq'), 0))),"
+        " max(max(0, coalesce(json_extract(body, '$.counters.acked'), 0))), "
+        + ", ".join(f"max(max(0, coalesce(json_extract(body, '$.counters.{c}'), 0)))" for c in BOOT_COUNTERS)
+        + " FROM status_history WHERE state = 'online' AND json_type(body, '$.boot') = 'integer'"
+        " GROUP BY 1, 2, 3",
     ],
 ]
 

@@ -8,6 +8,11 @@ Fixtures (see docs/hil.md): `hil_board` (the board under test: port, board defin
 recording everything under the fleet prefix), `deploy_node` (a function that runs `edgefleet deploy` on the
 board) and `deployed_node` (the firmware deployed with a fresh device id and the test broker).
 Tests marked `hil` are the suite; they are collected from tests/hil/.
+
+The broker runs the fleet's secure configuration (docs/security.md, the same functions as `edgefleet broker`
+and `simulate`): a login per identity, the generated per-identity ACL, client ids pinned to user names, the
+message size limit. The node under test logs in as its device id, the subscribers as collector identities,
+commands go out as the operator.
 """
 
 from __future__ import annotations
@@ -27,7 +32,17 @@ import pytest
 
 from .. import procs
 from ..boards import Board, load_board
+from ..broker import COLLECTOR_USER, OPERATOR_USER, Mosquitto, fleet_credentials, render_acl, write_password_file
 from ..errors import EdgefleetError
+
+PREFIX = "edgefleet"
+# Collector identities (read the prefix, write /stored): `collector` is the real `edgefleet collect`; the
+# recording subscribers need logins of their own, because client ids are pinned to user names and two
+# connections with one login would take each other's session over.
+RECORDER_USERS = ("hil-recorder-1", "hil-recorder-2", "hil-recorder-3")
+COLLECTOR_USERS = (COLLECTOR_USER, *RECORDER_USERS)
+IDENTITIES = (*COLLECTOR_USERS, OPERATOR_USER)
+_USED_EXTERNAL_IDS: set[str] = set()  # device logins of an external broker handed out in this pytest session
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -116,6 +131,7 @@ class HilSettings:
     broker_address: str | None = None  # host/IP of this machine as the board sees it
     broker_url: str | None = None  # an external broker instead of ours
     event_class: str | None = None  # real board: the class the model must report (the board at rest: "standing")
+    broker_credentials: str | None = None  # with broker_url: JSON {user: password} of that broker's logins
 
 
 def load_settings(path: str | None, real: bool) -> HilSettings:
@@ -134,6 +150,7 @@ def load_settings(path: str | None, real: bool) -> HilSettings:
         broker_address=b.get("address"),
         broker_url=b.get("url"),
         event_class=data.get("event_class"),
+        broker_credentials=b.get("credentials"),
     )
 
 
@@ -162,61 +179,196 @@ def hil_board(pytestconfig: pytest.Config, tmp_path: Path):
         vb.stop()
 
 
+def connack(host: str, port: int, username: str | None, password: str | None, timeout: float = 10.0) -> Any:
+    """Connect once (MQTT 3.1.1, clean session, as a node does) and return the CONNACK's reason code; the
+    connection is closed again. For checking which logins the broker accepts."""
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-probe-{secrets.token_hex(3)}")
+    if username is not None:
+        c.username_pw_set(username, password)
+    answer: list[Any] = []
+    c.on_connect = lambda cl, ud, flags, rc, props: answer.append(rc)
+    c.connect(host, port, keepalive=10)
+    try:
+        end = time.monotonic() + timeout
+        while not answer and time.monotonic() < end:
+            c.loop(0.1)
+    finally:
+        c.disconnect()
+    if not answer:
+        raise AssertionError(f"no CONNACK from {host}:{port} within {timeout} s")
+    return answer[0]
+
+
 @dataclass
 class HilBroker:
-    broker: Any
+    """The broker of the HIL tests and the logins on it (user -> password; never printed)."""
+
+    broker: Mosquitto | None  # ours; None for an external broker (--hil-config broker.url)
     node_url: str  # the URL the node is given: reachable from the board
     host: str
     port: int
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    credentials_path: Path | None = None
+    password_file: Path | None = None
+
+    def login(self, user: str) -> tuple[str, str]:
+        if user not in self.credentials:
+            raise EdgefleetError(
+                f"the HIL broker has no login for {user!r}" + (f" in {self.credentials_path}" if self.broker is None
+                                                               else ""),
+                hint="an external broker (--hil-config broker.url) needs a login for collector, operator, "
+                f"{', '.join(RECORDER_USERS)} and every device id the tests deploy (docs/hil.md)",
+            )  # fmt: skip
+        return user, self.credentials[user]
+
+    def add_device(self, device_id: str, timeout: float = 10.0) -> str:
+        """The device's password, creating its login first if needed. Ours: the password file is rewritten and
+        mosquitto rereads it on SIGHUP (as an operator adds a board to a running fleet); this returns once the
+        broker accepts the new login. An external broker must already have it."""
+        if device_id in self.credentials or self.broker is None:
+            return self.login(device_id)[1]
+        assert self.credentials_path is not None and self.password_file is not None and self.broker.proc
+        self.credentials = fleet_credentials(self.credentials_path, [device_id], IDENTITIES)
+        write_password_file(self.credentials, self.password_file)
+        self.broker.proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + timeout
+        while connack(self.host, self.port, device_id, self.credentials[device_id]).is_failure:
+            if time.monotonic() > end:
+                raise AssertionError(f"mosquitto did not accept the new login {device_id!r} within {timeout} s")
+            time.sleep(0.05)
+        return self.credentials[device_id]
+
+    def fresh_device(self) -> str:
+        """A device id not deployed before in this session. Ours: a new random `hil-<6 hex>`. An external
+        broker: the next device login of broker.credentials not yet used by this session, its retained status
+        cleared first (as the device), so no test takes an earlier run's status for this node's."""
+        if self.broker is not None:
+            return f"hil-{secrets.token_hex(3)}"
+        spare = sorted(u for u in self.credentials if u not in IDENTITIES and u not in _USED_EXTERNAL_IDS)
+        if not spare:
+            raise EdgefleetError(
+                f"no unused device login left in {self.credentials_path}",
+                hint="the HIL suite deploys a fresh device id per node test: give the external broker more device "
+                "logins (e.g. hil-dev-1..hil-dev-10) and add them to broker.credentials (docs/hil.md)",
+            )
+        device_id = spare[0]
+        _USED_EXTERNAL_IDS.add(device_id)
+        self.clear_retained_status(device_id)
+        return device_id
+
+    def clear_retained_status(self, device_id: str) -> None:
+        """Publish an empty retained status as the device: the broker drops the retained message."""
+        import paho.mqtt.client as mqtt
+
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
+        pub.username_pw_set(*self.login(device_id))
+        pub.connect(self.host, self.port)
+        pub.loop_start()
+        try:
+            pub.publish(f"{PREFIX}/{device_id}/status", b"", qos=1, retain=True).wait_for_publish(10)
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+
+    def subscriber(self, user: str = RECORDER_USERS[0]) -> Collector:
+        """A recording subscriber on `<prefix>/#`, logged in as the collector identity `user`."""
+        return Collector(self.host, self.port, PREFIX, *self.login(user))
+
+
+def secure_broker(data_dir: Path, host: str) -> tuple[Mosquitto, Path, Path]:
+    """mosquitto as `edgefleet broker --password-file` runs it: logins for the collector identities and the
+    operator (devices are added as tests deploy them), the generated ACL, client ids pinned to user names and
+    the message size limit. Returns (broker, credentials JSON, password file), both secrets 0600."""
+    creds_path = data_dir / "credentials.json"
+    creds = fleet_credentials(creds_path, [], IDENTITIES)
+    password_file = write_password_file(creds, data_dir / "passwd")
+    acl = data_dir / "acl"
+    acl.write_text(render_acl(PREFIX, COLLECTOR_USERS, OPERATOR_USER))
+    return Mosquitto(data_dir=data_dir, host=host, password_file=password_file, acl_file=acl), creds_path, password_file
+
+
+def external_credentials(settings: HilSettings) -> tuple[dict[str, str], Path]:
+    """The logins of an external broker, from the --hil-config's broker.credentials (a JSON file, mode 600)."""
+    if not settings.broker_credentials:
+        raise EdgefleetError(
+            "--hil-config broker.url needs broker.credentials: a JSON file {user: password} with that broker's logins",
+            hint="docs/hil.md; or leave broker.url out and give broker.address: the tests then run their own broker",
+        )
+    path = Path(settings.broker_credentials).expanduser()
+    try:
+        if path.stat().st_mode & 0o077:
+            raise EdgefleetError(f"{path} holds passwords and is readable by others", hint=f"chmod 600 {path}")
+        creds = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise EdgefleetError(f"cannot read broker.credentials {path}: {e}") from None
+    if not isinstance(creds, dict) or not all(isinstance(v, str) for v in creds.values()):
+        raise EdgefleetError(f"broker.credentials {path}: expected a JSON object of user name -> password")
+    return creds, path
 
 
 @pytest.fixture
-def hil_broker(
-    request: pytest.FixtureRequest,
-    hil_board: HilBoard,
-    hil_settings: HilSettings,
-    tmp_path_factory: pytest.TempPathFactory,
-):
-    """The virtual board reaches the shared `mqtt_broker` fixture on loopback; a real board needs a broker
-    listening on the LAN (ours on broker.listen, or an external one from the --hil-config)."""
+def hil_broker(hil_board: HilBoard, hil_settings: HilSettings, tmp_path_factory: pytest.TempPathFactory):
+    """A secure mosquitto the board can reach: on loopback for the virtual board; on broker.listen for a real
+    board (the node is given broker.address); or an external broker from the --hil-config with its logins."""
     from urllib.parse import urlparse
 
-    from ..broker import Mosquitto
-
-    if hil_board.is_virtual:
-        broker = request.getfixturevalue("mqtt_broker")
-        yield HilBroker(broker, broker.url, broker.host, broker.port)
-        return
-    if hil_settings.broker_url:
+    if hil_settings.broker_url and not hil_board.is_virtual:
+        creds, path = external_credentials(hil_settings)
         u = urlparse(hil_settings.broker_url)
-        yield HilBroker(None, hil_settings.broker_url, u.hostname or "127.0.0.1", u.port or 1883)
+        yield HilBroker(None, hil_settings.broker_url, u.hostname or "127.0.0.1", u.port or 1883, creds, path)
         return
-    if not hil_settings.broker_address:
+    listen = "127.0.0.1" if hil_board.is_virtual else hil_settings.broker_listen
+    if not hil_board.is_virtual and not hil_settings.broker_address:
         raise EdgefleetError("--hil-config needs broker.address (this machine's IP as the board sees it)",
                              hint="docs/hil.md")  # fmt: skip
-    broker = Mosquitto(data_dir=tmp_path_factory.mktemp("hil-mosquitto"), host=hil_settings.broker_listen)
+    broker, creds_path, password_file = secure_broker(tmp_path_factory.mktemp("hil-mosquitto"), listen)
     broker.start()
     try:
-        local = "127.0.0.1" if hil_settings.broker_listen == "0.0.0.0" else hil_settings.broker_listen
-        yield HilBroker(broker, f"mqtt://{hil_settings.broker_address}:{broker.port}", local, broker.port)
+        local = "127.0.0.1" if listen == "0.0.0.0" else listen
+        address = local if hil_board.is_virtual else hil_settings.broker_address
+        yield HilBroker(
+            broker, f"mqtt://{address}:{broker.port}", local, broker.port,
+            json.loads(creds_path.read_text()), creds_path, password_file,
+        )  # fmt: skip
     finally:
         broker.stop()
 
 
 class Collector:
-    """Records every message under `<prefix>/#` (a stand-in until the fleet collector is wired in here)."""
+    """Records every message under `<prefix>/#`, logged in as a collector identity (the broker's ACL lets only
+    those read the whole prefix). Raises at once if the broker refuses the login."""
 
-    def __init__(self, host: str, port: int, prefix: str = "edgefleet") -> None:
+    def __init__(
+        self, host: str, port: int, prefix: str = PREFIX, username: str | None = None, password: str | None = None
+    ) -> None:
         import paho.mqtt.client as mqtt
 
         self.host, self.port = host, port
         self.messages: list[tuple[str, bytes, bool]] = []
         self.cond = threading.Condition()
+        self.connack: list[Any] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-{secrets.token_hex(4)}")
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
+        self.client.on_connect = lambda c, ud, flags, rc, props: self._on_connect(c, rc, prefix)
         self.client.connect(host, port)
         self.client.loop_start()
+        with self.cond:
+            self.cond.wait_for(lambda: self.connack, timeout=10)
+        if not self.connack or self.connack[-1].is_failure:
+            self.close()
+            raise AssertionError(f"the broker at {host}:{port} refused {username or 'an anonymous'} subscriber: "
+                                 f"{self.connack[-1] if self.connack else 'no CONNACK within 10 s'}")  # fmt: skip
+
+    def _on_connect(self, client: Any, rc: Any, prefix: str) -> None:
+        if not rc.is_failure:
+            client.subscribe(f"{prefix}/#", qos=1)
+        with self.cond:
+            self.connack.append(rc)
+            self.cond.notify_all()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self.cond:
@@ -244,7 +396,7 @@ class Collector:
 
 @pytest.fixture
 def collector(hil_broker: HilBroker):
-    c = Collector(hil_broker.host, hil_broker.port)
+    c = hil_broker.subscriber(RECORDER_USERS[0])
     yield c
     c.close()
 
@@ -258,11 +410,15 @@ class DeployedNode:
 
 
 @pytest.fixture
-def deploy_node(hil_board: HilBoard, hil_settings: HilSettings, tmp_path: Path):
-    """deploy(device_id=None, model=None, broker_url=None, config=None, board=None, force=False) -> DeployedNode."""
+def deploy_node(request: pytest.FixtureRequest, hil_board: HilBoard, hil_settings: HilSettings, tmp_path: Path):
+    """deploy(device_id=None, model=None, broker_url=None, config=None, board=None, force=False) -> DeployedNode.
+
+    Deployed to the HIL broker (broker_url = hil_broker.node_url), the device gets its own login there and its
+    user name and password go into the node config file (0600), as `edgefleet deploy --config` takes them."""
     import argparse
 
     from ..deploy import run_deploy
+    from ..pki import write_secret
 
     def deploy(
         device_id: str | None = None,
@@ -273,10 +429,15 @@ def deploy_node(hil_board: HilBoard, hil_settings: HilSettings, tmp_path: Path):
         force: bool = False,
         reset: bool = True,
     ) -> DeployedNode:
-        device_id = device_id or f"hil-{secrets.token_hex(3)}"
         cfg = {"wifi": hil_settings.wifi, **(config or {})}
+        hil_broker: HilBroker | None = request.getfixturevalue("hil_broker") if broker_url is not None else None
+        if device_id is None:
+            device_id = hil_broker.fresh_device() if hil_broker is not None else f"hil-{secrets.token_hex(3)}"
+        if hil_broker is not None and broker_url == hil_broker.node_url and "username" not in cfg.get("broker", {}):
+            login = {"username": device_id, "password": hil_broker.add_device(device_id)}
+            cfg["broker"] = {**cfg.get("broker", {}), **login}
         cfg_path = tmp_path / f"config-{device_id}.json"
-        cfg_path.write_text(json.dumps(cfg))
+        write_secret(cfg_path, json.dumps(cfg).encode())  # the Wi-Fi and broker passwords
         args = argparse.Namespace(
             board=board or str(hil_board.board.path), port=hil_board.port, device_id=device_id, model=model,
             config=str(cfg_path), broker=broker_url, cmodule=None, transport="mpremote", baud=115200,
@@ -296,11 +457,13 @@ class FleetCollector:
     """The real `edgefleet collect` as a child process, storing into SQLite: what the fleet's collector makes
     of the node's records (each stored once by (device, seq); a seq that went back would count as a duplicate)."""
 
-    def __init__(self, broker_url: str, db: Path, log: Path) -> None:
+    def __init__(self, broker_url: str, db: Path, log: Path, password_file: Path | None = None) -> None:
         self.db = db
         self.log = log
         self.argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", broker_url, "--db",
                      f"sqlite:///{db}", "--client-id", f"hil-collector-{secrets.token_hex(3)}"]  # fmt: skip
+        if password_file is not None:  # the password in a 0600 file, never on the command line
+            self.argv += ["--password-file", str(password_file)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> FleetCollector:
@@ -350,7 +513,14 @@ class FleetCollector:
 
 @pytest.fixture
 def fleet_collector(hil_broker: HilBroker, tmp_path: Path):
-    c = FleetCollector(f"mqtt://{hil_broker.host}:{hil_broker.port}", tmp_path / "fleet.db", tmp_path / "collect.log")
+    """`edgefleet collect` logged in as the collector identity (password in a 0600 file)."""
+    from ..pki import write_secret
+
+    user, password = hil_broker.login(COLLECTOR_USER)
+    secret = tmp_path / "collector.secret"
+    write_secret(secret, (password + "\n").encode())
+    url = f"mqtt://{user}@{hil_broker.host}:{hil_broker.port}"
+    c = FleetCollector(url, tmp_path / "fleet.db", tmp_path / "collect.log", secret)
     c.start()
     yield c
     c.stop()
@@ -364,7 +534,8 @@ class RunningNode:
     board: HilBoard
     messages: Collector
     fleet: FleetCollector
-    prefix: str = "edgefleet"
+    operator: tuple[str, str] | None = field(default=None, repr=False)  # the login commands are sent with
+    prefix: str = PREFIX
 
     def topic(self, suffix: str) -> str:
         return f"{self.prefix}/{self.device_id}/{suffix}"
@@ -372,12 +543,12 @@ class RunningNode:
     def wait_status(self, predicate=lambda st: True, timeout: float = 60.0) -> dict[str, Any]:
         """The first status message of this node (retained or not) whose JSON body satisfies predicate."""
         _, payload, _ = self.messages.wait_for(
-            "/" + self.device_id + "/status", lambda m: predicate(json.loads(m[1])), timeout=timeout
+            "/" + self.device_id + "/status", lambda m: bool(m[1]) and predicate(json.loads(m[1])), timeout=timeout
         )
         return json.loads(payload)
 
     def cmd(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
-        """Publish a command on /cmd (QoS 1) and return the node's /ack for its id."""
+        """Publish a command on /cmd (QoS 1) as the operator identity and return the node's /ack for its id."""
         import paho.mqtt.client as mqtt
 
         cid = f"hil-{secrets.token_hex(4)}"
@@ -386,6 +557,8 @@ class RunningNode:
             body["args"] = args
         host, port = self.messages.host, self.messages.port
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-cmd-{secrets.token_hex(3)}")
+        if self.operator is not None:
+            pub.username_pw_set(*self.operator)
         pub.connect(host, port)
         pub.loop_start()
         try:
@@ -418,6 +591,6 @@ def start_node(deploy_node, hil_board: HilBoard, hil_broker: HilBroker, collecto
         if files:
             hil_board.put(files)
         hil_board.soft_reset()
-        return RunningNode(node.device_id, hil_board, collector, fleet_collector)
+        return RunningNode(node.device_id, hil_board, collector, fleet_collector, hil_broker.login(OPERATOR_USER))
 
     return start

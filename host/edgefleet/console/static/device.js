@@ -62,7 +62,10 @@
       ["firmware", d.fw || "-"], ["model", d.model || "-"], ["free heap", d.heap_free ?? "-"], ["boot", d.boot ?? "-"],
       ["uptime (s)", d.uptime_s ?? "-"], ["E_buffer", d.e_buffer ?? "-"], ["R_noise", d.r_noise ?? "-"],
       ["records", d.records], ["seq", d.min_seq === null ? "-" : `${d.min_seq}-${d.max_seq}`], ["missing (gaps)", d.missing],
-      ["duplicates", d.duplicates], ...Object.entries(d.counters || {}).map(([k, v]) => ["counter " + k, v])];
+      ["duplicates", d.duplicates], ["boots seen", d.lifetime.boots],
+      ...Object.entries(d.lifetime.counters).map(([k, v]) => ["lifetime " + k, v]),
+      ["logged vs records", d.lifetime.balance], ["lifetime counters", d.lifetime_note],
+      ...Object.entries(d.counters || {}).map(([k, v]) => ["this boot " + k, v])];
     const t = document.getElementById("status"); t.replaceChildren();
     for (const [k, v] of rows) { const r = t.insertRow(); r.insertCell().textContent = k; r.insertCell().textContent = String(v); }
   }
