@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 PASSWORD_ENV = "EDGEFLEET_BROKER_PASSWORD"
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code: another client connected with our client id
+SHORT_SESSION_S = 2.0  # a session the broker closes this soon after accepting it counts towards a takeover fight
+TAKEOVER_SESSIONS = 5  # that many in a row: another client with our client id (see _on_disconnect)
 RETRY_FIRST_S = 0.5  # first wait after a database outage; doubles up to retry_max_s
 
 
@@ -132,6 +135,9 @@ class MqttTransport:
         self._gen_lock = threading.Lock()
         self.connected = threading.Event()
         self.refused: str | None = None
+        self.fatal: tuple[str, str] | None = None  # (message, hint): the session cannot go on
+        self._connected_at = 0.0
+        self._short_sessions = 0  # sessions in a row the broker closed within SHORT_SESSION_S
         self.reconnects = 0
         self._deliver = None
         self._now_ms = now_ms
@@ -171,11 +177,15 @@ class MqttTransport:
             self.refused = str(reason_code)
             log.error("broker refused the connection: %s", reason_code)
             return
+        if self.fatal is not None:  # a reconnect already under way when the takeover was recognised
+            client.disconnect()
+            return
         with self._gen_lock:
             if self.connected_once:
                 self.reconnects += 1
             self.connected_once = True
             self._gen += 1
+            self._connected_at = time.monotonic()
         log.info(
             "connected to %s:%d as %s (session present: %s)",
             self.url.host,
@@ -194,6 +204,27 @@ class MqttTransport:
         with self._gen_lock:
             self._gen += 1
         self.connected.clear()
+        short = time.monotonic() - self._connected_at < SHORT_SESSION_S
+        self._short_sessions = self._short_sessions + 1 if short else 0
+        taken = getattr(reason_code, "value", None) == SESSION_TAKEN_OVER or self._short_sessions >= TAKEOVER_SESSIONS
+        if taken and not self._stopping:
+            # Another client keeps connecting with our client id. On the secure broker the client id is the
+            # login's user name, so this is a second collector (or a leftover one) on the same login: the two
+            # would take the session from each other for ever (mosquitto closes the older connection, with no
+            # reason code a client sees here, so a run of sessions closed right after they began is the sign).
+            # This one stops and says why (the other may recognise it at the same moment and stop too: both say
+            # why, and neither goes on fighting).
+            self.fatal = (
+                f"broker {self.where} keeps giving this collector's session to another client logged in as "
+                f"{self.url.username or self.client_id!r} ({self._short_sessions} sessions closed within "
+                f"{SHORT_SESSION_S:g} s of starting; two collectors on one login?)",
+                "give each collector its own login (edgefleet broker --collector-user collector-1 --collector-user "
+                "collector-2, docs/collect.md); the broker pins each login's client id to its user name",
+            )
+            self._stopping = True
+            client.disconnect()
+            log.error("%s; %s", *self.fatal)
+            return
         if not self._stopping:
             log.warning("disconnected from broker (%s); reconnecting", reason_code)
 
@@ -618,10 +649,12 @@ class Collector:
             self.storage.name,
             f" (shared subscription group {self.group})" if self.group else "",
         )
-        while not stopping.is_set() and not self._stop.is_set():
+        while not stopping.is_set() and not self._stop.is_set() and self.transport.fatal is None:
             stopping.wait(0.5)
         log.info("stopping: flushing queued messages")
         self.stop()
+        if self.transport.fatal is not None:
+            raise EdgefleetError(self.transport.fatal[0], hint=self.transport.fatal[1])
         if self.error:
             raise EdgefleetError(f"collector writer failed: {_oneline(self.error)}")
         if self.unacked_at_stop:

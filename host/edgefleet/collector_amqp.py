@@ -165,6 +165,9 @@ class AmqpTransport:
         self._closing = threading.Event()
         self.connected = threading.Event()
         self.refused: str | None = None
+        self.fatal: tuple[str, str] | None = (
+            None  # (message, hint): the session cannot go on (the MQTT transport sets it)
+        )
         self._deliver: Callable[[tuple], None] | None = None
         self._thread: threading.Thread | None = None
         self.current = ""

@@ -160,3 +160,42 @@ def test_collect_takes_the_password_from_a_file_or_the_environment_never_the_com
             p.send_signal(signal.SIGINT)
             p.wait(30)
     assert SECRET not in (tmp_path / "c2.log").read_text()
+
+
+def test_two_collectors_on_one_login_one_stops_with_one_clear_message(login_broker, tmp_path) -> None:
+    """The secure broker pins a login's client id to its user name, so a second collector on the same login takes
+    the first one's session; before, both reconnected and took it from each other for ever (49 takeovers in
+    12 s), each logging only "disconnected ... reconnecting". Now each collector that recognises the fight
+    stops with one message naming the cause and the fix (one, or both when they recognise it at the same
+    moment), and one that goes on keeps its session: no more takeovers."""
+    import time
+
+    db = f"sqlite:///{tmp_path}/fleet.db"
+    url = login_broker.url.replace("mqtt://", "mqtt://collector@")
+    good = write_secret_file(tmp_path / "good.pw", SECRET + "\n")
+    procs = []
+    for cid in ("c1", "c2"):
+        c = CollectorProc(login_broker, db, tmp_path / f"{cid}.log", cid, "--password-file", str(good), "--group", "g")
+        c.argv[c.argv.index("--broker") + 1] = url
+        procs.append(c)
+    try:
+        for c in procs:
+            c.start()
+        deadline = time.monotonic() + 30
+        while all(c.proc.poll() is None for c in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # the other one may be stopping at the same moment
+        done = [c for c in procs if c.proc.poll() is not None]
+        assert done, [c.log.read_text()[-2000:] for c in procs]
+        for c in done:
+            text = c.log.read_text()
+            assert c.proc.returncode > 0, text  # the CLI's error exit, not a signal or a crash
+            assert "another client logged in as 'collector'" in text and "--collector-user" in text, text
+            assert "Traceback" not in text, text
+        for other in (c for c in procs if c not in done):
+            n = other.log.read_text().count("connected to")
+            time.sleep(3)  # the one left keeps its session: no more takeovers
+            assert other.proc.poll() is None and other.log.read_text().count("connected to") == n
+    finally:
+        for c in procs:
+            c.stop()
