@@ -655,7 +655,36 @@ def run_demo(args: argparse.Namespace) -> dict:
         json.dumps({k: v for k, v in report.items() if k not in ("plot", "forecast_plot")}, indent=1)
     )
     (work / "report.html").write_text(render_html(report))
+    (work / "alerts.toml").write_text(DEMO_ALERTS)
     return report
+
+
+# The alert rules the demo's follow-up `serve --alerts` runs (docs/console.md, Alerts): on the demo's data
+# they fire for the power-cut node's gap and its fault events; on a live fleet for offline nodes too.
+DEMO_ALERTS = """# edgefleet demo: alert rules for `edgefleet serve --alerts` (docs/console.md, Alerts)
+interval_s = 2
+
+[[sink]]
+name = "log"
+type = "log"
+
+[[rule]]
+name = "node offline"
+kind = "offline"
+for_s = 30
+
+[[rule]]
+kind = "seq_gap"
+max_missing = 0
+
+[[rule]]
+kind = "safe_mode"
+
+[[rule]]
+name = "sensor fault"
+kind = "event"
+event_kind = "fault"
+"""
 
 
 def build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_infer, forecast, work) -> dict:
@@ -721,7 +750,8 @@ def build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_inf
     commands = "\n".join([
         f"edgefleet fleet status --db sqlite:///{db}",
         f"edgefleet serve user add admin --role operator --users {work / 'console-users.json'}",
-        f"edgefleet serve --db sqlite:///{db} --users {work / 'console-users.json'}   # console: http://127.0.0.1:8080/",
+        f"edgefleet serve --db sqlite:///{db} --users {work / 'console-users.json'} --alerts {work / 'alerts.toml'}"
+        "   # console: http://127.0.0.1:8080/, alerts in its log",
         f"edgefleet export --db sqlite:///{db} --sensor imu --out {work / 'imu.csv'}",
         f"open {work / 'report.html'}",
     ])  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,18 @@ def test_demo_small_fleet_writes_report(tmp_path: Path) -> None:
     # the activity nodes' model decisions were judged against the replayed labels, the faults against injections
     assert sum(s["support"] for s in rep["activity"].values()) >= 2
     assert rep["faults"]["unplugged"]["support"] >= 1
+    # the console command the demo prints runs its alert rules: on the demo's data, the stopped node is offline
+    from edgefleet.console.alerts import AlertEngine, load_rules
+    from edgefleet.storage import open_storage
+
+    assert f"--alerts {out / 'alerts.toml'}" in r.stdout
+    engine = AlertEngine(f"sqlite:///{out / 'fleet.db'}", load_rules(out / "alerts.toml"))
+    store = open_storage(engine.db_url, create=False)
+    try:
+        fired = engine.evaluate(store, now=int(time.time() * 1000) + 600_000)
+    finally:
+        store.close()
+    assert ("node offline", "node-003", "firing") in {(m["alert"], m["device"], m["state"]) for m in fired}, fired
 
 
 @pytest.mark.parametrize(
