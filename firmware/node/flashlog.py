@@ -103,7 +103,6 @@ class FlashLog:
         self.formatted = False  # this boot formatted the log (new log id)
         self.channels = {}  # sensor name -> channel names, registered by the app / first reading
         self._recovered = False
-        self._gap_after = -1  # seq after which mount found corruption in the head (flag 4 on the next record)
         self.on_flush = None  # callback when a new record became durable (wakes the publisher)
         self._ack_saved = 0  # the acked value last persisted
         self._ack_t = ticks_ms()
@@ -333,9 +332,6 @@ class FlashLog:
                 if R.rtype(self.rbuf) == R.REC_ACK:
                     self.roff += self._pad(ln)
                     continue
-                if self._gap_after >= 0 and R.struct.unpack_from("<I", self.rbuf, 2)[0] > self._gap_after:
-                    self._recovered = True  # the first record after a gap mount found in the head
-                    self._gap_after = -1
                 if self._recovered:
                     self.rbuf[1] |= FLAG_RECOVERED << 2  # the flags live above the type bits
                     self._recovered = False

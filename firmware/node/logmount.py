@@ -117,22 +117,13 @@ def _scan_head(self):
     self.durable = last
     self.woff = off
     self.clean = True
-    # Anything but erased bytes after the last good record: never program over it. Right after it (within one
-    # record) that is a torn write; data further on is corruption inside the head: the records behind the bad
-    # one cannot be framed and their seqs may have been handed out, so seq skips as many as could fit there
-    # (never reused), the loss is counted and the next record delivered after the gap carries flag 4.
-    self.next_seq = last + 1
+    # Anything but erased bytes after the last good record is a torn write: never program over it.
     if not _erased_from(self, s, off):
+        self.torn += 1
         self._closed = True
         self.clean = False
-        far = off + R.MAX_SIZE + 32
-        if far < SECTOR and not _erased_from(self, s, far):
-            self.corrupt += 1
-            self._gap_after = last
-            self.next_seq = last + 1 + (SECTOR - off) // R.MIN_DATA_SIZE
-        else:
-            self.torn += 1
     self.end[s] = off
+    self.next_seq = last + 1
 
 def _last_seq_in(self, s):
     off = SH_SIZE
