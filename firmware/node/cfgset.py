@@ -114,7 +114,12 @@ def update(path, cfg, changes, board):
             return cfg, "'%s' cannot be set remotely (allowed: %s)" % (k, ", ".join(SETTABLE))
     new = merge(cfg, changes)
     sensors = {s["name"]: s for s in board["sensors"]}
-    err = check_rates(new, sensors, board["name"]) or check_interval(new) or check_rule(new.get("rule"), board)
+    return commit(path, cfg, new, check_rates(new, sensors, board["name"]) or check_interval(new)
+                  or check_rule(new.get("rule"), board))
+
+
+def commit(path, cfg, new, err):
+    # The end of every config update: (cfg, err) when the check failed, else `new` persisted -> (new, None).
     if err:
         return cfg, err
     try:

@@ -11,7 +11,7 @@
 # be silently ignored).
 import json
 
-from node.cfgset import check_interval, check_rates, check_rule, max_rate, save
+from node.cfgset import check_interval, check_rates, check_rule, commit, max_rate
 from node.cfgset import copy as _copy
 from node.cfgset import is_int as _is_int
 from node.cfgset import is_num as _is_num
@@ -314,11 +314,4 @@ def update(path, cfg, changes, board):
     if not isinstance(changes, dict):
         return cfg, "config: changes must be a JSON object"
     new = merge(cfg, changes)
-    err = validate(new, board)
-    if err:
-        return cfg, err
-    try:
-        save(path, new)
-    except OSError as e:
-        return cfg, "config: cannot write %s (%s)" % (path, e)
-    return new, None
+    return commit(path, cfg, new, validate(new, board))

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -221,13 +222,16 @@ def check_status(msg: dict, dev: str) -> None:
         assert isinstance(msg[k], int | float) and math.isfinite(msg[k]), (k, msg)
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(cond: Callable[[], Any], timeout: float, what: str | Callable[[], str], every: float = 0.05) -> Any:
+    """Poll `cond` every `every` s until it is truthy and return that value; else fail naming `what` (a text,
+    or a function giving one at the moment of the failure)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
 
 
 def gaps(seqs: set[int], upto: int) -> list[tuple[int, int]]:

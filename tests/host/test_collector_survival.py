@@ -6,6 +6,7 @@ the session (stopped and started mid-run), a real full filesystem (a tmpfs mount
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from netnode_harness import wait_until
 from test_collector import CollectorProc, assert_exactly_once, publish_run, wait_count
 from test_protocol_hostile import EVERY_TYPE, HOSTILE, JSON, _paths, _valid, _with
 
@@ -25,6 +27,8 @@ from edgefleet import protocol
 from edgefleet.storage import open_storage
 from edgefleet.testing import fleetsim as fs
 from edgefleet.testing.fleetsim import Publisher, StoredListener
+
+_wait = functools.partial(wait_until, every=0.1)  # the shared poll loop, at this file's pace
 
 
 @pytest.fixture
@@ -55,13 +59,6 @@ def _stored_seqs(db_url: str) -> dict[tuple[str, str], set[int]]:
         return out
     finally:
         store.close()
-
-
-def _wait(pred, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _db_ready(db_url: str) -> None:

@@ -10,6 +10,7 @@ Set EDGEFLEET_SCREENSHOTS=docs/img to write the console screenshots docs/console
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from netnode_harness import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.broker import Mosquitto, free_port
@@ -32,6 +34,8 @@ from edgefleet.paths import models_dir
 from edgefleet.simulate import Fleet, activity_scenario, basicmotions_replay, fault_scenario
 from edgefleet.storage import open_storage
 
+_wait = functools.partial(wait_until, every=0.2)  # the shared poll loop, at this file's pace
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]  # fmt: skip
@@ -41,16 +45,6 @@ SHOTS = os.environ.get("EDGEFLEET_SCREENSHOTS")
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
 )
-
-
-def _wait(pred, timeout: float, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 class Receiver(ThreadingHTTPServer):

@@ -6,6 +6,7 @@ is backfilled from its status history. The last test runs a real simulated node 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+from netnode_harness import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.cli import main
@@ -21,6 +23,8 @@ from edgefleet.console.data import fleet_rows
 from edgefleet.fleet import device_summary
 from edgefleet.simulate import Fleet, power_cut_loss
 from edgefleet.storage import Batch, open_storage
+
+_wait = functools.partial(wait_until, every=0.3)  # the shared poll loop, at this file's pace
 
 LOG = "a1b2c3d4"
 
@@ -127,16 +131,6 @@ def test_two_writers_and_a_backfilled_old_database_agree(db_url) -> None:
         assert _lifetime(s) == lt
     finally:
         s.close()
-
-
-def _wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _summary(db: str) -> dict | None:

@@ -3,6 +3,7 @@ per device and the per-device ACL, the model on each node's flash."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -11,11 +12,14 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from netnode_harness import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.paths import models_dir
 from edgefleet.simulate import Fleet, activity_scenario, basicmotions_replay, fault_scenario, power_cut_loss
+
+_wait = functools.partial(wait_until, every=0.2)  # the shared poll loop, at this file's pace
 
 MODEL = models_dir() / "basicmotions-rf"
 
@@ -23,15 +27,6 @@ MODEL = models_dir() / "basicmotions-rf"
 def _cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgefleet.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)  # fmt: skip
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_simulate_cli_runs_nodes_with_the_model_and_per_device_logins(tmp_path: Path) -> None:
