@@ -117,23 +117,13 @@ def _scan_head(self):
     self.durable = last
     self.woff = off
     self.clean = True
-    # Anything but erased bytes after the last good record: never program over it. Right after it (within one
-    # record) that is a torn write; data further on is corruption inside the head: the records behind the bad
-    # one cannot be framed and their seqs may have been handed out, so seq skips as many as could fit there
-    # (never reused) and the loss is counted in `corrupt`; the collector sees the skipped seqs as a gap. No
-    # flag 4 here: marking the first record after the gap needs code on the log's read path, which the
-    # virtual board's heap does not have room for (docs/firmware.md, Mount).
-    self.next_seq = last + 1
+    # Anything but erased bytes after the last good record is a torn write: never program over it.
     if not _erased_from(self, s, off):
+        self.torn += 1
         self._closed = True
         self.clean = False
-        far = off + R.MAX_SIZE + 32
-        if far < SECTOR and not _erased_from(self, s, far):
-            self.corrupt += 1
-            self.next_seq = last + 1 + (SECTOR - off) // R.MIN_DATA_SIZE
-        else:
-            self.torn += 1
     self.end[s] = off
+    self.next_seq = last + 1
 
 def _last_seq_in(self, s):
     off = SH_SIZE

@@ -260,22 +260,3 @@ def test_event_strings_bounded_in_bytes_and_oversized_reading_refused(flash_imag
         raise AssertionError("a reading larger than a record must be refused")
     fl.close()
 
-
-def test_corruption_inside_the_head_is_counted_and_seq_never_reused(flash_image):
-    fl, p = _part(flash_image)
-    log = FlashLog(p)
-    for i in range(60):  # all in the head sector
-        log.reading("env", i, 0, CH, VALS)
-    fl.close()
-    fl, p = _part(flash_image)
-    fl.program(32 + 32 * 20 + 18, b"\x00\x00")  # inside record 21's values, with 39 records behind it
-    fl.close()
-    fl, p = _part(flash_image)
-    log = FlashLog(p)
-    assert log.corrupt == 1 and log.torn == 0, (log.corrupt, log.torn)
-    assert log.next_seq > 60, log.next_seq  # the records behind the bad one may have been sent: never reused
-    new = log.reading("env", 99, 0, CH, VALS)
-    seqs, flags = _drain(log)
-    assert list(seqs) == list(range(1, 21)) + [new], seqs
-    assert not any(f & FLAG_RECOVERED for f in flags[:-1]), flags  # never a flag 4 before the gap
-    fl.close()
