@@ -35,10 +35,7 @@ def load_key(path: str | None) -> bytes | None:
     p = Path(path)
     if not p.is_file():
         raise EdgefleetError(f"model signing key file {p} not found", hint="create one: head -c 32 /dev/urandom > KEY")
-    key = p.read_bytes().strip()
-    if len(key) < 16:
-        raise EdgefleetError(f"model signing key in {p} is shorter than 16 bytes")
-    return key
+    return modelfile.read_key(p)
 
 
 def load_trained(out: Path):

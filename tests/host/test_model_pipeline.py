@@ -270,11 +270,12 @@ def test_crafted_tree_cannot_loop_or_escape(tmp_path):
 
 
 def test_signed_training_end_to_end(tmp_path, monkeypatch):
-    """--key-file signs the model file; the node verifies it with the key during the parity run."""
+    """--key-file signs the model file; the node verifies it with the key during the parity run. The key is
+    the file's exact bytes, as deploy and the node read it: one ending in a newline or space is not stripped."""
     import json
 
     key = tmp_path / "model.key"
-    key.write_bytes(os.urandom(32))
+    key.write_bytes(b" " + os.urandom(30) + b"\n")
     out = tmp_path / "m"
     code = cli.main(["-q", "train", "--data", "basicmotions", "--model", "dt", "--name", "s", "--out", str(out),
                      "--key-file", str(key)])  # fmt: skip

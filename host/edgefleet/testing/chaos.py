@@ -133,6 +133,7 @@ def check(fleet: Fleet, db: Path, flash: dict[str, dict], corrupted: dict | None
 
 # The broker's per-client queue in these runs: small, so a collector outage of a few seconds overflows it.
 QUEUE_LIMIT = 40
+DROP_LINE = "Outgoing messages are being dropped"  # what mosquitto logs when a client's queue is full
 AUTOSAVE_S = 2  # mosquitto autosave_interval in these runs (default config: 30)
 STORED_TIMEOUT_S = 5  # node config log.stored_timeout_s in these runs (default 30): resends come sooner
 
@@ -151,6 +152,26 @@ def start_collector(url: str, db: Path, logfile: Path, client_id: str) -> subpro
     with logfile.open("ab") as out:
         return procs.spawn(argv, name="collector", stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                            env=env)  # fmt: skip
+
+
+def log_size(broker: Mosquitto) -> int:
+    """Where the broker's log ends now: wait_queue_overflow looks only past it."""
+    return broker.log_path.stat().st_size if broker.log_path.exists() else 0
+
+
+def wait_queue_overflow(broker: Mosquitto, since: int, timeout_s: float) -> float:
+    """Waits until the broker logs dropping a queued message after byte `since` of its log (this outage
+    passed the queue limit), so the phase is an event, not a guess at how fast the nodes fill the queue.
+    Returns the seconds waited; raises after `timeout_s` without one."""
+    t0 = time.monotonic()
+    while True:
+        with broker.log_path.open("rb") as f:
+            f.seek(since)
+            if DROP_LINE.encode() in f.read():
+                return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"the broker dropped nothing in {timeout_s:.0f} s more of collector outage")
+        time.sleep(0.2)
 
 
 def tune_broker(broker: Mosquitto, queue: int, autosave_s: int) -> None:
@@ -253,8 +274,8 @@ def run_chaos(
             (late, "start broker"),
             (at(0.10), "kill -9 broker"),
             (at(0.14), "start broker"),
-            (at(0.20), "kill collector"),  # down past the broker's queue limit
-            (at(0.45), "start collector"),
+            (at(0.20), "kill collector for long"),  # down past the broker's queue limit
+            (at(0.45), "start collector past the queue limit"),
             (at(0.55), "kill -9 broker, delete persistence"),
             (at(0.60), "start broker"),
             (at(0.76), "all at once"),
@@ -263,14 +284,23 @@ def run_chaos(
             (at(0.84), "start collector"),
         ]
         killed: list[int] = []
+        log_mark = 0
         for when, action in sorted(plan):
             time.sleep(max(0.0, when - (time.monotonic() - t0)))
-            if action == "kill collector":
+            if action == "kill collector for long":
+                log_mark = log_size(broker)
+                stop_process(collector, sig_kill=True)
+                note("collector killed (SIGKILL) until its queue on the broker overflows")
+            elif action == "kill collector":
                 stop_process(collector, sig_kill=True)
                 note("collector killed (SIGKILL)")
             elif action == "start collector":
                 collector = start_collector(url, db, work / "collector.log", client_id="chaos-collector")
                 note("collector started again")
+            elif action == "start collector past the queue limit":
+                waited = wait_queue_overflow(broker, since=log_mark, timeout_s=30.0)
+                collector = start_collector(url, db, work / "collector.log", client_id="chaos-collector")
+                note(f"collector started again after the broker dropped from its queue ({waited:.1f} s more wait)")
             elif action == "stop broker":
                 broker.stop()
                 note(f"broker stopped for {outage_s:.0f} s")
