@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgefleet.boards import load_board
-from edgefleet.deploy import MpremoteLink, build_plan, deploy, node_config
-from edgefleet.vboard.board import VirtualBoard
+from edgefleet.board.boards import load_board
+from edgefleet.board.deploy import MpremoteLink, build_plan, deploy, node_config
+from edgefleet.board.vboard.board import VirtualBoard
 
 
 def main() -> None:

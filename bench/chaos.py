@@ -1,4 +1,4 @@
-"""Fault injection, longer and wider than tests/host/test_fleet_faults.py: the same run (edgefleet.testing.chaos:
+"""Fault injection, longer and wider than tests/host/test_fleet_faults.py: the same run (edgefleet.sim.chaos:
 collector kill -9, broker outage with node SIGKILLs and a corrupted flash block, mosquitto kill -9 with
 persistence on, a collector outage past the broker's queue limit, a broker restarted without its persistence,
 and all of them at once with node SIGKILLs) with more nodes, a longer run and a longer broker outage. Prints
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgefleet.testing.chaos import run_chaos
+from edgefleet.sim.chaos import run_chaos
 
 
 def main() -> int:

@@ -35,11 +35,11 @@ from pathlib import Path
 HOST = Path(__file__).resolve().parents[1] / "host"
 sys.path.insert(0, str(HOST))
 
-from edgefleet import protocol  # noqa: E402
-from edgefleet.broker import Mosquitto  # noqa: E402
-from edgefleet.collector import Collector  # noqa: E402
-from edgefleet.storage import open_storage  # noqa: E402
-from edgefleet.testing.fleetsim import Publisher, reading  # noqa: E402
+from edgefleet.broker.mosquitto import Mosquitto  # noqa: E402
+from edgefleet.collect.collector import Collector  # noqa: E402
+from edgefleet.collect.storage import open_storage  # noqa: E402
+from edgefleet.sim.fleetsim import Publisher, reading  # noqa: E402
+from edgefleet.wire import protocol  # noqa: E402
 
 KEY = 48  # the first bytes of a payload name it: device and first seq
 

@@ -22,9 +22,9 @@ from pathlib import Path
 HOST = Path(__file__).resolve().parents[1] / "host"
 sys.path.insert(0, str(HOST))
 
+from edgefleet.collect.storage import Batch, open_storage  # noqa: E402
 from edgefleet.console import data  # noqa: E402
 from edgefleet.errors import EdgefleetError  # noqa: E402
-from edgefleet.storage import Batch, open_storage  # noqa: E402
 
 T0 = 1_764_000_000_000
 
@@ -115,7 +115,7 @@ def main() -> int:
         report("sqlite", measure(url, since, until, a.points))
     if a.no_pg:
         return 0
-    from edgefleet.testing.postgres import PostgresCluster
+    from edgefleet.sim.postgres import PostgresCluster
 
     try:
         cluster = PostgresCluster().start()

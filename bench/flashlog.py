@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "host"))
 
-from edgefleet.boards import load_board  # noqa: E402
+from edgefleet.board.boards import load_board  # noqa: E402
 from edgefleet.runtime import micropython_argv, micropython_env  # noqa: E402
 
 # The last commit with the batched log (before issue 11), measured in the same run for comparison.

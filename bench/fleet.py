@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.demo import drain, start_collector, stop_process, stored_seqs, wait_collector_idle
-from edgefleet.simulate import Fleet
+from edgefleet.demo.run import drain, start_collector, stop_process, stored_seqs, wait_collector_idle
+from edgefleet.sim.simulate import Fleet
 
 WARMUP_S = 10.0
 DRAIN_MARGIN_S = 6.0  # > the log's 5 s flush period

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet import modelfile, parity
+from edgefleet.model import modelfile, parity
 
 PUBLISHED_FILE_BYTES = 15745
 PUBLISHED_ESP32_US = 84.0
@@ -93,7 +93,7 @@ def main() -> int:
         f"agreement: C = runner {np.mean(c_pred == node.index):.2%}, sklearn = runner {np.mean(sk == node.index):.2%}"
     )
     if not args.skip_basicmotions:
-        from edgefleet.train import train
+        from edgefleet.model.train import train
 
         from_args = argparse.Namespace(data="basicmotions", model="rf", name="bench-bm", sensor=None, window=50, hop=25,
                                        test_size=0.25, trees=10, max_leaf_nodes=None, max_depth=None, epochs=0,
@@ -114,7 +114,7 @@ def efm_module(args: argparse.Namespace, tmp: Path) -> Path | None:
     """Build our C module for the unix port (x64) when a MicroPython source tree is given; None otherwise."""
     import os
 
-    from edgefleet import build_module
+    from edgefleet.model import build_module
 
     mpy_dir = args.mpy_dir or os.environ.get("MPY_DIR")
     if not mpy_dir:

@@ -14,7 +14,7 @@ For N devices one trial measures:
 A trial passes with zero loss, zero failed connections and p99 < --p99-ms. The search doubles N from --start
 until a trial fails (or --max-n), then bisects between the last pass and the first fail.
 
-The devices are edgefleet.testing.loadgen's: our own minimal MQTT 3.1.1 client over asyncio streams, one
+The devices are edgefleet.sim.loadgen's: our own minimal MQTT 3.1.1 client over asyncio streams, one
 coroutine per device in this one process. The generator shares the machine's cores with the broker, the
 collector and PostgreSQL; each trial prints the CPU each of them used while publishing.
 
@@ -37,8 +37,8 @@ from pathlib import Path
 HOST = Path(__file__).resolve().parents[1] / "host"
 sys.path.insert(0, str(HOST))
 
-from edgefleet.testing.loadgen import LoadSpec, MosquittoTarget, RabbitTarget, trial  # noqa: E402
-from edgefleet.testing.postgres import PostgresCluster  # noqa: E402
+from edgefleet.sim.loadgen import LoadSpec, MosquittoTarget, RabbitTarget, trial  # noqa: E402
+from edgefleet.sim.postgres import PostgresCluster  # noqa: E402
 
 
 def search(target, pg, args, work: Path) -> int:

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "host"))
 
-from edgefleet.boards import load_board  # noqa: E402
-from edgefleet.broker import Mosquitto  # noqa: E402
+from edgefleet.board.boards import load_board  # noqa: E402
+from edgefleet.broker.mosquitto import Mosquitto  # noqa: E402
 from edgefleet.runtime import find_micropython, interpreter_bits, micropython_env  # noqa: E402
 
 PARTS = ROOT / "tests" / "firmware" / "heap_parts.py"

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edgefleet.boards import load_board
+from edgefleet.board.boards import load_board
 from edgefleet.paths import project_root
 from edgefleet.runtime import micropython_argv, micropython_env
 

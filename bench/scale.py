@@ -37,10 +37,11 @@ from pathlib import Path
 HOST = Path(__file__).resolve().parents[1] / "host"
 sys.path.insert(0, str(HOST))
 
-from edgefleet import procs, protocol  # noqa: E402
-from edgefleet.broker import Mosquitto, render_acl, write_password_file  # noqa: E402
-from edgefleet.testing.fleetsim import telemetry_payload  # noqa: E402
-from edgefleet.testing.postgres import PostgresCluster  # noqa: E402
+from edgefleet import procs  # noqa: E402
+from edgefleet.broker.mosquitto import Mosquitto, render_acl, write_password_file  # noqa: E402
+from edgefleet.sim.fleetsim import telemetry_payload  # noqa: E402
+from edgefleet.sim.postgres import PostgresCluster  # noqa: E402
+from edgefleet.wire import protocol  # noqa: E402
 
 DEVICES = [f"dev-{i:03d}" for i in range(4)]
 COLLECTORS = [f"collector-{i}" for i in range(3)]  # mosquitto: one user per collector (client id = user name)
@@ -247,7 +248,7 @@ def run_mosquitto(pg, args, work: Path) -> list[Row]:
 
 
 def run_rabbitmq(pg, args, work: Path) -> list[Row]:
-    from edgefleet.rabbitmq import QUEUE, RabbitCluster
+    from edgefleet.broker.rabbitmq import QUEUE, RabbitCluster
 
     rows = []
     cluster = RabbitCluster(3, root=work / "rmq")

@@ -34,7 +34,7 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory):
 
     A MicroPython test that names this fixture receives {"host", "port", "url"}.
     """
-    from edgefleet.broker import Mosquitto
+    from edgefleet.broker.mosquitto import Mosquitto
 
     broker = Mosquitto(data_dir=tmp_path_factory.mktemp("mosquitto"))
     broker.start()
@@ -70,8 +70,8 @@ def feature_cases(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """
     import numpy as np
 
-    from edgefleet import datasets
-    from edgefleet import features as F
+    from edgefleet.model import datasets
+    from edgefleet.model import features as F
 
     w = datasets.load_basicmotions(50, 25)
     wins = [w.x[i].astype(np.float32).astype(np.float64) for i in range(0, len(w.x), 24)]
@@ -93,8 +93,8 @@ def shipped_model_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """models/basicmotions-rf: its model file, 24 test windows (float32 file) and the trained model's classes."""
     import numpy as np
 
-    from edgefleet.convert import load_trained
-    from edgefleet.train import predict
+    from edgefleet.model.convert import load_trained
+    from edgefleet.model.train import predict
 
     t, est = load_trained(SHIPPED_MODEL)
     ts = np.load(SHIPPED_MODEL / "testset.npz")
@@ -110,7 +110,7 @@ def signed_model(tmp_path: Path) -> dict:
     """The shipped model re-encoded signed with a fresh key, plus the unsigned original."""
     import secrets
 
-    from edgefleet import modelfile
+    from edgefleet.model import modelfile
 
     mf = modelfile.decode((SHIPPED_MODEL / "model.efm").read_bytes())
     key = secrets.token_bytes(32)
@@ -123,7 +123,7 @@ def signed_model(tmp_path: Path) -> dict:
 @pytest.fixture(scope="session")
 def pg_cluster():
     """A private PostgreSQL cluster for the session (run as an unprivileged user when we are root)."""
-    from edgefleet.testing.postgres import PostgresCluster
+    from edgefleet.sim.postgres import PostgresCluster
 
     cluster = PostgresCluster().start()
     yield cluster

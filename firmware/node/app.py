@@ -22,7 +22,7 @@ from node.publisher import Publisher
 from node.status import Status, will
 
 FW_VERSION = "0.1.0"
-REBOOT_EXIT = const(75)  # sim: "reboot me" exit code; host/edgefleet/node.py restarts the process on it
+REBOOT_EXIT = const(75)  # sim: "reboot me" exit code; host/edgefleet/board/node.py restarts the process on it
 CONFIG_PATH = "config.json"
 BOARD_PATH = "board.json"
 BOOT_COUNT_PATH = "boots"

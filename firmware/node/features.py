@@ -1,5 +1,5 @@
 # Window features: contract 1. THE one definition, run by the node (MicroPython, float32) and by the host
-# (CPython, float64, loaded from this file by host/edgefleet/features.py). Keep to the subset both run:
+# (CPython, float64, loaded from this file by host/edgefleet/model/features.py). Keep to the subset both run:
 # no numpy, no f-strings with format specs MicroPython lacks, no allocation per sample.
 #
 # Per channel, in this order (PER_CHANNEL):

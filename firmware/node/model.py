@@ -1,4 +1,4 @@
-# The node's model runner: loads the model file (contract 3, host/edgefleet/modelfile.py, docs/model-file.md)
+# The node's model runner: loads the model file (contract 3, host/edgefleet/model/modelfile.py, docs/model-file.md)
 # and runs it on a window. Uses our emlearn-based C module (`efm`, firmware/cmodule) when the firmware has it,
 # else the MicroPython implementation below, which evaluates the same bytes the same way.
 #

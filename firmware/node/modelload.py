@@ -1,4 +1,4 @@
-# Model file loader for node.model (contract 3, host/edgefleet/modelfile.py, docs/model-file.md): checks the
+# Model file loader for node.model (contract 3, host/edgefleet/model/modelfile.py, docs/model-file.md): checks the
 # header, verifies the file in 256-byte chunks (sha256, optional HMAC), reads each section with readinto into
 # one preallocated array and validates every tree index once. Imported by node.model.load() and released
 # after it, so its code is not kept in the heap while the node runs.

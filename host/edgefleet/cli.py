@@ -18,25 +18,25 @@ from .errors import EdgefleetError
 # Modules with a `register(subparsers)` function, in the order --help lists them.
 COMMAND_MODULES = [
     # the main job and its parts
-    "edgefleet.demo",
-    "edgefleet.simulate",
-    "edgefleet.node",
-    "edgefleet.broker",
-    "edgefleet.collector",
-    "edgefleet.fleet",
+    "edgefleet.demo.run",
+    "edgefleet.sim.simulate",
+    "edgefleet.board.node",
+    "edgefleet.broker.mosquitto",
+    "edgefleet.collect.collector",
+    "edgefleet.collect.fleet",
     "edgefleet.console.commands",
-    "edgefleet.export",
+    "edgefleet.collect.export",
     "edgefleet.model.capture",
     # models
-    "edgefleet.train",
-    "edgefleet.convert",
+    "edgefleet.model.train",
+    "edgefleet.model.convert",
     "edgefleet.forecast.command",
-    "edgefleet.build_module",
+    "edgefleet.model.build_module",
     # boards
-    "edgefleet.boards",
-    "edgefleet.flash",
-    "edgefleet.deploy",
-    "edgefleet.vboard",
+    "edgefleet.board.boards",
+    "edgefleet.board.flash",
+    "edgefleet.board.deploy",
+    "edgefleet.board.vboard",
 ]
 
 log = logging.getLogger("edgefleet")

@@ -54,7 +54,7 @@ def micropython_path(
     if source:
         fw = firmware_dir()
     else:
-        from .firmware_build import compiled_firmware
+        from .board.firmware_build import compiled_firmware
 
         fw = compiled_firmware(unix_arch(executable))
     entries = [".frozen", str(fw), str(fw / "lib"), *map(str, extra)]

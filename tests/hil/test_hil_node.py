@@ -29,7 +29,7 @@ SCENARIO_CLASS = "running"
 
 def running_scenario(tmp_path: Path) -> dict[str, Path]:
     """scenario.json + a replay CSV (10 Hz, one BasicMotions case, labelled) for the sim board's IMU."""
-    from edgefleet import datasets
+    from edgefleet.model import datasets
 
     cases, labels = datasets.basicmotions_cases("test")
     case = [c for c, lab in zip(cases, labels, strict=True) if lab == SCENARIO_CLASS][RUNNING_CASE]

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from edgefleet.deploy import build_plan, node_config
+from edgefleet.board.deploy import build_plan, node_config
 from edgefleet.errors import EdgefleetError
 
 pytestmark = pytest.mark.hil

@@ -17,8 +17,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgefleet import procs
-from edgefleet.boards import load_board
-from edgefleet.node import REBOOT_EXIT
+from edgefleet.board.boards import load_board
+from edgefleet.board.node import REBOOT_EXIT
 from edgefleet.runtime import find_micropython, micropython_env, unix_heap_bytes
 
 HERE = Path(__file__).parent

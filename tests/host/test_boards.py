@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.boards import available_boards, load_board
+from edgefleet.board.boards import available_boards, load_board
 from edgefleet.cli import main
 from edgefleet.errors import EdgefleetError
 from edgefleet.paths import boards_dir

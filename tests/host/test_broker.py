@@ -8,7 +8,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet.broker import MAX_QUEUED_MESSAGES, render_config
+from edgefleet.broker.mosquitto import MAX_QUEUED_MESSAGES, render_config
 
 
 def test_config_is_fleet_sized(tmp_path) -> None:

@@ -13,7 +13,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet.broker import Mosquitto, render_acl, write_password_file
+from edgefleet.broker.mosquitto import Mosquitto, render_acl, write_password_file
 
 
 def _login(broker: Mosquitto, user: str, password: str, v5: bool = False) -> mqtt.Client:
@@ -65,7 +65,10 @@ def test_per_device_acl(tmp_path) -> None:
         # operator's commands and the collector's storage acks get through.
         assert sorted(got) == ["edgefleet/node-1/cmd", "edgefleet/node-1/stored", "edgefleet/node-1/telemetry",
                                "edgefleet/node-2/cmd", "edgefleet/node-2/stored"], got  # fmt: skip
-        assert sorted(cmds) == ["edgefleet/node-1/cmd", "edgefleet/node-1/stored"]  # node-1 reads only its own
+        assert sorted(cmds) == [
+            "edgefleet/node-1/cmd",
+            "edgefleet/node-1/stored",
+        ]  # node-1 reads only its own
         # A wrong password is refused.
         bad = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="intruder")
         bad.username_pw_set("node-2", "wrong")

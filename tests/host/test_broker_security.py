@@ -18,11 +18,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet import pki
-from edgefleet.boards import load_board
-from edgefleet.broker import MESSAGE_SIZE_LIMIT, Mosquitto
+from edgefleet.board.boards import load_board
+from edgefleet.broker import pki
+from edgefleet.broker.mosquitto import MESSAGE_SIZE_LIMIT, Mosquitto
 from edgefleet.runtime import find_micropython, micropython_env, unix_heap_bytes
-from edgefleet.simulate import Fleet
+from edgefleet.sim.simulate import Fleet
 
 DEVICES = ["node-1", "node-2"]
 

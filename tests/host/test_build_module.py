@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet import build_module, cli, parity
+from edgefleet import cli
 from edgefleet.errors import EdgefleetError
+from edgefleet.model import build_module, parity
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "basicmotions-rf"

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from netnode_harness import Subscriber, wait_until
 
-from edgefleet import datasets
+from edgefleet.collect.export import export_csv
+from edgefleet.collect.storage import open_storage
 from edgefleet.errors import EdgefleetError
-from edgefleet.export import export_csv
-from edgefleet.model import capture
-from edgefleet.storage import open_storage
+from edgefleet.model import capture, datasets
 
 ROOT = Path(__file__).resolve().parents[2]
 

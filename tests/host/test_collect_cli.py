@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from test_collector import CollectorProc, _env
 
+from edgefleet.collect.storage import Batch, open_storage
 from edgefleet.redact import redact_text, redact_url, write_secret_file
-from edgefleet.storage import Batch, open_storage
-from edgefleet.testing import fleetsim as fs
+from edgefleet.sim import fleetsim as fs
 
 SECRET = "s3cr3t-Pa55"
 
@@ -108,7 +108,7 @@ def test_secret_files_are_0600_from_creation(tmp_path) -> None:
 
 @pytest.fixture
 def login_broker(tmp_path):
-    from edgefleet.broker import Mosquitto
+    from edgefleet.broker.mosquitto import Mosquitto
 
     pwfile = tmp_path / "mosquitto.passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(pwfile), "collector", SECRET], check=True, capture_output=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet import protocol
-from edgefleet.storage import open_storage
-from edgefleet.storage.base import DEAD_LETTER_CAP
-from edgefleet.testing.fleetsim import Publisher, reading, telemetry_payload
+from edgefleet.collect.storage import open_storage
+from edgefleet.collect.storage.base import DEAD_LETTER_CAP
+from edgefleet.sim.fleetsim import Publisher, reading, telemetry_payload
+from edgefleet.wire import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 PER_MSG = 20  # readings per message: a node's 2 KB batch holds about this many env readings
@@ -442,7 +442,7 @@ def _make_pki(d: Path) -> dict[str, Path]:
 
 def test_tls_with_client_certificate(tmp_path, db_url) -> None:
     """mqtts:// with --ca/--cert/--key against a mosquitto listener that requires client certificates."""
-    from edgefleet.broker import Mosquitto
+    from edgefleet.broker.mosquitto import Mosquitto
 
     pki = _make_pki(tmp_path)
     broker = Mosquitto(data_dir=tmp_path / "tls-broker")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.collector_amqp import key_to_topic, parse_amqp_url, topic_to_key
+from edgefleet.collect.collector_amqp import key_to_topic, parse_amqp_url, topic_to_key
 from edgefleet.errors import EdgefleetError
 
 
@@ -22,14 +22,14 @@ def test_bad_urls_get_one_clear_message(bad: str) -> None:
 
 
 def test_topic_mapping_is_the_mqtt_plugins() -> None:
-    assert topic_to_key("edgefleet/node-1/stored") == "edgefleet.node-1.stored"
+    assert topic_to_key("edgefleet/node-1/stored") == "edgefleet.board.node-1.stored"
     assert topic_to_key("edgefleet/a.b/telemetry") == "edgefleet.a/b.telemetry"
     assert key_to_topic("edgefleet.a/b.telemetry") == "edgefleet/a.b/telemetry"
 
 
 def test_group_is_refused_over_amqp(tmp_path) -> None:
-    from edgefleet.collector import Collector
-    from edgefleet.storage import open_storage
+    from edgefleet.collect.collector import Collector
+    from edgefleet.collect.storage import open_storage
 
     store = open_storage(f"sqlite:///{tmp_path}/f.db", create=True)
     try:

@@ -23,10 +23,10 @@ from netnode_harness import wait_until
 from test_collector import CollectorProc, assert_exactly_once, publish_run, wait_count
 from test_protocol_hostile import EVERY_TYPE, HOSTILE, JSON, _paths, _valid, _with
 
-from edgefleet import protocol
-from edgefleet.storage import open_storage
-from edgefleet.testing import fleetsim as fs
-from edgefleet.testing.fleetsim import Publisher, StoredListener
+from edgefleet.collect.storage import open_storage
+from edgefleet.sim import fleetsim as fs
+from edgefleet.sim.fleetsim import Publisher, StoredListener
+from edgefleet.wire import protocol
 
 _wait = functools.partial(wait_until, every=0.1)  # the shared poll loop, at this file's pace
 

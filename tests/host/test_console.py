@@ -24,15 +24,15 @@ import pytest
 from netnode_harness import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet.broker import Mosquitto, free_port
-from edgefleet.collector import Collector
+from edgefleet.broker.mosquitto import Mosquitto, free_port
+from edgefleet.collect.collector import Collector
+from edgefleet.collect.storage import open_storage
 from edgefleet.console.homeassistant import HomeAssistantBridge
 from edgefleet.console.metrics import serve_metrics
 from edgefleet.console.server import ConsoleServer
 from edgefleet.console.users import UserStore
 from edgefleet.paths import models_dir
-from edgefleet.simulate import Fleet, activity_scenario, basicmotions_replay, fault_scenario
-from edgefleet.storage import open_storage
+from edgefleet.sim.simulate import Fleet, activity_scenario, basicmotions_replay, fault_scenario
 
 _wait = functools.partial(wait_until, every=0.2)  # the shared poll loop, at this file's pace
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+from edgefleet.collect.fleet import device_summary
+from edgefleet.collect.storage import Batch, open_storage
 from edgefleet.console import data
-from edgefleet.fleet import device_summary
-from edgefleet.storage import Batch, open_storage
 
 
 def _fill(url: str) -> None:

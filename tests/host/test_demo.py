@@ -50,8 +50,8 @@ def test_demo_small_fleet_writes_report(tmp_path: Path) -> None:
     assert sum(s["support"] for s in rep["activity"].values()) >= 2
     assert rep["faults"]["unplugged"]["support"] >= 1
     # the console command the demo prints runs its alert rules: on the demo's data, the stopped node is offline
+    from edgefleet.collect.storage import open_storage
     from edgefleet.console.alerts import AlertEngine, load_rules
-    from edgefleet.storage import open_storage
 
     assert f"--alerts {out / 'alerts.toml'}" in r.stdout
     engine = AlertEngine(f"sqlite:///{out / 'fleet.db'}", load_rules(out / "alerts.toml"))
@@ -96,7 +96,7 @@ def test_demo_never_deletes_a_directory_it_did_not_make(tmp_path: Path) -> None:
 
 
 def test_demo_clears_only_its_own_previous_run(tmp_path: Path) -> None:
-    from edgefleet.demo import RUN_MARKER, clear_previous_run
+    from edgefleet.demo.run import RUN_MARKER, clear_previous_run
 
     work = tmp_path / "demo"
     clear_previous_run(work, keep=False)  # a new directory: created and marked

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from edgefleet.boards import load_board
+from edgefleet.board.boards import load_board
+from edgefleet.board.vboard.board import VirtualBoard
 from edgefleet.cli import main
 from edgefleet.errors import EdgefleetError
-from edgefleet.vboard.board import VirtualBoard
 
 
 @pytest.fixture
@@ -40,8 +40,8 @@ def test_deploy_with_ampy_then_mpremote_sees_nothing_to_copy(vboard, tmp_path, c
 
 
 def test_node_config_merges_file_and_flags(tmp_path):
-    from edgefleet.boards import load_board
-    from edgefleet.deploy import model_file, node_config
+    from edgefleet.board.boards import load_board
+    from edgefleet.board.deploy import model_file, node_config
 
     board = load_board("esp32-devkitc")
     model = model_file("models/basicmotions-rf")
@@ -64,8 +64,8 @@ def test_node_config_merges_file_and_flags(tmp_path):
 
 def test_node_config_is_checked_by_the_nodes_own_rules(tmp_path):
     """A config the node would reject (and boot into safe mode with) is refused on the host, same message."""
-    from edgefleet.boards import load_board
-    from edgefleet.deploy import node_config
+    from edgefleet.board.boards import load_board
+    from edgefleet.board.deploy import node_config
     from edgefleet.errors import EdgefleetError
 
     f = tmp_path / "c.json"
@@ -120,7 +120,7 @@ def test_repl_on_a_missing_port(capsys):
     ],
 )
 def test_chip_matches_micropython_machine_strings(machine, chip, ok):
-    from edgefleet.deploy import chip_matches
+    from edgefleet.board.deploy import chip_matches
 
     assert chip_matches(machine, chip) is ok
 
@@ -136,7 +136,7 @@ def test_model_and_cmodule_are_deployed(vboard, tmp_path, capsys):
     # deploy checks the model file (a random one is refused: test below), then copies its bytes
     import numpy as np
 
-    from edgefleet.modelfile import KIND_GAUSS, ModelFile, Scaling, encode, gauss_body
+    from edgefleet.model.modelfile import KIND_GAUSS, ModelFile, Scaling, encode, gauss_body
 
     z = np.zeros(2, np.float32)
     model = encode(ModelFile("t", "anomaly", "env", (), 10, 10, 2, Scaling(z, z + 1), KIND_GAUSS,
@@ -163,8 +163,8 @@ def test_deploy_refuses_a_truncated_random_or_wrongly_signed_model(tmp_path):
     """`deploy` decodes and verifies the model before copying: a truncated or random model.efm, or one that does
     not verify with the given key, is refused with one message (before: "deployed", and the node booted into
     safe mode)."""
-    from edgefleet.deploy import model_file
-    from edgefleet.modelfile import decode, encode, read_key
+    from edgefleet.board.deploy import model_file
+    from edgefleet.model.modelfile import decode, encode, read_key
 
     good = (load_board("sim").path.parents[1] / "models" / "basicmotions-rf" / "model.efm").read_bytes()
     cases = {"truncated.efm": good[: len(good) // 2], "random.efm": bytes(range(256)) * 8}

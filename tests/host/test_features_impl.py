@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet import build_module, datasets, features
-from edgefleet.model import budget, quantize
+from edgefleet.model import budget, build_module, datasets, features, quantize
 
 EPS32 = float(np.finfo(np.float32).eps)
 

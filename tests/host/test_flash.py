@@ -7,11 +7,11 @@ import struct
 
 import pytest
 
-from edgefleet import parttable
-from edgefleet.boards import load_board
+from edgefleet.board import parttable
+from edgefleet.board.boards import load_board
+from edgefleet.board.flash import IMAGE_CHIP_ID, check_image, plan_flash
+from edgefleet.board.vboard.rom import FLASH_BEGIN, FLASH_DATA, SPI_FLASH_MD5, VirtualRom
 from edgefleet.cli import main
-from edgefleet.flash import IMAGE_CHIP_ID, check_image, plan_flash
-from edgefleet.vboard.rom import FLASH_BEGIN, FLASH_DATA, SPI_FLASH_MD5, VirtualRom
 
 
 def esp_image(chip: str, size: int = 0x9000) -> bytes:
@@ -166,7 +166,7 @@ def test_flash_keeps_the_filesystem_unless_erase(tmp_path, capsys):
     import subprocess
     import sys
 
-    from edgefleet.vboard.board import VirtualBoard
+    from edgefleet.board.vboard.board import VirtualBoard
 
     image = tmp_path / "flash.img"
     sim = load_board("sim")

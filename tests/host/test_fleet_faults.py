@@ -1,4 +1,4 @@
-"""Fault injection on a whole simulated fleet (edgefleet.testing.chaos): real mosquitto with per-device logins,
+"""Fault injection on a whole simulated fleet (edgefleet.sim.chaos): real mosquitto with per-device logins,
 the real collector as a subprocess, the real firmware in 5 MicroPython processes. The collector is kill -9'd,
 the broker is down for 30 s, random nodes are SIGKILLed and booted again, one node's flash gets a corrupted block;
 then mosquitto is kill -9'd with persistence on, the collector stays away past the broker's queue limit, the
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.simulate import power_cut_loss
-from edgefleet.testing.chaos import run_chaos
+from edgefleet.sim.chaos import run_chaos
+from edgefleet.sim.simulate import power_cut_loss
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from edgefleet.cli import main
-from edgefleet.fleet import device_summary
-from edgefleet.storage import Batch, open_storage
+from edgefleet.collect.fleet import device_summary
+from edgefleet.collect.storage import Batch, open_storage
 
 
 def _online(dev: str, safe: bool = False) -> str:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edgefleet.cli import main
+from edgefleet.collect.storage import open_storage
 from edgefleet.errors import EdgefleetError
 from edgefleet.forecast import backtest, series
-from edgefleet.storage import open_storage
 
 H = 3_600_000
 

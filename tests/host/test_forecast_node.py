@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 
-from edgefleet import modelfile
 from edgefleet.cli import main
-from edgefleet.export import export_csv
+from edgefleet.collect.export import export_csv
+from edgefleet.collect.storage import open_storage
 from edgefleet.forecast import node as fnode
 from edgefleet.forecast import series
-from edgefleet.storage import open_storage
+from edgefleet.model import modelfile
 
 
 def test_train_forecast_reports_baselines_on_a_real_series(tmp_path, capsys):

@@ -18,11 +18,11 @@ from netnode_harness import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.cli import main
-from edgefleet.collector import Collector
+from edgefleet.collect.collector import Collector
+from edgefleet.collect.fleet import device_summary
+from edgefleet.collect.storage import Batch, open_storage
 from edgefleet.console.data import fleet_rows
-from edgefleet.fleet import device_summary
-from edgefleet.simulate import Fleet, power_cut_loss
-from edgefleet.storage import Batch, open_storage
+from edgefleet.sim.simulate import Fleet, power_cut_loss
 
 _wait = functools.partial(wait_until, every=0.3)  # the shared poll loop, at this file's pace
 

@@ -1,4 +1,4 @@
-"""The load generator's measurement (edgefleet.testing.loadgen, used by bench/loadgen.py): its own MQTT 3.1.1
+"""The load generator's measurement (edgefleet.sim.loadgen, used by bench/loadgen.py): its own MQTT 3.1.1
 devices log in on the secure mosquitto configuration, a real collector stores into PostgreSQL, and the trial
 finds every record in the database and an ack latency for each; with no collector it reports all of them lost
 (the loss count can fail)."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgefleet.testing.loadgen import LoadSpec, MosquittoTarget, trial
+from edgefleet.sim.loadgen import LoadSpec, MosquittoTarget, trial
 
 
 def test_small_fleet_all_stored_and_acked(pg_cluster, tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet import cli, datasets, modelfile, parity
-from edgefleet import features as F
-from edgefleet.convert import load_trained
+from edgefleet import cli
 from edgefleet.errors import EdgefleetError
-from edgefleet.train import MODELS, predict
+from edgefleet.model import datasets, modelfile, parity
+from edgefleet.model import features as F
+from edgefleet.model.convert import load_trained
+from edgefleet.model.train import MODELS, predict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -182,7 +183,7 @@ def test_train_convert_parity(tmp_path, model):
     """Full test split: (b) = (c) 100%, (a) = (c) >= 99.5% (trees and nets), C core = (b); outputs written."""
     import json
 
-    from edgefleet.train import train
+    from edgefleet.model.train import train
 
     kw = {"normal": "standing"} if model == "anomaly" else {}
     out = train(_args(tmp_path, model, **kw))
@@ -312,7 +313,7 @@ def test_train_from_export_csv(tmp_path):
     """`--data PATH.csv`: the export format, split by device series, classifier and unlabelled anomaly model."""
     import json
 
-    from edgefleet.train import train
+    from edgefleet.model.train import train
 
     csv_path = _basicmotions_csv(tmp_path / "export.csv")
     out = train(_args(tmp_path, "rf", data=str(csv_path), sensor="imu"))

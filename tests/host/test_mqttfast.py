@@ -11,7 +11,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgefleet import mqttfast
+from edgefleet.collect import mqttfast
 
 
 def test_shared_table_properties_unpack_like_paho():

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from netnode_harness import Subscriber, check_status, wait_until
 
+from edgefleet.board.node import REBOOT_EXIT, supervise
 from edgefleet.cli import main
-from edgefleet.node import REBOOT_EXIT, supervise
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgefleet.boards import load_board
-from edgefleet.modelfile import decode, encode
+from edgefleet.board.boards import load_board
+from edgefleet.model.modelfile import decode, encode
 from edgefleet.runtime import find_micropython, micropython_env, unix_heap_bytes
 
 CASES = Path(__file__).parents[1] / "firmware" / "mpy_cases.py"

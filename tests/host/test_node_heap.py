@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from netnode_harness import Subscriber, check_status, wait_until
 
-from edgefleet.boards import load_board
+from edgefleet.board.boards import load_board
 from edgefleet.runtime import SIM_MACHINERY_BYTES, find_micropython, interpreter_bits, micropython_env, unix_heap_bytes
 
 ROOT = Path(__file__).resolve().parents[2]

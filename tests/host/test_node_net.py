@@ -14,8 +14,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from netnode_harness import REBOOT_EXIT, NetNode, Subscriber, check_status, gaps, wait_until
 
-from edgefleet.boards import to_int
-from edgefleet.simulate import power_cut_loss
+from edgefleet.board.boards import to_int
+from edgefleet.sim.simulate import power_cut_loss
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def test_corrupt_flash_block_skipped_counted_rest_delivered(node, sub, mqtt_brok
 
 
 def node_board_partitions():
-    from edgefleet.boards import load_board
+    from edgefleet.board.boards import load_board
 
     return load_board("sim").data["flash"]["partitions"]
 
@@ -254,7 +254,7 @@ def _tls_broker(tmp_path: Path):
     import shutil
     import subprocess
 
-    from edgefleet.broker import find_mosquitto, free_port
+    from edgefleet.broker.mosquitto import find_mosquitto, free_port
 
     if not shutil.which("openssl"):
         pytest.skip("openssl CLI not installed (Debian package openssl): needed to make test certificates")
@@ -405,7 +405,7 @@ def test_non_ascii_label_and_raw_values_reach_the_database(tmp_path, mqtt_broker
     the node logged (netnode's source: temperature 20 + (n % 100) / 10 for its n-th reading)."""
     import sqlite3
 
-    from edgefleet.demo import start_collector, stop_process
+    from edgefleet.demo.run import start_collector, stop_process
 
     db = tmp_path / "fleet.db"
     collector = start_collector(mqtt_broker.url, db, tmp_path / "collector.log", client_id="utf8-collector")

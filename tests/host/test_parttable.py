@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from edgefleet import parttable
-from edgefleet.boards import available_boards, load_board
+from edgefleet.board import parttable
+from edgefleet.board.boards import available_boards, load_board
 from edgefleet.errors import EdgefleetError
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet import protocol
-from edgefleet.protocol import ProtocolError
+from edgefleet.wire import protocol
+from edgefleet.wire.protocol import ProtocolError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 

@@ -2,7 +2,7 @@
 
 parse must give a Message or a ProtocolError for anything, never another exception: the collector relies on
 it to dead-letter a bad message instead of stopping. Valid messages come from the builders in
-edgefleet.testing.fleetsim and edgefleet.protocol.
+edgefleet.sim.fleetsim and edgefleet.wire.protocol.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgefleet import protocol
-from edgefleet.protocol import ProtocolError
-from edgefleet.testing import fleetsim as fs
+from edgefleet.sim import fleetsim as fs
+from edgefleet.wire import protocol
+from edgefleet.wire.protocol import ProtocolError
 
 P = "edgefleet"
 DEV = "n1"

@@ -18,9 +18,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet import protocol
-from edgefleet.testing.fleetsim import telemetry_payload
-from edgefleet.testing.reliablenode import ReliableNode
+from edgefleet.sim.fleetsim import telemetry_payload
+from edgefleet.sim.reliablenode import ReliableNode
+from edgefleet.wire import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = ("node-1", "node-2", "node-3")
@@ -39,7 +39,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def rabbit(tmp_path_factory: pytest.TempPathFactory):
-    from edgefleet.rabbitmq import RabbitCluster, TcpBalancer
+    from edgefleet.broker.rabbitmq import RabbitCluster, TcpBalancer
 
     cluster = RabbitCluster(3, root=tmp_path_factory.mktemp("rmq"))
     # `first`: every node connects to RabbitMQ node 0 while it is up, so killing node 0 cuts them all over

@@ -45,8 +45,8 @@ def test_found_micropython_runs_firmware_path() -> None:
 
 def test_heap_policy_scales_board_and_sim_machinery_once() -> None:
     """One policy for every firmware process: (board heap [+ sim machinery]) x factor on 64-bit, + TLS."""
-    from edgefleet.boards import load_board
-    from edgefleet.node import node_argv
+    from edgefleet.board.boards import load_board
+    from edgefleet.board.node import node_argv
     from edgefleet.runtime import (
         HEAP_FACTOR_64BIT,
         SIM_MACHINERY_BYTES,

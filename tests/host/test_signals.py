@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.broker import free_port
+from edgefleet.broker.mosquitto import free_port
 
 # How long a signalled command may take to stop its children and exit (nodes flush their log on SIGINT).
 STOP_WITHIN_S = 30

@@ -17,7 +17,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.paths import models_dir
-from edgefleet.simulate import Fleet, activity_scenario, basicmotions_replay, fault_scenario, power_cut_loss
+from edgefleet.sim.simulate import (
+    Fleet,
+    activity_scenario,
+    basicmotions_replay,
+    fault_scenario,
+    power_cut_loss,
+)
 
 _wait = functools.partial(wait_until, every=0.2)  # the shared poll loop, at this file's pace
 
@@ -116,9 +122,9 @@ def test_fleet_reboot_command_restarts_node_and_kill_restart_keep_seq(mqtt_broke
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t-cmd")
         c.connect(mqtt_broker.host, mqtt_broker.port)
         c.loop_start()
-        c.publish("edgefleet/node-001/cmd", json.dumps({"v": 1, "id": "r1", "cmd": "reboot"}), qos=1).wait_for_publish(
-            5
-        )
+        c.publish(
+            "edgefleet/node-001/cmd", json.dumps({"v": 1, "id": "r1", "cmd": "reboot"}), qos=1
+        ).wait_for_publish(5)
         c.disconnect()
         c.loop_stop()
         nd = fleet.nodes[0]
@@ -166,7 +172,7 @@ def _simulate_fails_fast(tmp_path: Path, broker_url: str, *extra: str) -> str:
 
 
 def test_simulate_without_a_broker_fails_fast(tmp_path: Path) -> None:
-    from edgefleet.broker import free_port
+    from edgefleet.broker.mosquitto import free_port
 
     err = _simulate_fails_fast(tmp_path, f"mqtt://127.0.0.1:{free_port()}")
     assert "cannot reach the MQTT broker at 127.0.0.1:" in err and "Connection refused" in err, err
@@ -184,7 +190,7 @@ def test_simulate_against_a_broker_that_refuses_anonymous_nodes_fails_fast(tmp_p
 
 def test_simulate_reports_nodes_that_never_come_online(tmp_path: Path) -> None:
     """The broker lets anyone connect but its ACL lets nodes publish nothing: no status ever arrives."""
-    from edgefleet.broker import Mosquitto
+    from edgefleet.broker.mosquitto import Mosquitto
 
     bdir = tmp_path / "acl-broker"
     bdir.mkdir()
@@ -211,7 +217,7 @@ def test_simulate_mqtts_to_a_plain_port_says_tls(tmp_path: Path, mqtt_broker) ->
 
 
 def test_watchdog_reports_a_refused_status_login_at_once(tmp_path: Path) -> None:
-    from edgefleet.simulate import OnlineWatchdog
+    from edgefleet.sim.simulate import OnlineWatchdog
 
     broker = Fleet.secure_broker(tmp_path, ["node-001"]).start()
     try:

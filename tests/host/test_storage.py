@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from edgefleet.collect.storage import Batch, open_storage
 from edgefleet.errors import EdgefleetError
-from edgefleet.storage import Batch, open_storage
 
 LOG = "0a1b2c3d"
 
@@ -73,7 +73,7 @@ def test_bad_urls_are_user_errors(tmp_path) -> None:
 
 
 def test_v1_database_is_migrated_to_log_keys_keeping_its_records(db_url) -> None:
-    from edgefleet.storage import base
+    from edgefleet.collect.storage import base
 
     s = open_storage(db_url)
     s.close()

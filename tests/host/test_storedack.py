@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from edgefleet import protocol
-from edgefleet.storedack import SeqRanges, StoredAcks
+from edgefleet.wire import protocol
+from edgefleet.wire.storedack import SeqRanges, StoredAcks
 
 
 def test_ranges_are_sorted_and_merged() -> None:

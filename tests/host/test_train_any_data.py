@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet import cli, datasets
+from edgefleet import cli
 from edgefleet.errors import EdgefleetError
-from edgefleet.model import anomaly, quantize
-from edgefleet.train import train
+from edgefleet.model import anomaly, datasets, quantize
+from edgefleet.model.train import train
 
 
 def _aeon_dir(name: str) -> Path:
@@ -86,7 +86,7 @@ def test_float32_emulation_bounds_the_node_features(tmp_path):
     """features_f32 (the ESP32's float32 arithmetic) stays near the float64 definition; the floor is above it."""
     rng = np.random.default_rng(1)
     w = znorm(rng.normal(size=(20, 2, 300)))
-    from edgefleet import features
+    from edgefleet.model import features
 
     x64 = features.compute_batch(w)
     x32 = quantize.features_f32(w)
@@ -310,7 +310,7 @@ def test_a_small_board_gets_a_smaller_net_and_refuses_what_cannot_fit(tmp_path, 
 def test_heavy_tailed_feature_is_clipped_and_keeps_its_resolution():
     """One outlier window 1000x the rest: min-max scaling would leave the bulk a few int16 steps; the quantile
     range keeps thousands of steps for it and reports the clipped fraction."""
-    from edgefleet import features
+    from edgefleet.model import features
 
     rng = np.random.default_rng(12)
     w = rng.normal(size=(400, 1, 32))

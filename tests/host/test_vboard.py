@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import serial
 
-from edgefleet.boards import load_board
+from edgefleet.board.boards import load_board
+from edgefleet.board.vboard.board import VirtualBoard
 from edgefleet.runtime import find_micropython, micropython_env
-from edgefleet.vboard.board import VirtualBoard
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 #   micropython -m node.sim.provision --inspect BOARD_JSON FLASH_IMAGE   (prints the flash log's state as JSON)
 # Mounts the image's vfs partition (formatting a blank one), writes board.json, config.json (atomically: tmp +
 # rename) and each DEST from HOST_FILE (e.g. model.efm=/abs/models/x/model.efm). The log partition is left
-# alone, so re-provisioning a node keeps its unsent records. Used by host/edgefleet/simulate.py.
+# alone, so re-provisioning a node keeps its unsent records. Used by host/edgefleet/sim/simulate.py.
 import json
 import os
 import sys

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..collect.storage import Storage, open_storage
+from ..collect.storage.base import now_ms
 from ..errors import EdgefleetError
-from ..storage import Storage, open_storage
-from ..storage.base import now_ms
 from . import data
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class Sender:
             import paho.mqtt.client as mqtt
             from paho.mqtt.enums import CallbackAPIVersion
 
-            from ..collector import parse_broker_url
+            from ..collect.collector import parse_broker_url
 
             u = parse_broker_url(broker)
             c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgefleet-alerts-{id(self):x}")

@@ -32,10 +32,10 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import protocol
+from ..collect.storage import Storage, open_storage
+from ..collect.storage.base import now_ms
 from ..errors import EdgefleetError
-from ..storage import Storage, open_storage
-from ..storage.base import now_ms
+from ..wire import protocol
 from . import data
 from .users import User, UserStore
 
@@ -84,7 +84,7 @@ class Commander:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from ..collector import parse_broker_url
+        from ..collect.collector import parse_broker_url
 
         self.prefix = prefix
         self.url = parse_broker_url(broker)

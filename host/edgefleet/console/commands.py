@@ -11,8 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .. import protocol
 from ..errors import EdgefleetError
+from ..wire import protocol
 
 log = logging.getLogger(__name__)
 

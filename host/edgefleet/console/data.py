@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..fleet import device_summary
-from ..storage import DeviceRow, Storage
+from ..collect.fleet import device_summary
+from ..collect.storage import DeviceRow, Storage
 
 MAX_POINTS = 4000
 SCAN_FACTOR = 8  # ranges up to this many times the points asked are scanned (exact, every flagged sample)

@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .. import __version__, protocol
+from .. import __version__
 from ..errors import EdgefleetError
+from ..wire import protocol
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class HomeAssistantBridge:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from ..collector import parse_broker_url
+        from ..collect.collector import parse_broker_url
 
         self.d = Discovery(prefix, discovery, state_prefix)
         self.prefix = prefix

@@ -20,7 +20,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class CollectorMetrics:
-    """A prometheus_client custom collector over a running `edgefleet.collector.Collector`."""
+    """A prometheus_client custom collector over a running `edgefleet.collect.collector.Collector`."""
 
     def __init__(self, collector: Any) -> None:
         from prometheus_client import Histogram

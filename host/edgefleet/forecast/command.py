@@ -62,7 +62,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         raise EdgefleetError(
             "import-series needs --series and --device", hint="one of " + ", ".join(series.REAL_SERIES)
         )
-    from ..storage import open_storage
+    from ..collect.storage import open_storage
 
     ts, y, sensor, channel = series.real_series(args.series)
     store = open_storage(args.db)

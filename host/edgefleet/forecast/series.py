@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import protocol
+from ..collect.storage import Batch, Storage
 from ..errors import EdgefleetError
-from ..storage import Batch, Storage
+from ..wire import protocol
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def open_readonly(url: str) -> Storage:
     """The fleet database, read-only: SQLite with mode=ro (no file: an error, not a new database), PostgreSQL in a
     read-only session without migrations (a database without the readings table: an error)."""
     if url.startswith("sqlite://"):
-        from ..storage.sqlite import SqliteStorage
+        from ..collect.storage.sqlite import SqliteStorage
 
         path = url[len("sqlite://") :]
         path = path[1:] if path.startswith("/") else path
@@ -123,7 +123,7 @@ def open_readonly(url: str) -> Storage:
         return SqliteStorage(conn)
     if url.startswith(("postgresql://", "postgres://")):
         return _open_postgres_readonly(url)
-    from ..storage import open_storage
+    from ..collect.storage import open_storage
 
     return open_storage(url)  # an unsupported URL: its clear error
 
@@ -134,7 +134,7 @@ def _open_postgres_readonly(url: str) -> Storage:
         import psycopg
     except ImportError:
         raise EdgefleetError("PostgreSQL support needs psycopg 3", hint="pip install 'edgefleet[pg]'") from None
-    from ..storage.postgres import PostgresStorage
+    from ..collect.storage.postgres import PostgresStorage
 
     try:
         conn = psycopg.connect(url, autocommit=False)

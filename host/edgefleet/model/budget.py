@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import modelfile
-from ..boards import load_board
+from ..board.boards import load_board
 from ..errors import EdgefleetError
 from ..runtime import find_micropython, micropython_env
+from . import modelfile
 
 FEATURES_SCRIPT = Path(__file__).resolve().parents[1] / "testing" / "node_features.py"
 DEFAULT = {"max_model_bytes": 32768, "window_budget_ms": 250.0, "unix_slowdown": 30.0}

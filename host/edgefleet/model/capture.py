@@ -24,10 +24,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import protocol
-from ..collector import parse_broker_url
+from ..board.firmware_shared import firmware_module
+from ..collect.collector import parse_broker_url
 from ..errors import EdgefleetError
-from ..firmware_shared import firmware_module
+from ..wire import protocol
 
 log = logging.getLogger(__name__)
 

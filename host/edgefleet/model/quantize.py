@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import features, modelfile
+from . import features, modelfile
 
 STEP_MARGIN = 4.0
 ERROR_SAMPLE = 256  # training windows the float32 error is measured on

@@ -31,8 +31,15 @@ from typing import Any
 import pytest
 
 from .. import procs
-from ..boards import Board, load_board
-from ..broker import COLLECTOR_USER, OPERATOR_USER, Mosquitto, fleet_credentials, render_acl, write_password_file
+from ..board.boards import Board, load_board
+from ..broker.mosquitto import (
+    COLLECTOR_USER,
+    OPERATOR_USER,
+    Mosquitto,
+    fleet_credentials,
+    render_acl,
+    write_password_file,
+)
 from ..errors import EdgefleetError
 
 PREFIX = "edgefleet"
@@ -168,7 +175,7 @@ def hil_board(pytestconfig: pytest.Config, tmp_path: Path):
         return
     if not board.is_sim:
         pytest.skip(f"board {board.name} needs a real ESP32: pass --board-port PORT")
-    from ..vboard.board import VirtualBoard
+    from ..board.vboard.board import VirtualBoard
 
     flash = tmp_path / "flash.img"
     vb = VirtualBoard(board, flash, pytestconfig.getoption("vboard_heap"))
@@ -417,8 +424,8 @@ def deploy_node(request: pytest.FixtureRequest, hil_board: HilBoard, hil_setting
     user name and password go into the node config file (0600), as `edgefleet deploy --config` takes them."""
     import argparse
 
-    from ..deploy import run_deploy
-    from ..pki import write_secret
+    from ..board.deploy import run_deploy
+    from ..broker.pki import write_secret
 
     def deploy(
         device_id: str | None = None,
@@ -514,7 +521,7 @@ class FleetCollector:
 @pytest.fixture
 def fleet_collector(hil_broker: HilBroker, tmp_path: Path):
     """`edgefleet collect` logged in as the collector identity (password in a 0600 file)."""
-    from ..pki import write_secret
+    from ..broker.pki import write_secret
 
     user, password = hil_broker.login(COLLECTOR_USER)
     secret = tmp_path / "collector.secret"

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from ..boards import load_board
+from ..board.boards import load_board
 from ..runtime import find_micropython, micropython_env, unix_heap_bytes
 
 RUNNER = Path(__file__).with_name("mpy_runner.py")

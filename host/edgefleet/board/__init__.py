@@ -1,0 +1,1 @@
+"""Boards: board definitions, partition tables, flashing, deploying files and config, the virtual board."""

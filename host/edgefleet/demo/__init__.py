@@ -1,0 +1,1 @@
+"""`edgefleet demo`: the end-to-end run on a simulated fleet, its metrics and its report."""

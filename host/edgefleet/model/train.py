@@ -1,0 +1,561 @@
+"""`edgefleet train` and `edgefleet convert`: windows -> features -> int16 scaling -> model -> models/<name>/.
+
+train fits a model on the training split and saves what convert needs (trained.pkl, testset.npz); convert
+(run by train, or alone to regenerate) writes model.efm (the node's file), model.h (emlearn C), manifest.json
+and report.html, after measuring parity between the trained model, emlearn's C code and the node runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..board.firmware_shared import firmware_module
+from ..errors import EdgefleetError
+from ..forecast import node as forecast_node
+from ..paths import models_dir
+from . import anomaly as anomaly_mod
+from . import budget as budget_mod
+from . import datasets, features, modelfile, quantize
+
+log = logging.getLogger(__name__)
+
+MODELS = ("rf", "dt", "et", "mlp-keras", "mlp-sk", "anomaly", "forecast")
+TREE_MODELS = ("rf", "dt", "et", "forecast")
+DEFAULT_BOARD = "esp32-devkitc"
+DEFAULT_HIDDEN = (32, 16)
+MIN_AGREEMENT = 0.995
+
+
+@dataclass
+class Trained:
+    """Everything convert needs, pickled to models/<name>/trained.pkl."""
+
+    name: str
+    kind: str  # one of MODELS
+    task: str  # classify | anomaly | regress
+    estimator: Any  # sklearn estimator; None for Keras (saved as model.keras beside it)
+    scaling: modelfile.Scaling
+    sensor: str
+    channels: tuple[str, ...]
+    window: int
+    hop: int
+    classes: tuple[str, ...]
+    threshold: float | None
+    feature_names: list[str]
+    relevance: list[tuple[str, float]]
+    data: str
+    params: dict
+
+
+# ---------------------------------------------------------------- data
+
+
+def feature_matrix(w: datasets.Windows, batch: int = 256) -> np.ndarray:
+    """Features of every window with the numpy twin, in batches with a progress bar."""
+    parts = []
+    for i in tqdm(range(0, len(w.x), batch), desc="features", unit="batch", disable=None):
+        parts.append(features.compute_batch(w.x[i : i + batch]))
+    return np.concatenate(parts) if parts else np.zeros((0, features.shared().count(len(w.channels))))
+
+
+def split(w: datasets.Windows, seed: int, test_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test indices: the dataset's own split when it has one, else by source series (no leakage of
+    overlapping windows across the split) when there are several series, else the last part of the series."""
+    idx = np.arange(len(w.y))
+    if w.split is not None:
+        return idx[w.split == "train"], idx[w.split == "test"]
+    groups = np.unique(w.groups)
+    if len(groups) >= 4:
+        rng = np.random.default_rng(seed)
+        test_g = rng.choice(groups, size=max(1, round(len(groups) * test_size)), replace=False)
+        te = np.isin(w.groups, test_g)
+        return idx[~te], idx[te]
+    cut = int(len(idx) * (1 - test_size))
+    return idx[:cut], idx[cut:]
+
+
+# ---------------------------------------------------------------- models
+
+
+def _mlp_layers_keras(model) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    out = []
+    for layer in model.layers:
+        if type(layer).__name__ != "Dense":
+            raise EdgefleetError(f"Keras layer {type(layer).__name__} is not supported", hint="use Dense layers only")
+        w, b = layer.get_weights()
+        out.append((w, b, layer.activation.__name__))
+    return out
+
+
+def _mlp_layers_sk(model) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """The net's layers; a binary classifier's single logistic output becomes softmax over (0, z), which is
+    exactly (1 - sigmoid(z), sigmoid(z)): the node's runner wants one output per class."""
+    acts = [model.activation] * (len(model.coefs_) - 1) + [model.out_activation_]
+    layers = list(zip(model.coefs_, model.intercepts_, acts, strict=True))
+    w, b, act = layers[-1]
+    if act == "logistic" and w.shape[1] == 1:
+        layers[-1] = (np.hstack([np.zeros_like(w), w]), np.concatenate([np.zeros_like(b), b]), "softmax")
+    return layers
+
+
+def require_tensorflow():
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+    except ImportError as e:
+        raise EdgefleetError(
+            "TensorFlow/Keras is not installed, --model mlp-keras needs it",
+            hint="pip install 'edgefleet[ml]' (tensorflow-cpu), or use --model mlp-sk",
+        ) from e
+    return keras
+
+
+def fit_keras(xs: np.ndarray, y: np.ndarray, n_classes: int, seed: int, epochs: int, hidden=DEFAULT_HIDDEN):
+    keras = require_tensorflow()
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input(shape=(xs.shape[1],))]
+        + [keras.layers.Dense(h, activation="relu") for h in hidden]
+        + [keras.layers.Dense(n_classes, activation="softmax")]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    bar = tqdm(total=epochs, desc="keras", unit="epoch", disable=None)
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            bar.update(1)
+            bar.set_postfix(loss=f"{(logs or {}).get('loss', 0):.3f}")
+
+    model.fit(xs, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[Progress()])
+    bar.close()
+    return model
+
+
+def fit(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse.Namespace):
+    """Fit one model kind on int16-quantized features; nets and the envelope see them as q / 32768."""
+    from sklearn import ensemble, tree
+    from sklearn.neural_network import MLPClassifier
+
+    seed = args.seed
+    if kind in ("rf", "et"):
+        cls = ensemble.RandomForestClassifier if kind == "rf" else ensemble.ExtraTreesClassifier
+        est = cls(
+            n_estimators=args.trees, max_leaf_nodes=args.max_leaf_nodes, max_depth=args.max_depth, random_state=seed
+        )
+        for n in tqdm(range(1, args.trees + 1), desc=kind, unit="tree", disable=None):
+            est.set_params(n_estimators=n, warm_start=True)
+            est.fit(xq, y)
+        return est
+    if kind == "dt":
+        return tree.DecisionTreeClassifier(
+            max_leaf_nodes=args.max_leaf_nodes, max_depth=args.max_depth, random_state=seed
+        ).fit(xq, y)
+    if kind == "mlp-sk":
+        est = MLPClassifier(
+            tuple(getattr(args, "hidden", None) or DEFAULT_HIDDEN),
+            max_iter=1,
+            warm_start=True,
+            random_state=seed,
+            learning_rate_init=0.01,
+            batch_size=32,
+        )
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for _ in tqdm(range(args.epochs), desc="mlp-sk", unit="epoch", disable=None):
+                est.fit(xq / 32768.0, y)
+        return est
+    if kind == "mlp-keras":
+        return fit_keras(
+            xq / 32768.0, y, n_classes, seed, args.epochs, tuple(getattr(args, "hidden", None) or DEFAULT_HIDDEN)
+        )
+    if kind == "anomaly":
+        return fit_envelope(xq / 32768.0, seed)
+    if kind == "forecast":
+        est = ensemble.RandomForestRegressor(n_estimators=args.trees, max_depth=args.max_depth or 10, random_state=seed)
+        return est.fit(xq, y)
+    raise EdgefleetError(f"unknown model {kind}", hint="one of " + ", ".join(MODELS))
+
+
+def fit_envelope(xs: np.ndarray, seed: int):
+    """EllipticEnvelope with a Ledoit-Wolf shrunk covariance.
+
+    72 features over ~100 windows make the empirical covariance rank-deficient: distances then reach 1e4 and
+    float32 (node) and float64 (host) disagree near the threshold. Shrinkage makes the precision matrix well
+    conditioned. emlearn and the node read location_/precision_, so all three sides use the shrunk matrix.
+    """
+    import warnings
+
+    from sklearn.covariance import EllipticEnvelope, LedoitWolf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the rank warning this function exists to fix
+        warnings.simplefilter("ignore", RuntimeWarning)  # MCD iterations on a singular matrix
+        est = EllipticEnvelope(support_fraction=1.0, random_state=seed).fit(xs)
+    lw = LedoitWolf(assume_centered=False).fit(xs - est.location_)
+    est.covariance_ = lw.covariance_
+    est.precision_ = lw.precision_
+    est.offset_ = -float(np.quantile(est.mahalanobis(xs), 0.99))
+    return est
+
+
+def predict(t: Trained, est, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a): the trained model's (index, score) per row, as the node reports them."""
+    if t.kind == "mlp-keras":
+        p = est.predict(xq / 32768.0, verbose=0)
+        return p.argmax(axis=1), p.max(axis=1)
+    if t.kind == "mlp-sk":
+        p = est.predict_proba(xq / 32768.0)
+        return p.argmax(axis=1), p.max(axis=1)
+    if t.task == "anomaly":
+        s = est.mahalanobis(xq / 32768.0)
+        return (s > t.threshold).astype(int), s
+    if t.task == "regress":
+        v = est.predict(xq)
+        return np.zeros(len(v), dtype=int), v
+    if t.kind in ("rf", "et", "dt"):
+        return hard_vote(est, xq)
+    p = est.predict_proba(xq)
+    return p.argmax(axis=1), p.max(axis=1)
+
+
+def hard_vote(est, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The forest as the model file encodes it and the node runs it: each tree votes its leaf's majority class,
+    the most votes win (lowest class on a tie), score = votes / trees. scikit-learn's predict_proba averages
+    the leaves' class fractions instead (a soft vote), which differs once leaves are impure (limited leaves)."""
+    trees = getattr(est, "estimators_", [est])
+    n_classes = len(est.classes_)
+    votes = np.zeros((len(xq), n_classes), dtype=int)
+    rows = np.arange(len(xq))
+    for tr in trees:
+        votes[rows, tr.tree_.value[tr.apply(xq), 0, :n_classes].argmax(axis=1)] += 1
+    best = votes.argmax(axis=1)
+    return best, votes[rows, best] / len(trees)
+
+
+def mutual_information(xq: np.ndarray, y: np.ndarray, names: list[str], seed: int) -> list[tuple[str, float]]:
+    """S_feature: each feature's mutual information with the label, highest first."""
+    from sklearn.feature_selection import mutual_info_classif
+
+    if len(set(y)) < 2:
+        return []
+    mi = mutual_info_classif(xq, y, random_state=seed)
+    return sorted(zip(names, (float(v) for v in mi), strict=True), key=lambda kv: -kv[1])
+
+
+# ---------------------------------------------------------------- the command
+
+
+def model_rate(w: datasets.Windows, args: argparse.Namespace) -> float | None:
+    """The rate the model runs at: --rate-hz, else (classifiers, anomaly) the node's default rate for the sensor
+    (firmware config), else the data's. Data at another rate is refused: its windows would span another length of time."""
+    want = getattr(args, "rate_hz", None)
+    source = "--rate-hz"
+    if want is None and args.model == "forecast":
+        return (
+            w.rate_hz
+        )  # forecasts run on the series' own rate (often resampled, docs/forecast.md); checked with --rate-hz
+    if want is None:
+        want = firmware_module("node/config.py").DEFAULTS["rates"].get(w.sensor)
+        source = f"the node's default {w.sensor} rate"
+    if want is None:
+        return w.rate_hz
+    if w.rate_hz is None:
+        log.warning("%s: sample rate unknown (no rate_hz column, no ts_ms steps); assuming %g Hz", args.data, want)
+        return float(want)
+    if abs(w.rate_hz - want) > datasets.RATE_TOLERANCE * want:
+        raise EdgefleetError(
+            f"{args.data} is sampled at {w.rate_hz:g} Hz but the model runs at {want:g} Hz ({source})",
+            hint="capture full-rate data (edgefleet capture --device ID --sensor S --label L --for 60s), or give "
+            "--rate-hz with the rate the node will sample at",
+        )
+    return float(want)
+
+
+def host_accuracy(t: Trained, est, xq: np.ndarray, y: np.ndarray) -> float | None:
+    if t.task != "classify" or not len(y):
+        return None
+    return float(np.mean(predict(t, est, xq)[0] == y))
+
+
+def fit_sized(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse.Namespace,
+              budget: budget_mod.Budget) -> tuple[Any, dict, Any]:  # fmt: skip
+    """Fit a model whose body fits the board; returns (model, what was chosen, the model as requested)."""
+    if kind in ("rf", "dt", "et", "forecast"):
+        first = []
+
+        def make(n: int, leaves: int | None, depth: int | None):
+            a = copy.copy(args)
+            a.trees, a.max_leaf_nodes, a.max_depth = n, leaves, depth
+            est = fit(kind, xq, y, n_classes, a)
+            first.append(est)
+            return est
+
+        est, info = budget_mod.fit_trees(make, args.trees, args.max_leaf_nodes, args.max_depth, budget.max_body,
+                                         regress=kind == "forecast")  # fmt: skip
+        return est, info, first[0]
+    if kind.startswith("mlp"):
+        want = tuple(getattr(args, "hidden", None) or DEFAULT_HIDDEN)
+        hidden, info = budget_mod.net_layers(want, xq.shape[1], n_classes, budget.max_body)
+        a = copy.copy(args)
+        a.hidden = hidden
+        est = fit(kind, xq, y, n_classes, a)
+        return est, info, (fit(kind, xq, y, n_classes, args) if info["resized"] else est)
+    est = fit(kind, xq, y, n_classes, args)
+    nf = xq.shape[1]
+    return est, {"chosen": {"body_bytes": 4 * (nf + nf * nf)}, "max_body": budget.max_body, "resized": False}, est
+
+
+def _labels(w: datasets.Windows, kind: str, normal: str | None, tr: np.ndarray, te: np.ndarray):
+    """(task, y, classes, tr, te) for a model kind; anomaly y is 1 for windows not labelled `normal`."""
+    if kind == "anomaly":
+        y = (w.y != normal).astype(int) if normal else np.zeros(len(w.y), dtype=int)
+        if normal:
+            tr = tr[w.y[tr] == normal]  # fit on the normal class only; the test split keeps all
+            if len(tr) == 0:
+                raise EdgefleetError(f"no training windows labelled {normal!r}")
+        return "anomaly", y, (), tr, te
+    labelled = w.y != ""
+    tr, te = tr[labelled[tr]], te[labelled[te]]
+    classes = tuple(sorted(set(w.y[tr])))
+    if len(classes) < 2:
+        raise EdgefleetError("need at least 2 labels to train a classifier", hint="label the CSV's label column")
+    y = np.array([classes.index(c) if c in classes else -1 for c in w.y])
+    return "classify", y, classes, tr, te[y[te] >= 0]
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Train, convert and gate; the model directory appears only when everything passed (staged, then renamed)."""
+    if args.model not in MODELS:
+        raise EdgefleetError(f"unknown model {args.model!r}", hint="one of " + ", ".join(MODELS))
+    if args.model == "mlp-keras":
+        require_tensorflow()
+    key = _key(args)  # a bad key file fails before any training
+    budget = budget_mod.Budget.of(getattr(args, "board", None) or DEFAULT_BOARD)
+    w = datasets.load(args.data, args.window, args.hop, args.sensor, getattr(args, "labels", None))
+    if getattr(args, "split_by", None):
+        datasets.apply_split_rule(w, args.split_by)
+    rate = model_rate(w, args)
+    if args.model == "forecast":
+        w = forecast_node.target_first(w, args.target)  # the node forecasts its model's first channel
+    names = features.names(w.channels)
+    kind = args.model
+    n_classes = max(2, len(set(w.y.tolist()) - {""}))
+    cost = budget_mod.check(budget, kind, len(w.channels), w.window, len(names), n_classes,
+                            w.hop / rate if rate else None)  # fmt: skip
+    x = feature_matrix(w)
+    tr, te = split(w, args.seed, args.test_size)
+    quant = quantize.fit(x[tr], names, w.x[tr])
+    if quant.floored:
+        log.info("quantization: %d near-constant features get a range floor: %s", len(quant.floored),
+                 ", ".join(quant.floored[:8]))  # fmt: skip
+    xq = quant.scaling.apply(x).astype(np.float64)
+    classes: tuple[str, ...] = ()
+    threshold = None
+    extra: dict[str, Any] = {}
+    if kind == "forecast":
+        task = "regress"
+        y = forecast_node.delta_target(w)  # the change from the last value (why: forecast/node.py)
+        ok = ~np.isnan(y)
+        tr, te = tr[ok[tr]], te[ok[te]]
+    else:
+        task, y, classes, tr, te = _labels(w, kind, args.normal, tr, te)
+    if len(tr) < 4 or len(te) < 1:
+        raise EdgefleetError(
+            f"too few windows: {len(tr)} train, {len(te)} test", hint="more data or a smaller window/hop"
+        )
+    log.info("%s: %d windows (%d train, %d test), %d features", args.data, len(w.y), len(tr), len(te), len(names))
+    t = Trained(
+        args.name, kind, task, None, quant.scaling, w.sensor, w.channels, w.window, w.hop, classes, None, names,
+        [], args.data, {k: getattr(args, k, None) for k in ("model", "window", "hop", "trees", "max_leaf_nodes",
+                                                            "max_depth", "seed", "epochs", "hidden")},
+    )  # fmt: skip
+    if kind == "anomaly":
+        fpr = getattr(args, "fpr", None) or 0.01
+        threshold, extra["anomaly"] = anomaly_mod.cv_threshold(
+            lambda rows: fit(kind, rows, y[: len(rows)], 0, args),
+            lambda est, rows: est.mahalanobis(rows / 32768.0),
+            xq[tr],
+            fpr,
+            args.seed,
+        )
+        t.threshold = threshold
+        log.info(
+            "anomaly threshold %.3f: the %.3g quantile of %d cross-validated normal windows",
+            threshold,
+            1 - fpr,
+            len(tr),
+        )
+    est, fitinfo, requested = fit_sized(kind, xq[tr], y[tr], len(classes), args, budget)
+    t.estimator = None if kind == "mlp-keras" else est
+    if kind == "forecast":
+        t.threshold = forecast_node.band(est, xq[tr], y[tr])  # the node's anomaly band
+    acc_req, acc = host_accuracy(t, requested, xq[te], y[te]), host_accuracy(t, est, xq[te], y[te])
+    fitinfo.update({"accuracy_requested": acc_req, "accuracy_chosen": acc, "board": budget.board})
+    if fitinfo["resized"]:
+        log.info("fitted to %s: %s (body %d <= %d bytes); host test accuracy %s -> %s", budget.board,
+                 fitinfo["chosen"], fitinfo["chosen"]["body_bytes"], budget.max_body, acc_req, acc)  # fmt: skip
+    t.relevance = mutual_information(xq[tr], np.asarray(w.y)[tr], names, args.seed) if w.y[tr].any() else []
+    t.params.update({"board": getattr(args, "board", None) or DEFAULT_BOARD, "board_name": budget.board, "rate_hz": rate, "min_agreement": _min_agreement(args), "fit": fitinfo,
+                     "cost": cost, "quantization": {"floored": quant.floored, "clipped": quant.clipped}, **extra})  # fmt: skip
+    out = Path(args.out or models_dir()) / args.name
+    extra_test = forecast_node.testset_extra(w, te) if kind == "forecast" else {}
+    _write_atomically(out, t, est, key, w, xq, y, te, extra_test)
+    return out
+
+
+def _min_agreement(args: argparse.Namespace) -> float:
+    v = getattr(args, "min_agreement", None)
+    v = MIN_AGREEMENT if v is None else v
+    if not 0 <= v <= 1:
+        raise EdgefleetError(f"--min-agreement {v} must be between 0 and 1")
+    return float(v)
+
+
+def _write_atomically(out: Path, t: Trained, est, key, w, xq, y, te, extra_test: dict) -> None:
+    """Stage trained.pkl, testset.npz and convert's outputs in a hidden sibling directory, then rename: a failure
+    at any step (conversion, parity gate, budget) leaves no partial model directory, and an older model stays."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if t.kind == "mlp-keras":
+            est.save(stage / "model.keras")
+        with (stage / "trained.pkl").open("wb") as f:
+            pickle.dump(t, f)
+        np.savez_compressed(stage / "testset.npz", x=w.x[te].astype(np.float32), xq=xq[te].astype(np.int16), y=y[te],
+                            label=np.asarray(w.y)[te], case=np.asarray(w.groups)[te], **extra_test)  # fmt: skip
+        from .convert import convert
+
+        convert(stage, key=key, final_name=out)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(stage, out)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _key(args: argparse.Namespace) -> bytes | None:
+    from .convert import load_key
+
+    return load_key(getattr(args, "key_file", None))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    out = train(args)
+    import json
+
+    m = json.loads((out / "manifest.json").read_text())
+    print(headline(m))
+    print(f"model written to {out}/ (report: {out / 'report.html'})")
+    if args.model == "forecast":
+        print(forecast_node.train_report(out))
+    return 0
+
+
+def headline(m: dict) -> str:
+    """One line that leads with what the node will do (its runner on the test split), the host model beside it."""
+    mt = m["metrics"]
+    parts = []
+    if "accuracy_node" in mt:
+        parts.append(f"node accuracy {mt['accuracy_node']:.3f} (host model {mt['accuracy']:.3f})")
+        if "case_accuracy_node" in mt:
+            parts.append(f"per case {mt['case_accuracy_node']:.3f} over {mt['n_cases']} cases")
+    if "fpr_measured" in mt:
+        lo, hi = mt["fpr_ci95"]
+        parts.append(f"false positives {mt['fpr_measured']:.2%} [{lo:.2%}, {hi:.2%}] on {mt['n_normal_test']} normal "
+                     f"windows (target {mt['fpr_target']:.2%})")  # fmt: skip
+    parts.append(f"agreement host/node {m['parity']['a_vs_c']:.2%}")
+    parts.append(f"body {m['model_file']['bytes']:,} B on {m.get('board', '?')}")
+    return ", ".join(parts)
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="export CSV path, or 'basicmotions' (bundled with aeon, offline)")
+    p.add_argument("--model", default="rf", choices=MODELS, help="model kind (default rf)")
+    p.add_argument("--name", required=True, help="models/<name>/ to write")
+    p.add_argument("--out", help="parent directory instead of models/")
+    p.add_argument("--sensor", help="CSV: which sensor's rows to use when the export holds several")
+    p.add_argument("--window", type=int, default=50, help="samples per window (default 50: 5 s at 10 Hz)")
+    p.add_argument("--hop", type=int, default=25, help="samples between window starts (default 25)")
+    p.add_argument("--test-size", type=float, default=0.25, help="test fraction when the data has no split")
+    p.add_argument("--trees", type=int, default=10, help="trees for rf/et/forecast (default 10)")
+    p.add_argument("--max-leaf-nodes", type=int, default=None, help="limit leaves per tree")
+    p.add_argument("--max-depth", type=int, default=None, help="limit tree depth")
+    p.add_argument("--epochs", type=int, default=200, help="MLP epochs (default 200)")
+    p.add_argument("--normal", help="anomaly: the label of normal data to fit on (default: all, unlabelled)")
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=0.01,
+        help="anomaly: target false-positive rate on normal windows; the threshold is its quantile of "
+        "cross-validated scores (default 0.01)",
+    )
+    p.add_argument(
+        "--board",
+        default=DEFAULT_BOARD,
+        help=f"board whose budget (boards/<name>.json: inference, heap_bytes) the model must fit (default {DEFAULT_BOARD})",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=MIN_AGREEMENT,
+        help=f"fail unless trained model and node runner agree on this fraction of test windows (default {MIN_AGREEMENT})",
+    )
+    p.add_argument(
+        "--hidden",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        default=DEFAULT_HIDDEN,
+        help="mlp: hidden layer sizes, comma separated; shrunk to fit the board (default 32,16)",
+    )
+    p.add_argument(
+        "--rate-hz",
+        type=float,
+        help="the node's sample rate for the model (default: the node's configured rate for the sensor); "
+        "data at another rate is refused",
+    )
+    p.add_argument(
+        "--split-by",
+        help="train/test by a rule: device=REGEX puts matching devices in the test split "
+        "(default: the CSV's split column if any, else by device series)",
+    )
+    p.add_argument(
+        "--target",
+        help="forecast: channel whose next value is predicted (default: the first); the model predicts its change from the last value",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--key-file", help="HMAC key file to sign the model file (default: $EDGEFLEET_MODEL_KEY_FILE)")
+
+
+EXAMPLES = """examples:
+  edgefleet train --data basicmotions --model rf --name basicmotions-rf
+  edgefleet train --data export.csv --sensor imu --model rf --name walk --board esp32-c3
+  edgefleet train --data export.csv --sensor imu --split-by 'device=^lab-' --name walk
+  edgefleet train --data ecg.csv --model anomaly --normal normal --fpr 0.005 --name ecg
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on an export CSV or BasicMotions, then convert it",
+                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_train_args(p)
+    p.set_defaults(func=_cmd_train)

@@ -1,0 +1,1 @@
+"""The simulated fleet: nodes on the MicroPython unix port, fault injection, load generation, local services."""
