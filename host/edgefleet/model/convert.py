@@ -38,12 +38,25 @@ def load_key(path: str | None) -> bytes | None:
     return modelfile.read_key(p)
 
 
+# Where classes pickled in trained.pkl lived before the host moved into stage packages (issue 12): a model
+# directory trained by an earlier edgefleet must still convert.
+MOVED_MODULES = {"edgefleet.train": "edgefleet.model.train", "edgefleet.modelfile": "edgefleet.model.modelfile",
+                 "edgefleet.features": "edgefleet.model.features", "edgefleet.datasets": "edgefleet.model.datasets"}  # fmt: skip
+
+
+class TrainedUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that finds classes under their module's name before the move, too."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(MOVED_MODULES.get(module, module), name)
+
+
 def load_trained(out: Path):
     pkl = out / "trained.pkl"
     if not pkl.is_file():
         raise EdgefleetError(f"{out} has no trained.pkl", hint="run `edgefleet train ... --name NAME` first")
     with pkl.open("rb") as f:
-        t = pickle.load(f)
+        t = TrainedUnpickler(f).load()
     est = t.estimator
     if t.kind == "mlp-keras":
         from .train import require_tensorflow
