@@ -18,7 +18,7 @@ one line when it is back. After each COMMIT it publishes the `stored` acks of pr
 
 --inflight is the MQTT 5 Receive Maximum asked of the broker (mosquitto 2.0.11 was seen to exceed it under a
 burst; see docs/collect.md). The MQTT client is `mqttfast.FastClient`, paho with batched I/O (the figures are in
-docs/collect.md, "Benchmark").
+docs/benchmarks.md, "Collector throughput").
 
 Transports (issue 17). The writer does not know its broker: the `--broker` scheme picks a transport with one
 small seam (start(deliver), ack(items), publish_stored, wait_first_session, first_session_hint, stop_receiving,
