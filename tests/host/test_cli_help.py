@@ -53,6 +53,22 @@ def test_help_shows_defaults() -> None:
     assert "(default 10)" in text and "(default: 10)" not in text  # a help naming its default is left alone
 
 
+def test_typed_options_default_like_the_commands() -> None:
+    """Code that calls a stage directly (the demo trains its model with TrainOptions) gets what the command does."""
+    from edgefleet.broker.mosquitto import BrokerOptions
+    from edgefleet.cli.common import options
+    from edgefleet.collect.collector import CollectOptions
+    from edgefleet.model.train import TrainOptions
+    from edgefleet.sim.simulate import SimulateOptions
+
+    parse = build_parser().parse_args
+    train = options(TrainOptions, parse(["train", "--data", "basicmotions", "--name", "x"]))
+    assert train == TrainOptions(data="basicmotions", name="x")
+    assert options(CollectOptions, parse(["collect"])) == CollectOptions()
+    assert options(SimulateOptions, parse(["simulate"])) == SimulateOptions()
+    assert options(BrokerOptions, parse(["broker"])) == BrokerOptions()
+
+
 def test_only_the_cli_imports_argparse() -> None:
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
