@@ -93,11 +93,11 @@ def main() -> int:
         f"agreement: C = runner {np.mean(c_pred == node.index):.2%}, sklearn = runner {np.mean(sk == node.index):.2%}"
     )
     if not args.skip_basicmotions:
-        from edgefleet.model.train import train
+        from edgefleet.model.train import TrainOptions, train
 
-        from_args = argparse.Namespace(data="basicmotions", model="rf", name="bench-bm", sensor=None, window=50, hop=25,
-                                       test_size=0.25, trees=10, max_leaf_nodes=None, max_depth=None, epochs=0,
-                                       normal=None, target=None, seed=1, key_file=None)  # fmt: skip
+        from_args = TrainOptions(data="basicmotions", model="rf", name="bench-bm", sensor=None, window=50, hop=25,
+                                 test_size=0.25, trees=10, max_leaf_nodes=None, max_depth=None, epochs=0,
+                                 normal=None, target=None, seed=1, key_file=None)  # fmt: skip
         with tempfile.TemporaryDirectory() as t2:
             from_args.out = t2
             out = train(from_args)

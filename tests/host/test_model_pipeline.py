@@ -4,7 +4,6 @@ MicroPython, the C core, and the errors a user gets for bad input."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -18,7 +17,7 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.model import datasets, modelfile, parity
 from edgefleet.model import features as F
 from edgefleet.model.convert import load_trained
-from edgefleet.model.train import MODELS, predict
+from edgefleet.model.train import MODELS, TrainOptions, predict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,9 +169,9 @@ def test_integer_thresholds_match_sklearn_exactly(tmp_path, monkeypatch):
 
 
 def _args(tmp_path, model, **kw):
-    ns = argparse.Namespace(data="basicmotions", model=model, name=f"t-{model}", out=str(tmp_path), sensor=None,
-                            window=50, hop=25, test_size=0.25, trees=10, max_leaf_nodes=None, max_depth=None,
-                            epochs=150, normal=None, quantile=0.99, target=None, seed=1, key_file=None)  # fmt: skip
+    ns = TrainOptions(data="basicmotions", model=model, name=f"t-{model}", out=str(tmp_path), sensor=None,
+                      window=50, hop=25, test_size=0.25, trees=10, max_leaf_nodes=None, max_depth=None,
+                      epochs=150, normal=None, target=None, seed=1, key_file=None)  # fmt: skip
     for k, v in kw.items():
         setattr(ns, k, v)
     return ns

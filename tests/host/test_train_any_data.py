@@ -14,7 +14,7 @@ import pytest
 from edgefleet import cli
 from edgefleet.errors import EdgefleetError
 from edgefleet.model import anomaly, datasets, quantize
-from edgefleet.model.train import train
+from edgefleet.model.train import TrainOptions, train
 
 
 def _aeon_dir(name: str) -> Path:
@@ -214,12 +214,10 @@ def test_split_by_rule_keeps_the_datasets_split(tmp_path):
 
 
 def _ns(tmp_path, data, model, **kw):
-    import argparse
-
-    ns = argparse.Namespace(data=str(data), model=model, name="g", out=str(tmp_path / "models"), sensor=None,
-                            window=50, hop=25, test_size=0.25, trees=10, max_leaf_nodes=None, max_depth=None,
-                            epochs=50, normal=None, fpr=0.01, target=None, seed=1, key_file=None, board="sim",
-                            min_agreement=0.995, hidden=(32, 16), rate_hz=None, split_by=None)  # fmt: skip
+    ns = TrainOptions(data=str(data), model=model, name="g", out=str(tmp_path / "models"), sensor=None,
+                      window=50, hop=25, test_size=0.25, trees=10, max_leaf_nodes=None, max_depth=None,
+                      epochs=50, normal=None, fpr=0.01, target=None, seed=1, key_file=None, board="sim",
+                      min_agreement=0.995, hidden=(32, 16), rate_hz=None, split_by=None)  # fmt: skip
     for k, v in kw.items():
         setattr(ns, k, v)
     return ns

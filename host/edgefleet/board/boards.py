@@ -7,7 +7,6 @@ sensors naming buses that exist), and names the offending field in every error.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -205,35 +204,3 @@ def load_board(name_or_path: str | Path) -> Board:
 
 def available_boards() -> list[str]:
     return sorted(p.stem for p in boards_dir().glob("*.json") if p.name != "board.schema.json")
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    for name in available_boards():
-        b = load_board(name)
-        print(
-            f"{name:16} {b.chip:8} {b.arch:10} flash {b.flash_size // (1024 * 1024)} MB  "
-            f"heap {b.heap_bytes // 1024} KB  {len(b.data['sensors'])} sensors"
-        )
-    return 0
-
-
-def _cmd_validate(args: argparse.Namespace) -> int:
-    targets = args.boards or available_boards()
-    for t in targets:
-        b = load_board(t)
-        print(f"{b.path}: ok ({b.chip}, {b.arch})")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "boards",
-        help="list and validate board definitions (boards/*.json)",
-        epilog="examples:\n  edgefleet boards list\n  edgefleet boards validate sim ./my-board.json\n"
-        "A board argument (here and in --board) is a name in boards/ unless it contains / or ends in .json.",
-    )
-    s = p.add_subparsers(dest="boards_cmd", required=True)
-    s.add_parser("list", help="list known boards").set_defaults(func=_cmd_list)
-    v = s.add_parser("validate", help="validate board files (all by default); names the bad field")
-    v.add_argument("boards", nargs="*", help="board names or paths to JSON files")
-    v.set_defaults(func=_cmd_validate)

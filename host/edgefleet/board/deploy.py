@@ -10,7 +10,6 @@ file is hashed again on the board afterwards: a deploy that reports success has 
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import json
@@ -387,63 +386,31 @@ def deploy(link: Link, plan: Plan, progress: bool = True) -> DeployResult:
     return DeployResult(copied=todo, unchanged=[p for p in paths if p not in todo], removed=stale)
 
 
-def run_deploy(args: argparse.Namespace) -> DeployResult:
-    board = load_board(args.board)
-    key = read_key(Path(args.model_key_file)) if args.model_key_file else None
-    model = model_file(args.model, key) if args.model else None
-    ca = ca_file(Path(args.ca)) if args.ca else None
-    cfg = node_config(board, args.device_id, Path(args.config) if args.config else None, args.broker, model, key, ca)
-    plan = build_plan(board, cfg, model, [Path(m) for m in args.cmodule or []], ca)
-    link = open_link(args.transport, args.port, args.baud)
+def run_deploy(*, board: str, port: str, device_id: str, model: str | None = None,
+               model_key_file: str | None = None, config: str | None = None, broker: str | None = None,
+               ca: str | None = None, cmodule: list[str] | None = None, transport: str = "mpremote",
+               baud: int = 115200, force: bool = False, reset: bool = True, progress: bool = True) -> DeployResult:  # fmt: skip
+    """`edgefleet deploy` (and the HIL fixture): plan the board's files, check the board type unless `force`,
+    copy what changed, verify everything, and soft-reset the board afterwards when `reset`."""
+    b = load_board(board)
+    key = read_key(Path(model_key_file)) if model_key_file else None
+    efm = model_file(model, key) if model else None
+    ca_data = ca_file(Path(ca)) if ca else None
+    cfg = node_config(b, device_id, Path(config) if config else None, broker, efm, key, ca_data)
+    plan = build_plan(b, cfg, efm, [Path(m) for m in cmodule or []], ca_data)
+    link = open_link(transport, port, baud)
     ok = False
     try:
-        if not args.force:
-            check_board_type(link, board)
-        result = deploy(link, plan, progress=not args.quiet)
+        if not force:
+            check_board_type(link, b)
+        result = deploy(link, plan, progress=progress)
         ok = True
     finally:
-        link.close(reset=ok and not args.no_reset)
+        link.close(reset=ok and reset)
     return result
 
 
-def _cmd_deploy(args: argparse.Namespace) -> int:
-    r = run_deploy(args)
-    print(
-        f"deployed {args.device_id} to {args.port} ({args.board}): {len(r.copied)} copied, {len(r.unchanged)} "
-        f"unchanged, {len(r.removed)} stale removed; all {len(r.copied) + len(r.unchanged)} files verified (sha256)"
-    )
-    return 0
-
-
-def _cmd_repl(args: argparse.Namespace) -> int:
-    _check_port(args.port)
-    return subprocess.call([sys.executable, "-m", "mpremote", "connect", args.port, "repl"])
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("deploy", help="copy the node firmware (.mpy), config, board definition and model to a board")
-    p.add_argument("--board", required=True, help="board definition name (boards/NAME.json) or path")
-    p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 (or a virtual board's /dev/pts/N)")
-    p.add_argument("--device-id", required=True, help="the node's device id (topic and record id)")
-    p.add_argument("--model", help="model directory (models/NAME, its model.efm is deployed) or a .efm file")
-    p.add_argument(
-        "--model-key-file",
-        default=os.environ.get("EDGEFLEET_MODEL_KEY_FILE"),
-        help="model signing key (file of raw bytes, mode 600): the model must verify with it, and the node gets "
-        "it in its config so it loads only models signed with it (default: $EDGEFLEET_MODEL_KEY_FILE, else none)",
-    )
-    p.add_argument("--config", help="node config JSON (Wi-Fi, broker, credentials, rates); see docs/deploy.md")
-    p.add_argument("--broker", help="broker URL for the node, e.g. mqtt://192.168.1.10:1883 (overrides --config)")
-    p.add_argument(
-        "--ca", help="the broker's CA certificate (ca.pem from `edgefleet broker pki`): copied to the board as "
-        "ca.pem and set as broker.ca; required with an mqtts:// broker unless --config names one (default: none)",
-    )  # fmt: skip
-    p.add_argument("--cmodule", action="append", help="extra C module .mpy for the board's arch (repeatable)")
-    p.add_argument("--transport", choices=("mpremote", "ampy"), default="mpremote")
-    p.add_argument("--baud", type=int, default=115200)
-    p.add_argument("--force", action="store_true", help="deploy even if the board on the port is of another type")
-    p.add_argument("--no-reset", action="store_true", help="do not soft-reset the board afterwards")
-    p.set_defaults(func=_cmd_deploy)
-    r = sub.add_parser("repl", help="open the board's MicroPython REPL (mpremote; Ctrl-] to leave)")
-    r.add_argument("--port", required=True)
-    r.set_defaults(func=_cmd_repl)
+def open_repl(port: str) -> int:
+    """`edgefleet repl`: mpremote's interactive REPL on the port (checked first); its exit code."""
+    _check_port(port)
+    return subprocess.call([sys.executable, "-m", "mpremote", "connect", port, "repl"])

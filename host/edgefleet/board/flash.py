@@ -10,7 +10,6 @@ patched into the image so one write (and one verify) covers both.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import struct
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from ..errors import EdgefleetError
 from ..paths import project_root
 from . import parttable
-from .boards import Board, load_board
+from .boards import Board
 from .deploy import _check_port
 
 log = logging.getLogger(__name__)
@@ -225,42 +224,3 @@ def flash(
             except Exception:  # closing a port that died is not the user's problem
                 pass
     return found
-
-
-def _cmd_flash(args: argparse.Namespace) -> int:
-    board = load_board(args.board)
-    chip = flash(board, args.port, Path(args.firmware) if args.firmware else None, args.erase, args.baud,
-                 args.no_stub, progress=not args.quiet, connect_mode=args.before)  # fmt: skip
-    layout = "stock layout" if board.data.get("micropython", {}).get("stock_partitions", True) else "edgefleet table"
-    print(f"flashed MicroPython to the {chip} on {args.port} ({board.name}, {layout}); verified")
-    return 0
-
-
-def _cmd_parttable(args: argparse.Namespace) -> int:
-    board = load_board(args.board)
-    data = parttable.generate(board)
-    try:
-        Path(args.output).write_bytes(data)
-    except OSError as e:
-        raise EdgefleetError(f"cannot write the partition table to {args.output!r}: {e.strerror}") from None
-    for p in board.partitions():
-        print(parttable.describe(p))
-    print(f"wrote {args.output} ({len(data)} bytes, for {board.partition_table_offset:#x})")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("flash", help="flash MicroPython (and the board's partition table) to an ESP32 (esptool)")
-    p.add_argument("--board", required=True, help="board definition name or path")
-    p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
-    p.add_argument("--firmware", help="MicroPython .bin for the board (default build/firmware/<firmware_board>.bin)")
-    p.add_argument("--erase", action="store_true", help="erase the whole flash first (loses the node's data)")
-    p.add_argument("--baud", type=int, default=460800, help="baud rate for writing (default 460800)")
-    p.add_argument("--no-stub", action="store_true", help="talk to the ROM bootloader only (slower, no compression)")
-    p.add_argument("--before", default="default-reset", choices=("default-reset", "usb-reset", "no-reset"),
-                   help="how to get the chip into its bootloader (no-reset: you hold BOOT and tap EN yourself)")  # fmt: skip
-    p.set_defaults(func=_cmd_flash)
-    t = sub.add_parser("parttable", help="write the board's partition table binary (ESP-IDF format) to a file")
-    t.add_argument("--board", required=True)
-    t.add_argument("--output", "-o", required=True)
-    t.set_defaults(func=_cmd_parttable)

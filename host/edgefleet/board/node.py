@@ -9,7 +9,6 @@ same flash. Ctrl-C stops it: the node flushes its log and the broker publishes i
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -111,26 +110,29 @@ def supervise(argv: Sequence[str], env: dict[str, str], max_reboots: int | None 
         return rc
 
 
-def _cmd_node(args: argparse.Namespace) -> int:
-    board = load_board(args.board)
+def run_node(*, board_name: str = "sim", device_id: str, broker_url: str, flash_path: str,
+             scenario_path: str | None = None) -> int:  # fmt: skip
+    """`edgefleet node`: check everything the node needs, then run it in the foreground (restarted on reboot)
+    until it stops or is stopped."""
+    board = load_board(board_name)
     if not board.is_sim:
         raise EdgefleetError(
             f"board {board.name} is real hardware ({board.chip}); `edgefleet node` runs the sim board only",
             hint="use --board sim here; flash and deploy a real board with `edgefleet flash` / `edgefleet deploy`",
         )
-    if not DEVICE_ID.match(args.device_id):
-        raise EdgefleetError(f"bad device id {args.device_id!r}", hint="1 to 32 of A-Z a-z 0-9 _ -")
-    broker = check_broker_url(args.broker)
-    flash = check_flash_path(Path(args.flash), board)
+    if not DEVICE_ID.match(device_id):
+        raise EdgefleetError(f"bad device id {device_id!r}", hint="1 to 32 of A-Z a-z 0-9 _ -")
+    broker = check_broker_url(broker_url)
+    flash = check_flash_path(Path(flash_path), board)
     scenario = None
-    if args.scenario:
-        scenario = Path(args.scenario)
+    if scenario_path:
+        scenario = Path(scenario_path)
         if not scenario.is_file() or not os.access(scenario, os.R_OK):
             raise EdgefleetError(f"scenario file {scenario} does not exist or is not readable")
-    argv = node_argv(board, flash, args.device_id, broker, scenario)
+    argv = node_argv(board, flash, device_id, broker, scenario)
     log.info(
         "node %s on %s, broker %s, flash %s (heap: board %d bytes -> -X heapsize=%d with the sim hardware)",
-        args.device_id,
+        device_id,
         board.name,
         broker,
         flash,
@@ -145,24 +147,3 @@ def _cmd_node(args: argparse.Namespace) -> int:
     if rc not in (0, REBOOT_EXIT):
         raise EdgefleetError(f"node exited with code {rc}", hint="see the node's output above")
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "node",
-        help="run one simulated node (sim board) on the MicroPython unix port, in the foreground",
-        epilog="examples:\n"
-        "  edgefleet node --device-id node-001 --broker mqtt://127.0.0.1:1883 --flash node-001.img\n"
-        "  edgefleet node --device-id n2 --broker mqtt://127.0.0.1:1883 --flash n2.img --scenario faults.json\n"
-        "Ctrl-C or SIGTERM stops the node cleanly (its log is flushed); a `reboot` command restarts it.",
-    )
-    p.add_argument(
-        "--board",
-        default="sim",
-        help="board name (boards/NAME.json) or a path to a board .json file (default sim, the only one that runs here)",
-    )
-    p.add_argument("--device-id", required=True, help="the node's device id (topic <prefix>/<id>/...)")
-    p.add_argument("--broker", required=True, help="MQTT broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT")
-    p.add_argument("--flash", required=True, help="flash image file (created erased if missing, kept between runs)")
-    p.add_argument("--scenario", help="scenario JSON for the simulated sensors (default: built-in signals)")
-    p.set_defaults(func=_cmd_node)

@@ -9,7 +9,6 @@ is 200,000 messages (no byte limit), with headroom for 8x the demo rate. Persist
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import logging
 import shutil
@@ -272,27 +271,46 @@ class Mosquitto:
         self.stop()
 
 
-def _secure_files(args: argparse.Namespace, data_dir: Path) -> tuple[Path | None, Path | None]:
+@dataclass
+class BrokerOptions:
+    """What `edgefleet broker` runs with, one field per option, with the same defaults (the CLI takes them from
+    here)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    data_dir: str | None = None  # default: a new temporary directory
+    password_file: str | None = None  # mosquitto_passwd file; required unless allow_anonymous
+    allow_anonymous: bool = False  # loopback only
+    prefix: str = "edgefleet"
+    collector_user: list[str] | None = None  # default: [COLLECTOR_USER]
+    operator_user: list[str] | None = None  # default: [OPERATOR_USER]
+    tls_dir: str | None = None  # written by `edgefleet broker pki`: adds a TLS listener
+    tls_port: int = 8883
+    rabbitmq_cluster: int | None = None  # instead of mosquitto: N clustered RabbitMQ nodes
+    rabbitmq_users: str | None = None
+
+
+def _secure_files(opts: BrokerOptions, data_dir: Path) -> tuple[Path | None, Path | None]:
     """(password file, ACL file) for the broker CLI: logins and the generated ACL unless --allow-anonymous,
     which only a loopback listener may use (anyone on the network could otherwise publish as any device)."""
-    if args.allow_anonymous:
-        if not is_loopback(args.host):
+    if opts.allow_anonymous:
+        if not is_loopback(opts.host):
             raise EdgefleetError(
-                f"--allow-anonymous refused on {args.host}: an open broker on the network lets anyone publish as "
+                f"--allow-anonymous refused on {opts.host}: an open broker on the network lets anyone publish as "
                 "any device and send commands",
                 hint="use --password-file (logins + per-identity ACL) or listen on 127.0.0.1",
             )
-        if args.password_file:
+        if opts.password_file:
             raise EdgefleetError("--allow-anonymous and --password-file contradict each other")
-        log.warning("anonymous broker on %s: no logins, no ACL (loopback only, for development)", args.host)
+        log.warning("anonymous broker on %s: no logins, no ACL (loopback only, for development)", opts.host)
         return None, None
-    if not args.password_file:
+    if not opts.password_file:
         raise EdgefleetError(
             "the broker needs logins: --password-file FILE (mosquitto_passwd format)",
             hint="one user per device (user name = device id), plus 'collector' and 'operator'; "
             "mosquitto_passwd -c FILE collector. For a throwaway loopback broker: --allow-anonymous",
         )
-    password_file = Path(args.password_file).resolve()
+    password_file = Path(opts.password_file).resolve()
     if not password_file.is_file():
         raise EdgefleetError(
             f"password file {password_file} not found",
@@ -301,35 +319,34 @@ def _secure_files(args: argparse.Namespace, data_dir: Path) -> tuple[Path | None
     data_dir.mkdir(parents=True, exist_ok=True)
     acl_file = data_dir / "acl"
     acl_file.write_text(
-        render_acl(args.prefix, args.collector_user or [COLLECTOR_USER], args.operator_user or [OPERATOR_USER])
+        render_acl(opts.prefix, opts.collector_user or [COLLECTOR_USER], opts.operator_user or [OPERATOR_USER])
     )
     return password_file, acl_file
 
 
-def _cmd_broker(args: argparse.Namespace) -> int:
-    if getattr(args, "broker_cmd", None) == "pki":
-        return _cmd_pki(args)
-    if args.rabbitmq_cluster:  # issue 17: a RabbitMQ cluster instead of mosquitto; see edgefleet.broker.rabbitmq
+def run_broker(opts: BrokerOptions) -> int:
+    """`edgefleet broker`: a secure mosquitto (or a RabbitMQ cluster) in the foreground until Ctrl-C."""
+    if opts.rabbitmq_cluster:  # issue 17: a RabbitMQ cluster instead of mosquitto; see edgefleet.broker.rabbitmq
         from .rabbitmq import run_cluster
 
-        if not args.rabbitmq_users:
+        if not opts.rabbitmq_users:
             raise EdgefleetError("--rabbitmq-cluster needs --rabbitmq-users FILE", hint="lines `name password`")
-        return run_cluster(args.rabbitmq_cluster, args.rabbitmq_users, args.port, args.data_dir, args.prefix)
-    data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="edgefleet-broker-"))
-    password_file, acl_file = _secure_files(args, data_dir)
+        return run_cluster(opts.rabbitmq_cluster, opts.rabbitmq_users, opts.port, opts.data_dir, opts.prefix)
+    data_dir = Path(opts.data_dir) if opts.data_dir else Path(tempfile.mkdtemp(prefix="edgefleet-broker-"))
+    password_file, acl_file = _secure_files(opts, data_dir)
     tls = None
-    if args.tls_dir:
+    if opts.tls_dir:
         from .pki import existing
 
-        tls = existing(Path(args.tls_dir).resolve())
+        tls = existing(Path(opts.tls_dir).resolve())
     broker = Mosquitto(
         data_dir=data_dir,
-        host=args.host,
-        port=args.port,
+        host=opts.host,
+        port=opts.port,
         password_file=password_file,
         acl_file=acl_file,
         tls=tls,
-        tls_port=args.tls_port,
+        tls_port=opts.tls_port,
     )
     with broker:
         print(f"broker: {broker.url}  (config {broker.conf}, data {data_dir})", flush=True)
@@ -345,82 +362,14 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     raise EdgefleetError(f"mosquitto stopped unexpectedly; see {broker.log_path}")
 
 
-def _cmd_pki(args: argparse.Namespace) -> int:
+def make_pki(out: str, hosts_text: str, days: int = 825) -> int:
+    """`edgefleet broker pki`: a CA and the broker's server certificate for the comma-separated `hosts_text`."""
     from .pki import create
 
-    hosts = [h for h in args.hosts.split(",") if h.strip()]
-    files = create(Path(args.out), hosts, days=args.days)
+    hosts = [h for h in hosts_text.split(",") if h.strip()]
+    files = create(Path(out), hosts, days=days)
     print(f"CA certificate   {files.ca_cert}  (nodes: config broker.ca; collectors: --ca)")
     print(f"CA key           {files.ca_key}  (mode 600; keep it offline)")
     print(f"server cert/key  {files.server_cert} {files.server_key}  (SANs: {', '.join(hosts)})")
-    print(f"run: edgefleet broker --tls-dir {args.out} --password-file FILE")
+    print(f"run: edgefleet broker --tls-dir {out} --password-file FILE")
     return 0
-
-
-EXAMPLES = """examples:
-  edgefleet broker pki --out tls --hosts mqtt.lan,192.168.1.10
-  edgefleet broker --host 0.0.0.0 --password-file passwd --tls-dir tls
-  edgefleet broker --allow-anonymous          # throwaway loopback broker for development
-"""
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    desc = (
-        "Run mosquitto with a config suited to fleets (persistence, deep queues), secure by default: logins "
-        "required, a per-identity ACL (devices, collectors, operators), each client id pinned to its user "
-        "name, a message size limit, and a TLS listener with --tls-dir."
-    )
-    p = sub.add_parser(
-        "broker", help="run mosquitto for a fleet (logins, ACL, TLS)", description=desc, epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    p.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, default=1883, help="plain MQTT port (default: 1883)")
-    p.add_argument("--data-dir", help="persistence and config directory (default: a new temporary directory)")
-    p.add_argument(
-        "--password-file",
-        help="mosquitto_passwd file: one user per device (user name = device id), collector, operator (required "
-        "unless --allow-anonymous)",
-    )
-    p.add_argument(
-        "--allow-anonymous", action="store_true",
-        help="no logins and no ACL: development only, refused unless --host is a loopback address (default: off)",
-    )  # fmt: skip
-    p.add_argument("--acl", action="store_true", help=argparse.SUPPRESS)  # always on with logins (kept for old scripts)
-    p.add_argument("--prefix", default="edgefleet", help="topic prefix for the ACL (default: edgefleet)")
-    p.add_argument(
-        "--collector-user", action="append", default=None,
-        help="a collector's user name (repeat for several collectors; default: collector)",
-    )  # fmt: skip
-    p.add_argument(
-        "--operator-user", action="append", default=None,
-        help="a user allowed to send commands (repeat; default: operator)",
-    )  # fmt: skip
-    p.add_argument("--tls-dir", help="directory written by `edgefleet broker pki`: adds a TLS listener")
-    p.add_argument("--tls-port", type=int, default=8883, help="TLS listener port with --tls-dir (default: 8883)")
-    p.add_argument(
-        "--rabbitmq-cluster",
-        type=int,
-        metavar="N",
-        help="instead of mosquitto: N clustered RabbitMQ nodes on loopback, haproxy on --port for the nodes' MQTT, "
-        "AMQP for the collectors (docs/scale.md; default: off)",
-    )
-    p.add_argument(
-        "--rabbitmq-users",
-        help="with --rabbitmq-cluster: file of `name password` lines (collector, operator, device ids; mode 600)",
-    )
-    p.set_defaults(func=_cmd_broker, collector_user=None, operator_user=None)
-    bsub = p.add_subparsers(dest="broker_cmd")
-    k = bsub.add_parser(
-        "pki", help="create a CA and the broker's server certificate",
-        description="Create a CA and a server certificate whose SANs are --hosts (EC P-256; keys mode 600 from "
-        "creation). Nodes get ca.pem as config broker.ca, collectors as --ca.",
-        epilog="example:\n  edgefleet broker pki --out tls --hosts mqtt.lan,192.168.1.10,localhost",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    k.add_argument("--out", required=True, help="directory for ca.pem, ca.key, server.pem, server.key")
-    k.add_argument(
-        "--hosts", required=True, help="comma-separated host names and IP addresses the broker is reached by"
-    )
-    k.add_argument("--days", type=int, default=825, help="validity in days (default: 825)")
-    k.set_defaults(func=_cmd_broker)

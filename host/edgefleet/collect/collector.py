@@ -29,7 +29,6 @@ an MQTT 3.1.1 probe, so a 3.1.1-only broker (RabbitMQ's MQTT plugin) is named as
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import queue
@@ -680,120 +679,64 @@ def broker_password(password_file: str | None) -> str | None:
     return os.environ.get(PASSWORD_ENV) or None
 
 
-def _cmd_collect(args: argparse.Namespace) -> int:
+@dataclass
+class CollectOptions:
+    """What `edgefleet collect` runs with, one field per option, with the same defaults (the CLI takes them from
+    here)."""
+
+    broker: str = "mqtt://127.0.0.1:1883"  # no password in it: password_file or $EDGEFLEET_BROKER_PASSWORD
+    password_file: str | None = None
+    db: str = "sqlite:///fleet.db"
+    prefix: str = protocol.DEFAULT_PREFIX
+    group: str | None = None  # MQTT 5 shared subscription group
+    client_id: str | None = None
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    batch: int = 2000  # max messages per database transaction
+    batch_ms: float = 20.0
+    inflight: int = 1000
+    connect_timeout: float = 15.0
+    db_timeout: float = 10.0
+    dead_max_rows: int = DEAD_LETTER_MAX_ROWS
+    dead_max_mb: float = DEAD_LETTER_MAX_BYTES / 1024 / 1024
+    durability: str = "normal"  # normal | full
+    metrics: str | None = None  # [HOST:]PORT for Prometheus metrics
+
+
+def run_collector(opts: CollectOptions) -> int:
+    """`edgefleet collect`: open the database and collect until stopped; the exit code of Collector.run_forever."""
     refuse_password_in_url(
-        args.broker, "--broker", f"put it in a file given with --password-file (mode 600) or in ${PASSWORD_ENV}"
+        opts.broker, "--broker", f"put it in a file given with --password-file (mode 600) or in ${PASSWORD_ENV}"
     )
-    refuse_password_in_url(args.db, "--db", "use $PGPASSWORD or a ~/.pgpass file (libpq reads both)")
-    password = broker_password(args.password_file)
-    if args.group and not args.client_id:
+    refuse_password_in_url(opts.db, "--db", "use $PGPASSWORD or a ~/.pgpass file (libpq reads both)")
+    password = broker_password(opts.password_file)
+    if opts.group and not opts.client_id:
         log.warning("--group without --client-id: give every collector of the group its own stable --client-id")
-    storage = open_storage(args.db, durability=args.durability, create=True, busy_timeout_s=args.db_timeout)
-    storage.dead_max_rows = args.dead_max_rows
-    storage.dead_max_bytes = int(args.dead_max_mb * 1024 * 1024)
-    log.info("database %s (%s, schema v%d)", redact_url(args.db), storage.name, storage.schema_version())
+    storage = open_storage(opts.db, durability=opts.durability, create=True, busy_timeout_s=opts.db_timeout)
+    storage.dead_max_rows = opts.dead_max_rows
+    storage.dead_max_bytes = int(opts.dead_max_mb * 1024 * 1024)
+    log.info("database %s (%s, schema v%d)", redact_url(opts.db), storage.name, storage.schema_version())
     try:
         c = Collector(
-            args.broker,
+            opts.broker,
             storage,
-            prefix=args.prefix,
-            group=args.group,
-            client_id=args.client_id,
-            ca=args.ca,
-            cert=args.cert,
-            key=args.key,
-            batch_max=args.batch,
-            batch_ms=args.batch_ms,
-            inflight=args.inflight,
-            connect_timeout=args.connect_timeout,
+            prefix=opts.prefix,
+            group=opts.group,
+            client_id=opts.client_id,
+            ca=opts.ca,
+            cert=opts.cert,
+            key=opts.key,
+            batch_max=opts.batch,
+            batch_ms=opts.batch_ms,
+            inflight=opts.inflight,
+            connect_timeout=opts.connect_timeout,
             password=password,
         )
-        if getattr(args, "metrics", None):
+        if opts.metrics:
             from ..console.metrics import serve_metrics
 
-            serve_metrics(c, args.metrics)
+            serve_metrics(c, opts.metrics)
         return c.run_forever()
     finally:
         storage.close()
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "collect",
-        help="store fleet telemetry from MQTT in SQLite or PostgreSQL, each record once",
-        epilog="examples:\n"
-        "  edgefleet collect --broker mqtt://127.0.0.1:1883 --db sqlite:///fleet.db --client-id collector-1\n"
-        "  EDGEFLEET_BROKER_PASSWORD=... edgefleet collect --broker mqtts://collector@broker:8883 --ca ca.pem \\\n"
-        "      --db postgresql://fleet@db/fleet --group g --client-id collector-2\n"
-        "  edgefleet collect --password-file /etc/edgefleet/collector.pw --dead-max-rows 10000\n"
-        "  edgefleet collect --broker amqp://collector@rmq1:5672,rmq2:5672,rmq3:5672/ --db postgresql://fleet@db/fleet\n"
-        "see docs/collect.md (outages, dead letters, credentials)",
-    )
-    p.add_argument(
-        "--broker",
-        default="mqtt://127.0.0.1:1883",
-        help="mqtt://[user@]host:port or mqtts://... (MQTT 5), or amqp://[user@]host:port[,host:port...]/vhost "
-        "(RabbitMQ, docs/scale.md); no password here: see --password-file (default: %(default)s)",
-    )
-    p.add_argument(
-        "--password-file",
-        help=f"file whose first line is the broker password (mode 600); default: ${PASSWORD_ENV} if set",
-    )
-    p.add_argument(
-        "--db",
-        default="sqlite:///fleet.db",
-        help="sqlite:///fleet.db (default; created if missing) or postgresql://user@host/db (password: $PGPASSWORD)",
-    )
-    p.add_argument("--prefix", default=protocol.DEFAULT_PREFIX, help="topic prefix (default: edgefleet)")
-    p.add_argument("--group", help="MQTT 5 shared subscription group: collectors in one group split the traffic")
-    p.add_argument("--client-id", help="stable MQTT client id: the broker keeps this id's session while it is down")
-    p.add_argument("--ca", help="CA certificate file for TLS (mqtts://)")
-    p.add_argument("--cert", help="client certificate file for TLS")
-    p.add_argument("--key", help="client private key file for TLS")
-    p.add_argument(
-        "--batch", type=int, default=2000, help="max messages per database transaction (default: %(default)s)"
-    )
-    p.add_argument(
-        "--batch-ms", type=float, default=20.0, help="max wait to fill a batch, in ms (default: %(default)s)"
-    )
-    p.add_argument(
-        "--inflight", type=int, default=1000, help="max unacknowledged messages from the broker (default: %(default)s)"
-    )
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=15.0,
-        help="give up if the first connection fails for this long (s, default: %(default)s)",
-    )
-    p.add_argument(
-        "--db-timeout",
-        type=float,
-        default=10.0,
-        help="SQLite: wait this long (s) for another writer's lock before reporting an outage and retrying "
-        "(default 10)",
-    )
-    p.add_argument(
-        "--dead-max-rows",
-        type=int,
-        default=DEAD_LETTER_MAX_ROWS,
-        help=f"keep at most this many dead letters, oldest pruned (default {DEAD_LETTER_MAX_ROWS})",
-    )
-    p.add_argument(
-        "--dead-max-mb",
-        type=float,
-        default=DEAD_LETTER_MAX_BYTES / 1024 / 1024,
-        help=f"keep at most this many MB of dead-letter payloads, oldest pruned "
-        f"(default {DEAD_LETTER_MAX_BYTES // 1024 // 1024})",
-    )
-    p.add_argument(
-        "--durability",
-        choices=("normal", "full"),
-        default="normal",
-        help="SQLite: normal survives a collector crash, full also a power loss (fsync per batch; default: %(default)s)",
-    )
-    p.add_argument(
-        "--metrics",
-        metavar="[HOST:]PORT",
-        help="serve Prometheus metrics on this address (loopback unless a host is given), e.g. 9108",
-    )
-    p.set_defaults(func=_cmd_collect)

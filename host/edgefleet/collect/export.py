@@ -8,7 +8,6 @@ columns, the second streams rows, so memory stays flat for any export size.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as dt
 import logging
@@ -112,42 +111,25 @@ def _cell(x: object) -> object:
     return "" if x is None else x
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    out = check_out_path(args.out)
-    refuse_password_in_url(args.db, "--db", "use $PGPASSWORD or a ~/.pgpass file (libpq reads both)")
-    store = open_storage(args.db, create=False)
+def export_db(db: str, out_text: str, *, devices: list[str] | None = None, since: str | None = None,
+              until: str | None = None, sensors: list[str] | None = None, progress: bool = True) -> tuple[Path, int]:  # fmt: skip
+    """`edgefleet export`: the readings of the database at `db` (never created) that match, to the CSV
+    `out_text`; times are epoch ms or ISO 8601. Returns (the CSV's path, readings written)."""
+    out = check_out_path(out_text)
+    refuse_password_in_url(db, "--db", "use $PGPASSWORD or a ~/.pgpass file (libpq reads both)")
+    store = open_storage(db, create=False)
     try:
         n = export_csv(
             store,
             out,
-            devices=args.device or None,
-            since_ms=parse_time(args.since) if args.since else None,
-            until_ms=parse_time(args.until) if args.until else None,
-            sensors=args.sensor or None,
-            progress=not args.quiet,
+            devices=devices or None,
+            since_ms=parse_time(since) if since else None,
+            until_ms=parse_time(until) if until else None,
+            sensors=sensors or None,
+            progress=progress,
         )
     finally:
         store.close()
     if n == 0:
         log.warning("no readings matched; %s has only the header", out)
-    print(f"exported {n} readings to {out}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export readings to the CSV the training pipeline reads",
-        epilog="examples:\n  edgefleet export --db sqlite:///fleet.db --out data.csv\n"
-        "  edgefleet export --device node-001 --sensor imu --since 2026-11-26T08:00 --out imu.csv\n"
-        "see docs/data-format.md",
-    )
-    p.add_argument(
-        "--db", default="sqlite:///fleet.db", help="the collector's database URL, never created (default: %(default)s)"
-    )
-    p.add_argument("--device", action="append", help="only this device (repeatable)")
-    p.add_argument("--since", help="from this time on (epoch ms or ISO 8601, UTC), by the node's ts")
-    p.add_argument("--until", help="before this time (epoch ms or ISO 8601, UTC)")
-    p.add_argument("--sensor", action="append", help="only this sensor (repeatable)")
-    p.add_argument("--out", required=True, help="CSV file to write")
-    p.set_defaults(func=_cmd_export)
+    return out, n

@@ -4,13 +4,9 @@ lost upstream (gaps in seq). Reads only the database the collector writes, so it
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
-import sys
 
-from ..redact import refuse_password_in_url
-from .storage import DeviceRow, open_storage
+from .storage import DeviceRow
 from .storage.base import BOOT_COUNTERS, SEQ_JUMP, LogCounters
 
 COUNTERS = ("sampled", "logged", "published", "dropped", "rejected", "reconnects", "corrupt", "stored")
@@ -187,45 +183,3 @@ def render_table(rows: list[DeviceRow]) -> str:
     lines.append("state, safe, fw, model and heap of an offline device are from its last online status")
     lines.append(LIFETIME_NOTE)
     return "\n".join(lines)
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    refuse_password_in_url(args.db, "--db", "use $PGPASSWORD or a ~/.pgpass file (libpq reads both)")
-    store = open_storage(args.db, create=False)
-    try:
-        rows = store.fleet()
-        dead = store.counts()["dead_letter"]
-        pruned = store.counter("dead_letter_pruned")
-    finally:
-        store.close()
-    if args.json:
-        devices = [{**r.as_dict(), **device_summary(r)} for r in rows]
-        doc = {"devices": devices, "dead_letters": dead, "dead_letters_pruned": pruned}
-        json.dump(doc, sys.stdout, indent=2)
-        print()
-    else:
-        print(render_table(rows))
-        if dead or pruned:
-            print(
-                f"{dead} dead letters (rejected messages) in the database"
-                + (f", {pruned} older ones pruned by the dead-letter cap" if pruned else "")
-            )
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fleet", help="fleet status from the collector's database")
-    fsub = p.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", required=True)
-    s = fsub.add_parser(
-        "status",
-        help="online/offline, last seen, counters, flash logs and seq gaps per device",
-        description="online/offline, last seen, counters, flash logs and seq gaps per device",
-        epilog="examples:\n  edgefleet fleet status --db sqlite:///fleet.db\n"
-        "  PGPASSWORD=... edgefleet fleet status --db postgresql://fleet@db/fleet --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    s.add_argument(
-        "--db", default="sqlite:///fleet.db", help="the collector's database URL, never created (default: %(default)s)"
-    )
-    s.add_argument("--json", action="store_true", help="print the same data as JSON")
-    s.set_defaults(func=_cmd_status)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -32,7 +31,7 @@ import numpy as np
 
 from .. import procs
 from ..errors import EdgefleetError
-from ..paths import models_dir, writable_dir
+from ..paths import models_dir
 from ..sim.simulate import Fleet, activity_scenario, basicmotions_replay, fault_scenario
 
 log = logging.getLogger(__name__)
@@ -60,12 +59,10 @@ def ensure_model(name: str = MODEL_NAME) -> Path:
             return out
         except EdgefleetError as e:
             log.warning("model %s does not verify (%s): training it again", efm, e)
-    from ..cli import build_parser
-    from ..model.train import train
+    from ..model.train import TrainOptions, train
 
-    args = build_parser().parse_args(["train", "--data", "basicmotions", "--model", "rf", "--name", name])
     log.info("model: training %s on BasicMotions", name)
-    return train(args)
+    return train(TrainOptions(data="basicmotions", model="rf", name=name))
 
 
 def start_collector(url: str, db: Path, logfile: Path, client_id: str = "edgefleet-demo-collector") -> subprocess.Popen:
@@ -335,8 +332,7 @@ def forecast_accuracy(db: Path, work: Path, window: int = 10) -> dict:
     x = train.feature_matrix(w)
     scaling = modelfile.Scaling.fit(x[tr])
     xq = scaling.apply(x).astype(np.float64)
-    args = argparse.Namespace(trees=10, max_depth=None, seed=1)
-    est = train.fit("forecast", xq[tr], y[tr], 0, args)
+    est = train.fit("forecast", xq[tr], y[tr], 0, trees=10, max_depth=None, seed=1)
     pred = est.predict(xq[te])
     extra = forecast_node.testset_extra(w, te)
     m = forecast_node.regress_metrics({"y": y[te], **extra}, pred)
@@ -582,14 +578,15 @@ def clear_previous_run(work: Path, keep: bool) -> None:
     (work / RUN_MARKER).write_text("a directory of `edgefleet demo`: the next run clears it\n")
 
 
-def run_demo(args: argparse.Namespace) -> dict:
+def run_demo(*, workdir: str = "demo", devices: int = 20, duration: float = 60, keep: bool = False) -> dict:
+    """`edgefleet demo`: the whole run in `workdir` (a previous run there is cleared unless `keep`); the report."""
     from tqdm import tqdm
 
-    work = Path(args.dir).resolve()
-    clear_previous_run(work, args.keep)
+    work = Path(workdir).resolve()
+    clear_previous_run(work, keep)
     db = work / "fleet.db"
     model_dir = ensure_model()
-    n = args.devices
+    n = devices
     ids = [f"node-{i + 1:03d}" for i in range(n)]
     plans: list[NodePlan] = []
     (work / "nodes").mkdir(exist_ok=True)
@@ -599,7 +596,7 @@ def run_demo(args: argparse.Namespace) -> dict:
             segs = basicmotions_replay(replay, 100 + i)
             plans.append(NodePlan(dev, "activity", activity_scenario(replay, 100 + i), segs, replay))
         else:
-            plans.append(NodePlan(dev, "faults", fault_scenario(100 + i, args.duration)))
+            plans.append(NodePlan(dev, "faults", fault_scenario(100 + i, duration)))
     broker = Fleet.secure_broker(work, ids).start()
     collector = None
     fleet = None
@@ -613,17 +610,17 @@ def run_demo(args: argparse.Namespace) -> dict:
         cut_node, stop_node = 1, n - 2 if n > 3 else n - 1
         t0 = time.monotonic()
         events_done = set()
-        with tqdm(total=int(args.duration), unit="s", desc="fleet run", dynamic_ncols=True) as bar:
-            while (el := time.monotonic() - t0) < args.duration:
+        with tqdm(total=int(duration), unit="s", desc="fleet run", dynamic_ncols=True) as bar:
+            while (el := time.monotonic() - t0) < duration:
                 time.sleep(1)
                 bar.update(1)
-                if el > args.duration * 0.4 and "cut" not in events_done and n > 2:
+                if el > duration * 0.4 and "cut" not in events_done and n > 2:
                     fleet.kill(cut_node)
                     events_done.add("cut")
-                if el > args.duration * 0.5 and "boot" not in events_done and n > 2:
+                if el > duration * 0.5 and "boot" not in events_done and n > 2:
                     fleet.restart(cut_node)
                     events_done.add("boot")
-                if el > args.duration * 0.75 and "stop" not in events_done and n > 3:
+                if el > duration * 0.75 and "stop" not in events_done and n > 3:
                     fleet.stop_node(stop_node)
                     events_done.add("stop")
                 s = fleet.summary()
@@ -764,26 +761,3 @@ def build_report(db, plans, end_status, boot_ms, run_end_ms, boots, flash, l_inf
         "forecast_plot": forecast_plot,
         "commands": commands,
     }
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    if args.devices < 1:
-        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
-    if args.duration <= 0:
-        raise EdgefleetError(f"--duration must be a positive number of seconds (got {args.duration})")
-    writable_dir(args.dir, "--dir")  # before a broker or a node starts
-    t0 = time.monotonic()
-    report = run_demo(args)
-    print(render_text(report))
-    print(f"\n{report['summary']}  ({time.monotonic() - t0:.0f} s)")
-    print("\nLook further:\n  " + report["commands"].replace("\n", "\n  "))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="broker + collector + 20 simulated nodes for 60 s, then a fleet report")
-    p.add_argument("--devices", type=int, default=20, help="number of simulated nodes (default 20)")
-    p.add_argument("--duration", type=float, default=60, help="seconds the fleet runs (default 60)")
-    p.add_argument("--dir", default="demo", help="working directory: database, logs, report.html (default ./demo)")
-    p.add_argument("--keep", action="store_true", help="keep a previous run's directory instead of clearing it")
-    p.set_defaults(func=_cmd_demo)

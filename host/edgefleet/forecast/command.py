@@ -19,32 +19,33 @@ for the resampling rule, the gap handling and what each column of the backtest t
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from ..errors import EdgefleetError
-from . import forecast, models, report, series
+from . import forecast, report, series
 
 log = logging.getLogger(__name__)
 
 
-def _cmd_forecast(args: argparse.Namespace) -> int:
-    if args.action == "import-series":
-        return _cmd_import(args)
-    missing = [o for o in ("device", "sensor", "channel", "horizon") if not getattr(args, o)]
+def run_forecast(*, db: str, device: str | None, sensor: str | None, channel: str | None, horizon: str | None,
+                 model: str = "auto", step: str | None = None, season: int | None = None, folds: int = 5,
+                 max_gap: int = 3, out: str | None = None, progress: bool = True) -> int:  # fmt: skip
+    """`edgefleet forecast`: backtest, forecast and print the report; writes its files to `out`."""
+    given = {"device": device, "sensor": sensor, "channel": channel, "horizon": horizon}
+    missing = [o for o, v in given.items() if not v]
     if missing:
         raise EdgefleetError(
             "missing " + ", ".join("--" + m for m in missing),
             hint="edgefleet forecast --db URL --device D --sensor S --channel C --horizon 6h",
         )
-    out = Path(args.out or f"forecast-{args.device}-{args.sensor}-{args.channel}")
-    if not out.parent.exists():
-        raise EdgefleetError(f"directory {out.parent} does not exist")
+    out_dir = Path(out or f"forecast-{device}-{sensor}-{channel}")
+    if not out_dir.parent.exists():
+        raise EdgefleetError(f"directory {out_dir.parent} does not exist")
     r = forecast(
-        args.db, args.device, args.sensor, args.channel, series.parse_duration(args.horizon), model=args.model,
-        step_ms=series.parse_duration(args.step) if args.step else None, season=args.season, folds=args.folds,
-        max_gap=args.max_gap, out=out, progress=not args.quiet,
+        db, device, sensor, channel, series.parse_duration(horizon), model=model,
+        step_ms=series.parse_duration(step) if step else None, season=season, folds=folds,
+        max_gap=max_gap, out=out_dir, progress=progress,
     )  # fmt: skip
     s, bt = r.series, r.backtest
     print(s.summary())
@@ -53,47 +54,24 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     print(f"\nbacktest: {bt.folds} folds of {bt.h} steps ({series.fmt_duration(bt.h * s.step_ms)}), season {bt.season}")
     print(report.table(bt))
     print(report.verdict(bt))
-    print(f"\nforecast by {r.model}: {out}/forecast.csv (80%/95% intervals), {out}/forecast.png, {out}/backtest.csv")
+    print(f"\nforecast by {r.model}: {out_dir}/forecast.csv (80%/95% intervals), {out_dir}/forecast.png, "
+          f"{out_dir}/backtest.csv")  # fmt: skip
     return 0
 
 
-def _cmd_import(args: argparse.Namespace) -> int:
-    if not args.series or not args.device:
+def import_series(db: str, series_name: str | None, device: str | None) -> int:
+    """`edgefleet forecast import-series`: store a bundled real series as `device`'s readings in `db`."""
+    if not series_name or not device:
         raise EdgefleetError(
             "import-series needs --series and --device", hint="one of " + ", ".join(series.REAL_SERIES)
         )
     from ..collect.storage import open_storage
 
-    ts, y, sensor, channel = series.real_series(args.series)
-    store = open_storage(args.db)
+    ts, y, sensor, channel = series.real_series(series_name)
+    store = open_storage(db)
     try:
-        n = series.import_readings(store, args.device, sensor, channel, ts, y)
+        n = series.import_readings(store, device, sensor, channel, ts, y)
     finally:
         store.close()
-    print(f"stored {n} readings of {args.series} as {args.device}/{sensor}/{channel} in {args.db}")
+    print(f"stored {n} readings of {series_name} as {device}/{sensor}/{channel} in {db}")
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "forecast", help="forecast a channel of stored telemetry, backtested against naive baselines",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    p.add_argument("action", nargs="?", choices=["import-series"], help="import-series: store a bundled real series")
-    p.add_argument("--db", default="sqlite:///fleet.db", help="the fleet database URL (default sqlite:///fleet.db)")
-    p.add_argument("--device", help="device id")
-    p.add_argument("--sensor", help="sensor name, e.g. env")
-    p.add_argument("--channel", help="channel of the sensor, e.g. temperature")
-    p.add_argument("--horizon", help="how far ahead: 90s, 30m, 6h, 2d (rounded up to whole steps)")
-    p.add_argument(
-        "--model", default="auto",
-        help=f"auto (default: the backtest's best of {', '.join(models.AUTO_CANDIDATES)}), one of "
-        f"{', '.join(models.MODELS)}, or a comma list to choose from",
-    )  # fmt: skip
-    p.add_argument("--step", help="grid step, e.g. 1m (default: the median interval between readings)")
-    p.add_argument("--season", type=int, help="season length in steps (default: a day, when the step divides it)")
-    p.add_argument("--folds", type=int, default=5, help="rolling-origin backtest folds (default 5)")
-    p.add_argument("--max-gap", type=int, default=3, help="longest gap in steps that is interpolated (default 3)")
-    p.add_argument("--out", help="output directory (default forecast-<device>-<sensor>-<channel>)")
-    p.add_argument("--series", help=f"import-series: one of {', '.join(series.REAL_SERIES)}")
-    p.set_defaults(func=_cmd_forecast)

@@ -7,7 +7,6 @@ checkout. Before running make we check each ingredient and name exactly what is 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -120,18 +119,3 @@ def build(board: str, mpy_dir: str | None, out: Path | None = None) -> Path:
         target = target_dir / "efm.mpy"
         shutil.copyfile(mpy, target)
     return target
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    path = build(args.board, args.mpy_dir or os.environ.get("MPY_DIR"), Path(args.out) if args.out else None)
-    print(f"built {path} ({path.stat().st_size} bytes); deploy it as lib/efm.mpy on the board")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build-module", help="build the emlearn-based `efm` C module as a native .mpy for a board",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--board", required=True, help="board name (boards/<name>.json) whose arch to build for")
-    p.add_argument("--mpy-dir", help="MicroPython source checkout (default $MPY_DIR)")
-    p.add_argument("--out", help="output directory (default ./build/efm-<arch>)")
-    p.set_defaults(func=_cmd)

@@ -10,7 +10,6 @@ error), and appends one row per node to a captures file: device,sensor,label,sta
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -171,43 +170,3 @@ def read_captures(path: Path) -> list[Capture]:
         except (IndexError, ValueError) as e:
             raise EdgefleetError(f"{path}:{i}: bad row ({e})") from None
     return out
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    rows = capture(args.broker, args.device, args.sensor, args.label, parse_duration(getattr(args, "for")),
-                   Path(args.out), args.prefix, args.restore_every, args.ca, args.cert, args.key)  # fmt: skip
-    print(f"captured {rows[0].sensor} as {rows[0].label!r} on {len(rows)} node(s) for "
-          f"{(rows[0].end_ms - rows[0].start_ms) / 1000:.1f} s; intervals appended to {args.out}")  # fmt: skip
-    return 0
-
-
-EXAMPLES = """examples:
-  edgefleet capture --device n1 --sensor imu --label walking --for 60s
-  edgefleet capture --device n1 --device n2 --sensor imu --label idle --for 2m --broker mqtts://op:pw@fleet:8883
-  edgefleet export --out export.csv --sensors imu && edgefleet train --data export.csv --labels captures.csv --name walk
-"""
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("capture", help="record labelled full-rate sensor data from chosen nodes for a while",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--device", action="append", required=True, help="node id (repeat for several nodes)")
-    p.add_argument("--sensor", required=True, help="board sensor name to log at full rate, e.g. imu")
-    p.add_argument("--label", required=True, help="label for the captured interval, e.g. walking")
-    p.add_argument("--for", required=True, metavar="DURATION", help="how long: 60s, 2m, 1h")
-    p.add_argument(
-        "--broker",
-        default="mqtt://127.0.0.1:1883",
-        help="mqtt://[user:pass@]host:port or mqtts://... as the operator identity (default mqtt://127.0.0.1:1883)",
-    )
-    p.add_argument("--prefix", default=protocol.DEFAULT_PREFIX, help="topic prefix (default: edgefleet)")
-    p.add_argument("--out", default="captures.csv", help="captures file to append to (default captures.csv)")
-    p.add_argument(
-        "--restore-every",
-        type=int,
-        help="log_every to restore afterwards (default: the node's default for the sensor, imu 10)",
-    )
-    p.add_argument("--ca", help="CA certificate file for TLS (mqtts://)")
-    p.add_argument("--cert", help="client certificate file for TLS")
-    p.add_argument("--key", help="client private key file for TLS")
-    p.set_defaults(func=_cmd)

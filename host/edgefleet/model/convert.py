@@ -7,7 +7,6 @@ ESP32-DevKitC heap, and our C core (firmware/cmodule) on the same model file. Ev
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -19,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgefleetError
-from ..paths import models_dir
 from . import modelfile, parity
 
 log = logging.getLogger(__name__)
@@ -316,27 +314,3 @@ def _board_heap(board: str | None) -> int:
 def _jsonable(v):
     """params for the manifest: tuples as lists, numpy scalars as numbers."""
     return json.loads(json.dumps(v, default=lambda o: o.item() if hasattr(o, "item") else list(o)))
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from .train import headline
-
-    out = Path(args.out or models_dir()) / args.name
-    m = convert(out, key=load_key(args.key_file), min_agreement=args.min_agreement)
-    p = m["parity"]
-    print(f"{out}/: {headline(m)}; parity b=c {p['b_vs_c']:.2%}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="regenerate models/<name>/ (model.efm, model.h, manifest, report)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--name", required=True, help="models/<name>/ holding trained.pkl from `edgefleet train`")
-    p.add_argument("--out", help="parent directory instead of models/")
-    p.add_argument("--key-file", help="HMAC key file to sign the model file (default: $EDGEFLEET_MODEL_KEY_FILE)")
-    p.add_argument(
-        "--min-agreement",
-        type=float,
-        help="fail below this host/node agreement on the test split (default: the one train used, 0.995)",
-    )
-    p.set_defaults(func=_cmd_convert)

@@ -7,8 +7,6 @@ and report.html, after measuring parity between the trained model, emlearn's C c
 
 from __future__ import annotations
 
-import argparse
-import copy
 import logging
 import os
 import pickle
@@ -36,6 +34,36 @@ TREE_MODELS = ("rf", "dt", "et", "forecast")
 DEFAULT_BOARD = "esp32-devkitc"
 DEFAULT_HIDDEN = (32, 16)
 MIN_AGREEMENT = 0.995
+
+
+@dataclass
+class TrainOptions:
+    """What `train` needs, one field per `edgefleet train` option, with the same defaults (the CLI takes its
+    defaults from here): code that trains a model (the demo, tests, benchmarks) names only what it changes."""
+
+    data: str  # export CSV path, or 'basicmotions'
+    name: str  # models/<name>/ to write
+    model: str = "rf"  # one of MODELS
+    out: str | None = None  # parent directory instead of models/
+    sensor: str | None = None
+    window: int = 50
+    hop: int = 25
+    test_size: float = 0.25
+    trees: int = 10
+    max_leaf_nodes: int | None = None
+    max_depth: int | None = None
+    epochs: int = 200
+    normal: str | None = None
+    fpr: float = 0.01
+    board: str = DEFAULT_BOARD
+    min_agreement: float = MIN_AGREEMENT
+    hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    rate_hz: float | None = None
+    split_by: str | None = None
+    target: str | None = None
+    seed: int = 1
+    key_file: str | None = None
+    labels: str | None = None  # captures file (capture.read_captures): keep and label only those intervals
 
 
 @dataclass
@@ -143,28 +171,27 @@ def fit_keras(xs: np.ndarray, y: np.ndarray, n_classes: int, seed: int, epochs: 
     return model
 
 
-def fit(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse.Namespace):
+def fit(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, *, seed: int, trees: int = 10,
+        max_leaf_nodes: int | None = None, max_depth: int | None = None, epochs: int = 200,
+        hidden: tuple[int, ...] | None = DEFAULT_HIDDEN):  # fmt: skip
     """Fit one model kind on int16-quantized features; nets and the envelope see them as q / 32768."""
     from sklearn import ensemble, tree
     from sklearn.neural_network import MLPClassifier
 
-    seed = args.seed
     if kind in ("rf", "et"):
         cls = ensemble.RandomForestClassifier if kind == "rf" else ensemble.ExtraTreesClassifier
-        est = cls(
-            n_estimators=args.trees, max_leaf_nodes=args.max_leaf_nodes, max_depth=args.max_depth, random_state=seed
-        )
-        for n in tqdm(range(1, args.trees + 1), desc=kind, unit="tree", disable=None):
+        est = cls(n_estimators=trees, max_leaf_nodes=max_leaf_nodes, max_depth=max_depth, random_state=seed)
+        for n in tqdm(range(1, trees + 1), desc=kind, unit="tree", disable=None):
             est.set_params(n_estimators=n, warm_start=True)
             est.fit(xq, y)
         return est
     if kind == "dt":
-        return tree.DecisionTreeClassifier(
-            max_leaf_nodes=args.max_leaf_nodes, max_depth=args.max_depth, random_state=seed
-        ).fit(xq, y)
+        return tree.DecisionTreeClassifier(max_leaf_nodes=max_leaf_nodes, max_depth=max_depth, random_state=seed).fit(
+            xq, y
+        )
     if kind == "mlp-sk":
         est = MLPClassifier(
-            tuple(getattr(args, "hidden", None) or DEFAULT_HIDDEN),
+            tuple(hidden or DEFAULT_HIDDEN),
             max_iter=1,
             warm_start=True,
             random_state=seed,
@@ -177,17 +204,15 @@ def fit(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            for _ in tqdm(range(args.epochs), desc="mlp-sk", unit="epoch", disable=None):
+            for _ in tqdm(range(epochs), desc="mlp-sk", unit="epoch", disable=None):
                 est.fit(xq / 32768.0, y)
         return est
     if kind == "mlp-keras":
-        return fit_keras(
-            xq / 32768.0, y, n_classes, seed, args.epochs, tuple(getattr(args, "hidden", None) or DEFAULT_HIDDEN)
-        )
+        return fit_keras(xq / 32768.0, y, n_classes, seed, epochs, tuple(hidden or DEFAULT_HIDDEN))
     if kind == "anomaly":
         return fit_envelope(xq / 32768.0, seed)
     if kind == "forecast":
-        est = ensemble.RandomForestRegressor(n_estimators=args.trees, max_depth=args.max_depth or 10, random_state=seed)
+        est = ensemble.RandomForestRegressor(n_estimators=trees, max_depth=max_depth or 10, random_state=seed)
         return est.fit(xq, y)
     raise EdgefleetError(f"unknown model {kind}", hint="one of " + ", ".join(MODELS))
 
@@ -261,12 +286,12 @@ def mutual_information(xq: np.ndarray, y: np.ndarray, names: list[str], seed: in
 # ---------------------------------------------------------------- the command
 
 
-def model_rate(w: datasets.Windows, args: argparse.Namespace) -> float | None:
+def model_rate(w: datasets.Windows, opts: TrainOptions) -> float | None:
     """The rate the model runs at: --rate-hz, else (classifiers, anomaly) the node's default rate for the sensor
     (firmware config), else the data's. Data at another rate is refused: its windows would span another length of time."""
-    want = getattr(args, "rate_hz", None)
+    want = opts.rate_hz
     source = "--rate-hz"
-    if want is None and args.model == "forecast":
+    if want is None and opts.model == "forecast":
         return (
             w.rate_hz
         )  # forecasts run on the series' own rate (often resampled, docs/forecast.md); checked with --rate-hz
@@ -276,11 +301,11 @@ def model_rate(w: datasets.Windows, args: argparse.Namespace) -> float | None:
     if want is None:
         return w.rate_hz
     if w.rate_hz is None:
-        log.warning("%s: sample rate unknown (no rate_hz column, no ts_ms steps); assuming %g Hz", args.data, want)
+        log.warning("%s: sample rate unknown (no rate_hz column, no ts_ms steps); assuming %g Hz", opts.data, want)
         return float(want)
     if abs(w.rate_hz - want) > datasets.RATE_TOLERANCE * want:
         raise EdgefleetError(
-            f"{args.data} is sampled at {w.rate_hz:g} Hz but the model runs at {want:g} Hz ({source})",
+            f"{opts.data} is sampled at {w.rate_hz:g} Hz but the model runs at {want:g} Hz ({source})",
             hint="capture full-rate data (edgefleet capture --device ID --sensor S --label L --for 60s), or give "
             "--rate-hz with the rate the node will sample at",
         )
@@ -293,30 +318,33 @@ def host_accuracy(t: Trained, est, xq: np.ndarray, y: np.ndarray) -> float | Non
     return float(np.mean(predict(t, est, xq)[0] == y))
 
 
-def fit_sized(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, args: argparse.Namespace,
+def fit_params(opts: TrainOptions) -> dict[str, Any]:
+    """The keyword arguments of `fit` that come from the train options."""
+    return {"seed": opts.seed, "trees": opts.trees, "max_leaf_nodes": opts.max_leaf_nodes,
+            "max_depth": opts.max_depth, "epochs": opts.epochs, "hidden": opts.hidden}  # fmt: skip
+
+
+def fit_sized(kind: str, xq: np.ndarray, y: np.ndarray, n_classes: int, opts: TrainOptions,
               budget: budget_mod.Budget) -> tuple[Any, dict, Any]:  # fmt: skip
     """Fit a model whose body fits the board; returns (model, what was chosen, the model as requested)."""
+    params = fit_params(opts)
     if kind in ("rf", "dt", "et", "forecast"):
         first = []
 
         def make(n: int, leaves: int | None, depth: int | None):
-            a = copy.copy(args)
-            a.trees, a.max_leaf_nodes, a.max_depth = n, leaves, depth
-            est = fit(kind, xq, y, n_classes, a)
+            est = fit(kind, xq, y, n_classes, **{**params, "trees": n, "max_leaf_nodes": leaves, "max_depth": depth})
             first.append(est)
             return est
 
-        est, info = budget_mod.fit_trees(make, args.trees, args.max_leaf_nodes, args.max_depth, budget.max_body,
+        est, info = budget_mod.fit_trees(make, opts.trees, opts.max_leaf_nodes, opts.max_depth, budget.max_body,
                                          regress=kind == "forecast")  # fmt: skip
         return est, info, first[0]
     if kind.startswith("mlp"):
-        want = tuple(getattr(args, "hidden", None) or DEFAULT_HIDDEN)
+        want = tuple(opts.hidden or DEFAULT_HIDDEN)
         hidden, info = budget_mod.net_layers(want, xq.shape[1], n_classes, budget.max_body)
-        a = copy.copy(args)
-        a.hidden = hidden
-        est = fit(kind, xq, y, n_classes, a)
-        return est, info, (fit(kind, xq, y, n_classes, args) if info["resized"] else est)
-    est = fit(kind, xq, y, n_classes, args)
+        est = fit(kind, xq, y, n_classes, **{**params, "hidden": hidden})
+        return est, info, (fit(kind, xq, y, n_classes, **params) if info["resized"] else est)
+    est = fit(kind, xq, y, n_classes, **params)
     nf = xq.shape[1]
     return est, {"chosen": {"body_bytes": 4 * (nf + nf * nf)}, "max_body": budget.max_body, "resized": False}, est
 
@@ -339,27 +367,27 @@ def _labels(w: datasets.Windows, kind: str, normal: str | None, tr: np.ndarray, 
     return "classify", y, classes, tr, te[y[te] >= 0]
 
 
-def train(args: argparse.Namespace) -> Path:
+def train(opts: TrainOptions) -> Path:
     """Train, convert and gate; the model directory appears only when everything passed (staged, then renamed)."""
-    if args.model not in MODELS:
-        raise EdgefleetError(f"unknown model {args.model!r}", hint="one of " + ", ".join(MODELS))
-    if args.model == "mlp-keras":
+    if opts.model not in MODELS:
+        raise EdgefleetError(f"unknown model {opts.model!r}", hint="one of " + ", ".join(MODELS))
+    if opts.model == "mlp-keras":
         require_tensorflow()
-    key = _key(args)  # a bad key file fails before any training
-    budget = budget_mod.Budget.of(getattr(args, "board", None) or DEFAULT_BOARD)
-    w = datasets.load(args.data, args.window, args.hop, args.sensor, getattr(args, "labels", None))
-    if getattr(args, "split_by", None):
-        datasets.apply_split_rule(w, args.split_by)
-    rate = model_rate(w, args)
-    if args.model == "forecast":
-        w = forecast_node.target_first(w, args.target)  # the node forecasts its model's first channel
+    key = _key(opts)  # a bad key file fails before any training
+    budget = budget_mod.Budget.of(opts.board or DEFAULT_BOARD)
+    w = datasets.load(opts.data, opts.window, opts.hop, opts.sensor, opts.labels)
+    if opts.split_by:
+        datasets.apply_split_rule(w, opts.split_by)
+    rate = model_rate(w, opts)
+    if opts.model == "forecast":
+        w = forecast_node.target_first(w, opts.target)  # the node forecasts its model's first channel
     names = features.names(w.channels)
-    kind = args.model
+    kind = opts.model
     n_classes = max(2, len(set(w.y.tolist()) - {""}))
     cost = budget_mod.check(budget, kind, len(w.channels), w.window, len(names), n_classes,
                             w.hop / rate if rate else None)  # fmt: skip
     x = feature_matrix(w)
-    tr, te = split(w, args.seed, args.test_size)
+    tr, te = split(w, opts.seed, opts.test_size)
     quant = quantize.fit(x[tr], names, w.x[tr])
     if quant.floored:
         log.info("quantization: %d near-constant features get a range floor: %s", len(quant.floored),
@@ -374,25 +402,25 @@ def train(args: argparse.Namespace) -> Path:
         ok = ~np.isnan(y)
         tr, te = tr[ok[tr]], te[ok[te]]
     else:
-        task, y, classes, tr, te = _labels(w, kind, args.normal, tr, te)
+        task, y, classes, tr, te = _labels(w, kind, opts.normal, tr, te)
     if len(tr) < 4 or len(te) < 1:
         raise EdgefleetError(
             f"too few windows: {len(tr)} train, {len(te)} test", hint="more data or a smaller window/hop"
         )
-    log.info("%s: %d windows (%d train, %d test), %d features", args.data, len(w.y), len(tr), len(te), len(names))
+    log.info("%s: %d windows (%d train, %d test), %d features", opts.data, len(w.y), len(tr), len(te), len(names))
     t = Trained(
-        args.name, kind, task, None, quant.scaling, w.sensor, w.channels, w.window, w.hop, classes, None, names,
-        [], args.data, {k: getattr(args, k, None) for k in ("model", "window", "hop", "trees", "max_leaf_nodes",
+        opts.name, kind, task, None, quant.scaling, w.sensor, w.channels, w.window, w.hop, classes, None, names,
+        [], opts.data, {k: getattr(opts, k) for k in ("model", "window", "hop", "trees", "max_leaf_nodes",
                                                             "max_depth", "seed", "epochs", "hidden")},
     )  # fmt: skip
     if kind == "anomaly":
-        fpr = getattr(args, "fpr", None) or 0.01
+        fpr = opts.fpr or 0.01
         threshold, extra["anomaly"] = anomaly_mod.cv_threshold(
-            lambda rows: fit(kind, rows, y[: len(rows)], 0, args),
+            lambda rows: fit(kind, rows, y[: len(rows)], 0, **fit_params(opts)),
             lambda est, rows: est.mahalanobis(rows / 32768.0),
             xq[tr],
             fpr,
-            args.seed,
+            opts.seed,
         )
         t.threshold = threshold
         log.info(
@@ -401,7 +429,7 @@ def train(args: argparse.Namespace) -> Path:
             1 - fpr,
             len(tr),
         )
-    est, fitinfo, requested = fit_sized(kind, xq[tr], y[tr], len(classes), args, budget)
+    est, fitinfo, requested = fit_sized(kind, xq[tr], y[tr], len(classes), opts, budget)
     t.estimator = None if kind == "mlp-keras" else est
     if kind == "forecast":
         t.threshold = forecast_node.band(est, xq[tr], y[tr])  # the node's anomaly band
@@ -410,17 +438,17 @@ def train(args: argparse.Namespace) -> Path:
     if fitinfo["resized"]:
         log.info("fitted to %s: %s (body %d <= %d bytes); host test accuracy %s -> %s", budget.board,
                  fitinfo["chosen"], fitinfo["chosen"]["body_bytes"], budget.max_body, acc_req, acc)  # fmt: skip
-    t.relevance = mutual_information(xq[tr], np.asarray(w.y)[tr], names, args.seed) if w.y[tr].any() else []
-    t.params.update({"board": getattr(args, "board", None) or DEFAULT_BOARD, "board_name": budget.board, "rate_hz": rate, "min_agreement": _min_agreement(args), "fit": fitinfo,
+    t.relevance = mutual_information(xq[tr], np.asarray(w.y)[tr], names, opts.seed) if w.y[tr].any() else []
+    t.params.update({"board": opts.board or DEFAULT_BOARD, "board_name": budget.board, "rate_hz": rate, "min_agreement": _min_agreement(opts), "fit": fitinfo,
                      "cost": cost, "quantization": {"floored": quant.floored, "clipped": quant.clipped}, **extra})  # fmt: skip
-    out = Path(args.out or models_dir()) / args.name
+    out = Path(opts.out or models_dir()) / opts.name
     extra_test = forecast_node.testset_extra(w, te) if kind == "forecast" else {}
     _write_atomically(out, t, est, key, w, xq, y, te, extra_test)
     return out
 
 
-def _min_agreement(args: argparse.Namespace) -> float:
-    v = getattr(args, "min_agreement", None)
+def _min_agreement(opts: TrainOptions) -> float:
+    v = opts.min_agreement
     v = MIN_AGREEMENT if v is None else v
     if not 0 <= v <= 1:
         raise EdgefleetError(f"--min-agreement {v} must be between 0 and 1")
@@ -454,22 +482,10 @@ def _write_atomically(out: Path, t: Trained, est, key, w, xq, y, te, extra_test:
         raise
 
 
-def _key(args: argparse.Namespace) -> bytes | None:
+def _key(opts: TrainOptions) -> bytes | None:
     from .convert import load_key
 
-    return load_key(getattr(args, "key_file", None))
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    out = train(args)
-    import json
-
-    m = json.loads((out / "manifest.json").read_text())
-    print(headline(m))
-    print(f"model written to {out}/ (report: {out / 'report.html'})")
-    if args.model == "forecast":
-        print(forecast_node.train_report(out))
-    return 0
+    return load_key(opts.key_file)
 
 
 def headline(m: dict) -> str:
@@ -487,75 +503,3 @@ def headline(m: dict) -> str:
     parts.append(f"agreement host/node {m['parity']['a_vs_c']:.2%}")
     parts.append(f"body {m['model_file']['bytes']:,} B on {m.get('board', '?')}")
     return ", ".join(parts)
-
-
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="export CSV path, or 'basicmotions' (bundled with aeon, offline)")
-    p.add_argument("--model", default="rf", choices=MODELS, help="model kind (default rf)")
-    p.add_argument("--name", required=True, help="models/<name>/ to write")
-    p.add_argument("--out", help="parent directory instead of models/")
-    p.add_argument("--sensor", help="CSV: which sensor's rows to use when the export holds several")
-    p.add_argument("--window", type=int, default=50, help="samples per window (default 50: 5 s at 10 Hz)")
-    p.add_argument("--hop", type=int, default=25, help="samples between window starts (default 25)")
-    p.add_argument("--test-size", type=float, default=0.25, help="test fraction when the data has no split")
-    p.add_argument("--trees", type=int, default=10, help="trees for rf/et/forecast (default 10)")
-    p.add_argument("--max-leaf-nodes", type=int, default=None, help="limit leaves per tree")
-    p.add_argument("--max-depth", type=int, default=None, help="limit tree depth")
-    p.add_argument("--epochs", type=int, default=200, help="MLP epochs (default 200)")
-    p.add_argument("--normal", help="anomaly: the label of normal data to fit on (default: all, unlabelled)")
-    p.add_argument(
-        "--fpr",
-        type=float,
-        default=0.01,
-        help="anomaly: target false-positive rate on normal windows; the threshold is its quantile of "
-        "cross-validated scores (default 0.01)",
-    )
-    p.add_argument(
-        "--board",
-        default=DEFAULT_BOARD,
-        help=f"board whose budget (boards/<name>.json: inference, heap_bytes) the model must fit (default {DEFAULT_BOARD})",
-    )
-    p.add_argument(
-        "--min-agreement",
-        type=float,
-        default=MIN_AGREEMENT,
-        help=f"fail unless trained model and node runner agree on this fraction of test windows (default {MIN_AGREEMENT})",
-    )
-    p.add_argument(
-        "--hidden",
-        type=lambda v: tuple(int(x) for x in v.split(",")),
-        default=DEFAULT_HIDDEN,
-        help="mlp: hidden layer sizes, comma separated; shrunk to fit the board (default 32,16)",
-    )
-    p.add_argument(
-        "--rate-hz",
-        type=float,
-        help="the node's sample rate for the model (default: the node's configured rate for the sensor); "
-        "data at another rate is refused",
-    )
-    p.add_argument(
-        "--split-by",
-        help="train/test by a rule: device=REGEX puts matching devices in the test split "
-        "(default: the CSV's split column if any, else by device series)",
-    )
-    p.add_argument(
-        "--target",
-        help="forecast: channel whose next value is predicted (default: the first); the model predicts its change from the last value",
-    )
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--key-file", help="HMAC key file to sign the model file (default: $EDGEFLEET_MODEL_KEY_FILE)")
-
-
-EXAMPLES = """examples:
-  edgefleet train --data basicmotions --model rf --name basicmotions-rf
-  edgefleet train --data export.csv --sensor imu --model rf --name walk --board esp32-c3
-  edgefleet train --data export.csv --sensor imu --split-by 'device=^lab-' --name walk
-  edgefleet train --data ecg.csv --model anomaly --normal normal --fpr 0.005 --name ecg
-"""
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on an export CSV or BasicMotions, then convert it",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    add_train_args(p)
-    p.set_defaults(func=_cmd_train)

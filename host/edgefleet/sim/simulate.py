@@ -19,7 +19,6 @@ board that resets; a node we SIGKILL stays down until restarted (a power cut).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -693,19 +692,35 @@ def default_scenarios(workdir: Path, n: int, duration_s: float, seed: int = 1) -
     return out
 
 
-def check_run_numbers(args: argparse.Namespace) -> None:
+@dataclass
+class SimulateOptions:
+    """What `edgefleet simulate` runs, one field per option, with the same defaults (the CLI takes them from here)."""
+
+    devices: int = 5
+    broker: str = "auto"  # mqtt://HOST:PORT of an anonymous broker, or 'auto': start a secure mosquitto
+    model: str | None = None  # model directory or .efm file put on every node
+    scenario: str | None = None  # scenario JSON for every node (default: half replay activities, half faults)
+    duration: float = 0  # seconds; 0: until Ctrl-C
+    workdir: str = "var/sim"
+    status_interval: int = 10
+    ca: str | None = None  # with an mqtts:// broker: the CA certificate the nodes verify it against
+    online_timeout: float = 60
+    heap_extra: int = 0
+
+
+def check_run_numbers(opts: SimulateOptions) -> None:
     """Numbers a node or the run cannot use, refused before anything starts (they used to run with rc 0 and
     crashed or mute nodes)."""
-    if args.devices < 1:
-        raise EdgefleetError(f"--devices must be at least 1 (got {args.devices})")
-    if args.duration < 0:
-        raise EdgefleetError(f"--duration must be 0 (until Ctrl-C) or a number of seconds (got {args.duration})")
-    if not 1 <= args.status_interval <= 86400:
-        raise EdgefleetError(f"--status-interval must be 1..86400 seconds (got {args.status_interval})")
-    if args.heap_extra < 0:
-        raise EdgefleetError(f"--heap-extra must be 0 or more bytes (got {args.heap_extra})")
-    if args.online_timeout < 0:
-        raise EdgefleetError(f"--online-timeout must be 0 (never) or a number of seconds (got {args.online_timeout})")
+    if opts.devices < 1:
+        raise EdgefleetError(f"--devices must be at least 1 (got {opts.devices})")
+    if opts.duration < 0:
+        raise EdgefleetError(f"--duration must be 0 (until Ctrl-C) or a number of seconds (got {opts.duration})")
+    if not 1 <= opts.status_interval <= 86400:
+        raise EdgefleetError(f"--status-interval must be 1..86400 seconds (got {opts.status_interval})")
+    if opts.heap_extra < 0:
+        raise EdgefleetError(f"--heap-extra must be 0 or more bytes (got {opts.heap_extra})")
+    if opts.online_timeout < 0:
+        raise EdgefleetError(f"--online-timeout must be 0 (never) or a number of seconds (got {opts.online_timeout})")
 
 
 class OnlineWatchdog:
@@ -746,16 +761,18 @@ class OnlineWatchdog:
         )
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
+def run_simulation(opts: SimulateOptions) -> int:
+    """`edgefleet simulate`: start the fleet (and a secure broker with broker 'auto'), show its progress until
+    the duration is over or Ctrl-C, then print each node's counters."""
     from tqdm import tqdm
 
-    check_run_numbers(args)
-    workdir = writable_dir(args.workdir, "--workdir").resolve()
-    model = Path(args.model) if args.model else None
+    check_run_numbers(opts)
+    workdir = writable_dir(opts.workdir, "--workdir").resolve()
+    model = Path(opts.model) if opts.model else None
     if model is not None and not model.exists() and (project_root() / model).exists():
         model = project_root() / model
-    if args.scenario:
-        sp = Path(args.scenario)
+    if opts.scenario:
+        sp = Path(opts.scenario)
         try:
             spec = json.loads(sp.read_text())
         except OSError as e:
@@ -765,22 +782,22 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         scenarios = [spec]
     else:
         (workdir / "nodes").mkdir(exist_ok=True)
-        scenarios = default_scenarios(workdir, args.devices, args.duration or 60)
+        scenarios = default_scenarios(workdir, opts.devices, opts.duration or 60)
     if model is not None:
         Fleet._check_model(model)  # before anything is started
-    ids = [f"node-{i + 1:03d}" for i in range(args.devices)]
-    broker = Fleet.secure_broker(workdir, ids).start() if args.broker == "auto" else None
+    ids = [f"node-{i + 1:03d}" for i in range(opts.devices)]
+    broker = Fleet.secure_broker(workdir, ids).start() if opts.broker == "auto" else None
     try:
         fleet = Fleet(
             workdir,
-            args.devices,
+            opts.devices,
             broker=broker,
-            broker_url=None if broker else args.broker,
+            broker_url=None if broker else opts.broker,
             model=model,
             scenarios=scenarios,
-            heap_extra=args.heap_extra,
-            status_interval_s=args.status_interval,
-            ca=Path(args.ca) if getattr(args, "ca", None) else None,
+            heap_extra=opts.heap_extra,
+            status_interval_s=opts.status_interval,
+            ca=Path(opts.ca) if opts.ca else None,
         )
     except BaseException:
         if broker:
@@ -790,11 +807,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if broker is None:  # ours is listening already (Mosquitto.start waits for it)
             check_broker(fleet.broker_url)
         fleet.start()
-        watchdog = OnlineWatchdog(fleet, broker, args.online_timeout)
+        watchdog = OnlineWatchdog(fleet, broker, opts.online_timeout)
         if broker:
             print(f"broker {broker.url}; collect with: {fleet.collector_hint()}", flush=True)
         t0 = time.monotonic()
-        total = args.duration or None
+        total = opts.duration or None
         with tqdm(total=total, unit="s", desc="fleet", dynamic_ncols=True) as bar:
             while total is None or time.monotonic() - t0 < total:
                 time.sleep(1)
@@ -815,38 +832,3 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(f"{nd.device_id}: boots {nd.boots} kills {nd.kills} logged {c.get('logged', '-')} published "
               f"{c.get('published', '-')} safe_mode {st.get('safe_mode')} {st.get('error') or ''}")  # fmt: skip
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="run N simulated nodes (real firmware on the MicroPython unix port)")
-    p.add_argument("--devices", type=int, default=5, help="number of nodes (default 5)")
-    p.add_argument(
-        "--broker",
-        default="auto",
-        help="mqtt://HOST:PORT of a broker that accepts anonymous nodes, or 'auto' (default): start a mosquitto "
-        "with a password per device and per-device ACLs in the workdir",
-    )
-    p.add_argument("--model", help="model directory or .efm file put on every node (e.g. models/basicmotions-rf)")
-    p.add_argument("--scenario", help="scenario JSON for every node (default: half replay activities, half faults)")
-    p.add_argument("--duration", type=float, default=0, help="seconds to run (default: until Ctrl-C)")
-    p.add_argument(
-        "--workdir", default="var/sim", help="flash images, scenarios, logs, broker data (default ./var/sim)"
-    )
-    p.add_argument("--status-interval", type=int, default=10, help="node status interval in s (default 10)")
-    p.add_argument(
-        "--ca", help="with an mqtts:// --broker: the CA certificate the nodes verify it against (ca.pem from "
-        "`edgefleet broker pki`; required for mqtts://, default: none)",
-    )  # fmt: skip
-    p.add_argument(
-        "--online-timeout",
-        type=float,
-        default=60,
-        help="stop with an error when no node has been online for this long, in s (default 60; 0: never)",
-    )
-    p.add_argument(
-        "--heap-extra",
-        type=int,
-        default=0,
-        help="bytes of heap on top of the board's (scaled for the 64-bit unix port), e.g. for the sim hardware",
-    )
-    p.set_defaults(func=_cmd_simulate)

@@ -422,8 +422,6 @@ def deploy_node(request: pytest.FixtureRequest, hil_board: HilBoard, hil_setting
 
     Deployed to the HIL broker (broker_url = hil_broker.node_url), the device gets its own login there and its
     user name and password go into the node config file (0600), as `edgefleet deploy --config` takes them."""
-    import argparse
-
     from ..board.deploy import run_deploy
     from ..broker.pki import write_secret
 
@@ -445,12 +443,12 @@ def deploy_node(request: pytest.FixtureRequest, hil_board: HilBoard, hil_setting
             cfg["broker"] = {**cfg.get("broker", {}), **login}
         cfg_path = tmp_path / f"config-{device_id}.json"
         write_secret(cfg_path, json.dumps(cfg).encode())  # the Wi-Fi and broker passwords
-        args = argparse.Namespace(
+        result = run_deploy(
             board=board or str(hil_board.board.path), port=hil_board.port, device_id=device_id, model=model,
             config=str(cfg_path), broker=broker_url, cmodule=None, transport="mpremote", baud=115200,
-            force=force, no_reset=not reset, quiet=True, model_key_file=None, ca=None,
+            force=force, reset=reset, progress=False, model_key_file=None, ca=None,
         )  # fmt: skip
-        return DeployedNode(device_id, hil_board, broker_url or "", run_deploy(args))
+        return DeployedNode(device_id, hil_board, broker_url or "", result)
 
     return deploy
 

@@ -1,42 +1,45 @@
-"""The one `edgefleet` command. Each subcommand lives in the module of its stage and registers itself here.
+"""The one `edgefleet` command: argument parsing only. One module per stage (cli/model.py, cli/board.py, ...)
+builds that stage's subcommands and turns their arguments into calls of the stage's typed functions; no module
+outside this package reads an argparse.Namespace.
 
-Only modules whose commands work are listed, so `edgefleet --help` never shows a placeholder.
+Only commands that work are registered, so `edgefleet --help` never shows a placeholder.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
 import sys
 
-from . import __version__, procs
-from .errors import EdgefleetError
+from .. import __version__, procs
+from ..errors import EdgefleetError
+from . import board, broker, collect, console, demo, forecast, model, sim
+from .common import HelpFormatter, epilog
 
-# Modules with a `register(subparsers)` function, in the order --help lists them.
-COMMAND_MODULES = [
+# Functions that add one stage's subcommands, in the order --help lists them.
+COMMANDS = [
     # the main job and its parts
-    "edgefleet.demo.run",
-    "edgefleet.sim.simulate",
-    "edgefleet.board.node",
-    "edgefleet.broker.mosquitto",
-    "edgefleet.collect.collector",
-    "edgefleet.collect.fleet",
-    "edgefleet.console.commands",
-    "edgefleet.collect.export",
-    "edgefleet.model.capture",
+    demo.register,
+    sim.register,
+    board.register_node,
+    broker.register,
+    collect.register_collect,
+    collect.register_fleet,
+    console.register,
+    collect.register_export,
+    model.register_capture,
     # models
-    "edgefleet.model.train",
-    "edgefleet.model.convert",
-    "edgefleet.forecast.command",
-    "edgefleet.model.build_module",
+    model.register_train,
+    model.register_convert,
+    forecast.register,
+    model.register_build_module,
     # boards
-    "edgefleet.board.boards",
-    "edgefleet.board.flash",
-    "edgefleet.board.deploy",
-    "edgefleet.board.vboard",
+    board.register_boards,
+    board.register_flash,
+    board.register_deploy,
+    board.register_virtual,
 ]
 
 log = logging.getLogger("edgefleet")
@@ -45,28 +48,24 @@ log = logging.getLogger("edgefleet")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgefleet",
-        description="Toolchain for MicroPython ESP32 sensor fleets: train and convert models, build the C module, "
+        description="Toolchain for MicroPython ESP32 sensor fleets: train and convert models, build the C module,\n"
         "flash and deploy boards, run the fleet collector, simulate nodes, and run hardware-in-the-loop tests.",
+        epilog=epilog(
+            [
+                "edgefleet demo",
+                "edgefleet train --data basicmotions --model rf --name basicmotions-rf",
+                "edgefleet COMMAND --help",
+            ]
+        ),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, action=_Commands)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(sub)
     return parser
-
-
-class _Commands(argparse._SubParsersAction):
-    """Subcommands: one registered with only a one-line `help` gets it as its --help description too, and an
-    epilog keeps its line breaks (examples are written one per line)."""
-
-    def add_parser(self, name: str, **kwargs):  # type: ignore[override]
-        if kwargs.get("help") and "description" not in kwargs:
-            kwargs["description"] = kwargs["help"]
-        if kwargs.get("epilog"):
-            kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        return super().add_parser(name, **kwargs)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -109,7 +108,3 @@ def main(argv: list[str] | None = None) -> int:
             procs.die_by(sig)
         return procs.exit_status(sig)
     return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())
