@@ -15,6 +15,7 @@ from edgefleet import cli
 from edgefleet.errors import EdgefleetError
 from edgefleet.model import anomaly, datasets, quantize
 from edgefleet.model.train import TrainOptions, train
+from edgefleet.paths import boards_dir
 
 
 def _aeon_dir(name: str) -> Path:
@@ -288,7 +289,7 @@ def test_internal_bleeding_anomaly_end_to_end(tmp_path):
 def test_a_small_board_gets_a_smaller_net_and_refuses_what_cannot_fit(tmp_path, capsys):
     """A board allowing a 4 KB model body: the net's hidden layers are halved until it fits (reported), and an
     anomaly model of 72 features (a 21 KB precision matrix) is refused before training, in one message."""
-    board = json.loads((Path(datasets.__file__).resolve().parents[2] / "boards" / "sim.json").read_text())
+    board = json.loads((boards_dir() / "sim.json").read_text())
     board["name"] = "tiny"
     board["inference"]["max_model_bytes"] = 4096
     path = tmp_path / "tiny.json"
