@@ -22,7 +22,7 @@ def test_bad_urls_get_one_clear_message(bad: str) -> None:
 
 
 def test_topic_mapping_is_the_mqtt_plugins() -> None:
-    assert topic_to_key("edgefleet/node-1/stored") == "edgefleet.board.node-1.stored"
+    assert topic_to_key("edgefleet/node-1/stored") == "edgefleet.node-1.stored"
     assert topic_to_key("edgefleet/a.b/telemetry") == "edgefleet.a/b.telemetry"
     assert key_to_topic("edgefleet.a/b.telemetry") == "edgefleet/a.b/telemetry"
 
