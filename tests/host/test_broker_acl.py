@@ -65,10 +65,7 @@ def test_per_device_acl(tmp_path) -> None:
         # operator's commands and the collector's storage acks get through.
         assert sorted(got) == ["edgefleet/node-1/cmd", "edgefleet/node-1/stored", "edgefleet/node-1/telemetry",
                                "edgefleet/node-2/cmd", "edgefleet/node-2/stored"], got  # fmt: skip
-        assert sorted(cmds) == [
-            "edgefleet/node-1/cmd",
-            "edgefleet/node-1/stored",
-        ]  # node-1 reads only its own
+        assert sorted(cmds) == ["edgefleet/node-1/cmd", "edgefleet/node-1/stored"]  # node-1 reads only its own
         # A wrong password is refused.
         bad = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="intruder")
         bad.username_pw_set("node-2", "wrong")
