@@ -14,3 +14,15 @@ def test_every_command_help_has_a_description() -> None:
     assert not missing, f"commands whose --help has no description: {missing}"
     assert "examples:" in commands.choices["node"].format_help()
     assert "ends in .json" in commands.choices["boards"].format_help()
+
+
+def test_train_takes_the_captures_file_capture_writes(tmp_path, capsys) -> None:
+    """`edgefleet capture` tells users to train with `--labels FILE`: the option reaches the training data."""
+    from edgefleet import cli
+
+    captures = tmp_path / "captures.csv"
+    captures.write_text("device,sensor,label,start_ms,end_ms\nn1,imu,walking,0,1000\n")
+    code = cli.main(["train", "--data", "basicmotions", "--labels", str(captures), "--name", "x",
+                     "--out", str(tmp_path)])  # fmt: skip
+    assert code == 2
+    assert "--labels applies to an export CSV" in capsys.readouterr().err

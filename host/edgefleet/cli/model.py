@@ -74,6 +74,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="parent directory instead of models/")
     p.add_argument("--sensor", help="CSV: which sensor's rows to use when the export holds several")
     p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="CSV: a captures file from `edgefleet capture`; keep only its intervals of the export and label them",
+    )
+    p.add_argument(
         "--window", type=int, default=d.window, help=f"samples per window (default {d.window}: 5 s at 10 Hz)"
     )
     p.add_argument("--hop", type=int, default=d.hop, help=f"samples between window starts (default {d.hop})")
