@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import io
+import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,3 +89,31 @@ def test_only_the_cli_imports_argparse() -> None:
             if any(n == "argparse" or n.startswith("argparse.") for n in names):
                 offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, f"argparse imported outside edgefleet/cli/: {offenders}"
+
+
+def _examples(p: argparse.ArgumentParser) -> Iterator[str]:
+    """The example commands of an epilog: `\\` continuations joined, `&&` chains split, `# comments` dropped."""
+    text = re.sub(r"\\\n\s*", " ", p.epilog or "")
+    for line in text.splitlines():
+        for part in line.split("&&"):
+            part = part.split("  #")[0].strip()
+            if part.startswith("edgefleet "):
+                yield part
+
+
+def test_every_example_in_a_help_parses() -> None:
+    """An example a user copies from --help must at least be accepted by the parser (no option that does not
+    exist, no missing required one): `capture --help` once told users to run `export --sensors` and
+    `train --labels`, neither of which existed."""
+    root = build_parser()
+    bad = []
+    for path, p in _commands(root):
+        for example in _examples(p):
+            err = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    root.parse_args(shlex.split(example)[1:])
+            except SystemExit as e:
+                if e.code:
+                    bad.append(f"{path}: {example!r}: {err.getvalue().strip().splitlines()[-1]}")
+    assert not bad, "\n".join(bad)

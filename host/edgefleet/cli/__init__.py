@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
             [
                 "edgefleet demo",
                 "edgefleet train --data basicmotions --model rf --name basicmotions-rf",
-                "edgefleet COMMAND --help",
+                "edgefleet collect --help",
             ]
         ),
         formatter_class=HelpFormatter,
