@@ -94,7 +94,7 @@ def shipped_model_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import numpy as np
 
     from edgefleet.model.convert import load_trained
-    from edgefleet.model.train import predict
+    from edgefleet.model.estimators import predict
 
     t, est = load_trained(SHIPPED_MODEL)
     ts = np.load(SHIPPED_MODEL / "testset.npz")

@@ -84,7 +84,10 @@ class Link(Protocol):
     def close(self, reset: bool) -> None: ...
 
 
-def _check_port(port: str) -> None:
+def check_port(port: str) -> None:
+    """A missing serial port as one clear message before mpremote or esptool try it (their errors for a board
+    that is not plugged in are long tracebacks); flash, deploy and repl all check here. URLs (rfc2217://,
+    socket://) are left to the tool."""
     if "://" not in port and not os.path.exists(port):
         raise EdgefleetError(
             f"no such serial port: {port}",
@@ -98,7 +101,7 @@ class MpremoteLink:
     def __init__(self, port: str, baud: int) -> None:
         from mpremote.transport import TransportError
 
-        _check_port(port)
+        check_port(port)
         from mpremote.transport_serial import SerialTransport
 
         try:
@@ -138,7 +141,7 @@ class AmpyLink:
         from ampy.files import Files
         from ampy.pyboard import Pyboard, PyboardError
 
-        _check_port(port)
+        check_port(port)
         self.error = PyboardError
         try:
             self.pyb = Pyboard(port, baudrate=baud)
@@ -416,7 +419,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_repl(args: argparse.Namespace) -> int:
-    _check_port(args.port)
+    check_port(args.port)
     return subprocess.call([sys.executable, "-m", "mpremote", "connect", args.port, "repl"])
 
 

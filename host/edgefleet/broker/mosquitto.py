@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from .. import procs
 from ..errors import EdgefleetError
+from ..procs import free_port
 
 if TYPE_CHECKING:
     from .pki import PkiFiles
@@ -33,12 +34,6 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_MESSAGES = 200_000
 MAX_INFLIGHT_MESSAGES = 100
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def find_mosquitto() -> str:

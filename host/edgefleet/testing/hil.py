@@ -40,6 +40,7 @@ from ..broker.mosquitto import (
     render_acl,
     write_password_file,
 )
+from ..collect.launch import start_collector
 from ..errors import EdgefleetError
 
 PREFIX = "edgefleet"
@@ -465,30 +466,17 @@ class FleetCollector:
     of the node's records (each stored once by (device, seq); a seq that went back would count as a duplicate)."""
 
     def __init__(self, broker_url: str, db: Path, log: Path, password_file: Path | None = None) -> None:
+        self.broker_url = broker_url
         self.db = db
         self.log = log
-        self.argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", broker_url, "--db",
-                     f"sqlite:///{db}", "--client-id", f"hil-collector-{secrets.token_hex(3)}"]  # fmt: skip
-        if password_file is not None:  # the password in a 0600 file, never on the command line
-            self.argv += ["--password-file", str(password_file)]
+        self.password_file = password_file  # the password in a 0600 file, never on the command line
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> FleetCollector:
-        import os
-
-        from ..paths import project_root
-
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(project_root() / "host") + os.pathsep + env.get("PYTHONPATH", "")
-        with self.log.open("ab") as f:
-            self.proc = procs.spawn(
-                self.argv, name="collector", stop_signal=signal.SIGINT, env=env, stdout=f, stderr=subprocess.STDOUT
-            )
-        end = time.monotonic() + 30
-        while b"connected to" not in (self.log.read_bytes() if self.log.exists() else b""):
-            if self.proc.poll() is not None or time.monotonic() > end:
-                raise AssertionError(f"edgefleet collect did not connect:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        self.proc = start_collector(
+            self.broker_url, self.db, self.log, f"hil-collector-{secrets.token_hex(3)}",
+            password_file=self.password_file, stop_signal=signal.SIGINT, connect_timeout=30,
+        )  # fmt: skip
         return self
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
