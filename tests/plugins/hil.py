@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from .. import procs
-from ..board.boards import Board, load_board
-from ..broker.mosquitto import (
+from edgefleet import procs
+from edgefleet.board.boards import Board, load_board
+from edgefleet.broker.mosquitto import (
     COLLECTOR_USER,
     OPERATOR_USER,
     Mosquitto,
@@ -40,8 +40,8 @@ from ..broker.mosquitto import (
     render_acl,
     write_password_file,
 )
-from ..collect.launch import start_collector
-from ..errors import EdgefleetError
+from edgefleet.collect.launch import start_collector
+from edgefleet.errors import EdgefleetError
 
 PREFIX = "edgefleet"
 # Collector identities (read the prefix, write /stored): `collector` is the real `edgefleet collect`; the
@@ -176,7 +176,7 @@ def hil_board(pytestconfig: pytest.Config, tmp_path: Path):
         return
     if not board.is_sim:
         pytest.skip(f"board {board.name} needs a real ESP32: pass --board-port PORT")
-    from ..board.vboard.board import VirtualBoard
+    from edgefleet.board.vboard.board import VirtualBoard
 
     flash = tmp_path / "flash.img"
     vb = VirtualBoard(board, flash, pytestconfig.getoption("vboard_heap"))
@@ -425,8 +425,8 @@ def deploy_node(request: pytest.FixtureRequest, hil_board: HilBoard, hil_setting
     user name and password go into the node config file (0600), as `edgefleet deploy --config` takes them."""
     import argparse
 
-    from ..board.deploy import run_deploy
-    from ..broker.pki import write_secret
+    from edgefleet.board.deploy import run_deploy
+    from edgefleet.broker.pki import write_secret
 
     def deploy(
         device_id: str | None = None,
@@ -509,7 +509,7 @@ class FleetCollector:
 @pytest.fixture
 def fleet_collector(hil_broker: HilBroker, tmp_path: Path):
     """`edgefleet collect` logged in as the collector identity (password in a 0600 file)."""
-    from ..broker.pki import write_secret
+    from edgefleet.broker.pki import write_secret
 
     user, password = hil_broker.login(COLLECTOR_USER)
     secret = tmp_path / "collector.secret"
