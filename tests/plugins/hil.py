@@ -42,8 +42,10 @@ from edgefleet.broker.mosquitto import (
 )
 from edgefleet.collect.launch import start_collector
 from edgefleet.errors import EdgefleetError
+from edgefleet.wire import protocol
+from edgefleet.wire.url import parse_broker_url
 
-PREFIX = "edgefleet"
+PREFIX = protocol.DEFAULT_PREFIX
 # Collector identities (read the prefix, write /stored): `collector` is the real `edgefleet collect`; the
 # recording subscribers need logins of their own, because client ids are pinned to user names and two
 # connections with one login would take each other's session over.
@@ -275,7 +277,7 @@ class HilBroker:
         pub.connect(self.host, self.port)
         pub.loop_start()
         try:
-            pub.publish(f"{PREFIX}/{device_id}/status", b"", qos=1, retain=True).wait_for_publish(10)
+            pub.publish(protocol.topic(PREFIX, device_id, "status"), b"", qos=1, retain=True).wait_for_publish(10)
         finally:
             pub.loop_stop()
             pub.disconnect()
@@ -320,12 +322,10 @@ def external_credentials(settings: HilSettings) -> tuple[dict[str, str], Path]:
 def hil_broker(hil_board: HilBoard, hil_settings: HilSettings, tmp_path_factory: pytest.TempPathFactory):
     """A secure mosquitto the board can reach: on loopback for the virtual board; on broker.listen for a real
     board (the node is given broker.address); or an external broker from the --hil-config with its logins."""
-    from urllib.parse import urlparse
-
     if hil_settings.broker_url and not hil_board.is_virtual:
         creds, path = external_credentials(hil_settings)
-        u = urlparse(hil_settings.broker_url)
-        yield HilBroker(None, hil_settings.broker_url, u.hostname or "127.0.0.1", u.port or 1883, creds, path)
+        u = parse_broker_url(hil_settings.broker_url)
+        yield HilBroker(None, hil_settings.broker_url, u.host, u.port, creds, path)
         return
     listen = "127.0.0.1" if hil_board.is_virtual else hil_settings.broker_listen
     if not hil_board.is_virtual and not hil_settings.broker_address:
@@ -373,7 +373,7 @@ class Collector:
 
     def _on_connect(self, client: Any, rc: Any, prefix: str) -> None:
         if not rc.is_failure:
-            client.subscribe(f"{prefix}/#", qos=1)
+            client.subscribe(protocol.topic_filter(prefix), qos=1)
         with self.cond:
             self.connack.append(rc)
             self.cond.notify_all()
@@ -533,7 +533,7 @@ class RunningNode:
     prefix: str = PREFIX
 
     def topic(self, suffix: str) -> str:
-        return f"{self.prefix}/{self.device_id}/{suffix}"
+        return protocol.topic(self.prefix, self.device_id, suffix)
 
     def wait_status(self, predicate=lambda st: True, timeout: float = 60.0) -> dict[str, Any]:
         """The first status message of this node (retained or not) whose JSON body satisfies predicate."""

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from ..errors import EdgefleetError
 from ..model.modelfile import read_key
 from ..paths import firmware_dir, project_root
+from ..wire.url import parse_broker_url
 from . import nodeconfig
 from .boards import Board, load_board
 
@@ -217,8 +217,10 @@ def node_config(
         if not isinstance(overrides, dict):
             raise EdgefleetError(f"config file {config_file} must hold a JSON object")
     if broker:
-        if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", broker):
-            raise EdgefleetError(f"invalid broker URL {broker!r}", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
+        try:  # the host's parser first, for a clear message; nodeconfig.build then applies the node's own rules
+            parse_broker_url(broker, node=True, login=False)
+        except EdgefleetError as e:
+            raise EdgefleetError(f"invalid broker URL for the node: {e.args[0]}", hint=e.hint) from None
         overrides["broker"] = {**overrides.get("broker", {}), "url": broker}
     if ca is not None:
         overrides["broker"] = {**overrides.get("broker", {}), "ca": CA_NAME}

@@ -15,10 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from .. import procs
 from ..errors import EdgefleetError
+from ..wire.url import parse_broker_url
 
 # What the collector logs once its broker connection is up (collector.py: "connected to ...").
 CONNECTED_LINE = b"connected to"
@@ -34,7 +34,7 @@ def start_collector(
     stop_signal: int = signal.SIGTERM,
     connect_timeout: float | None = None,
 ) -> subprocess.Popen:
-    """Start `edgefleet collect --broker url --db db`, its output appended to `logfile`.
+    """Start `edgefleet collect --broker url --db db` (`url` an MQTT broker URL), its output appended to `logfile`.
 
     `db` is a database URL, or a Path for a SQLite file. A password in `url` is moved into
     `<logfile's directory>/collector.secret` (0600); `password_file` names one that already exists. SIGTERM (the
@@ -44,14 +44,13 @@ def start_collector(
     db_url = f"sqlite:///{db}" if isinstance(db, Path) else db
     argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", url, "--db", db_url,
             "--client-id", client_id]  # fmt: skip
-    u = urlsplit(url)
+    u = parse_broker_url(url)
     if u.password:
         from ..broker.pki import write_secret
 
         password_file = logfile.parent / "collector.secret"
-        write_secret(password_file, (unquote(u.password) + "\n").encode())
-        host = f"[{u.hostname}]" if ":" in (u.hostname or "") else u.hostname
-        argv[argv.index(url)] = f"{u.scheme}://{u.username}@{host}:{u.port}"
+        write_secret(password_file, (u.password + "\n").encode())
+        argv[argv.index(url)] = u.url(u.username)
     if password_file is not None:
         argv += ["--password-file", str(password_file)]
     env = dict(os.environ)
