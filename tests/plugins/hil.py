@@ -5,8 +5,10 @@
 
 Fixtures (see docs/hil.md): `hil_board` (the board under test: port, board definition, helpers),
 `hil_broker` (a mosquitto the board can reach, and the URL the node must use), `collector` (a paho subscriber
-recording everything under the fleet prefix), `deploy_node` (a function that runs `edgefleet deploy` on the
-board) and `deployed_node` (the firmware deployed with a fresh device id and the test broker).
+recording everything under the fleet prefix), `fleet_collector` (the real `edgefleet collect` into SQLite,
+started by edgefleet.collect.launch), `deploy_node` (a function that runs `edgefleet deploy` on the board),
+`deployed_node` (the firmware deployed with a fresh device id and the test broker) and `start_node` (deploy,
+copy scenario files, soft reset: a running node seen through the broker and the fleet collector).
 Tests marked `hil` are the suite; they are collected from tests/hil/.
 
 The broker runs the fleet's secure configuration (docs/security.md, the same functions as `edgefleet broker`

@@ -38,8 +38,6 @@ CHUNK = 512  # bytes per raw-REPL write; a few hundred bytes keep each exec well
 SKIP_DIRS = {"cmodule", "lib_src"}
 
 
-# Config entries a config file replaces whole instead of merging into the default.
-
 # The snippet that runs ON the board: sha256 of each named file (None if absent) and, for the directories we
 # own, every file that is there, so stale modules from an older firmware can be removed.
 HASH_SNIPPET = """

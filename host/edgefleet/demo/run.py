@@ -35,10 +35,6 @@ from ..sim.simulate import Fleet, activity_scenario, basicmotions_replay, fault_
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "basicmotions-rf"
-FAULT_LABELS = ("stuck", "unplugged", "range")
-# Heap on top of the board's (scaled for the 64-bit unix port) for what the sim board runs and a board does not:
-# the simulated I2C bus and device models, the scenario/replay and the file-backed flash. Without it the node
-# with the model does not fit (docs/demo.md, Heap).
 
 
 # ---------------------------------------------------------------- setup
@@ -424,7 +420,6 @@ def _prf_table(title: str, d: dict) -> str:
 
 
 def render_html(r: dict) -> str:
-    r["metrics"]
     devs = "".join(
         f"<tr class='{d['state']}'><td>{d['device']}</td><td>{d['kind']}</td><td>{d['state']}</td>"
         f"<td>{d['readings']}</td><td>{d['events']}</td><td>{d['missing']}</td><td>{d['duplicates']}</td>"

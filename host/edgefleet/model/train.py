@@ -34,7 +34,6 @@ from .report import headline
 log = logging.getLogger(__name__)
 
 MODELS = ("rf", "dt", "et", "mlp-keras", "mlp-sk", "anomaly", "forecast")
-TREE_MODELS = ("rf", "dt", "et", "forecast")
 DEFAULT_BOARD = "esp32-devkitc"
 DEFAULT_HIDDEN = (32, 16)
 MIN_AGREEMENT = 0.995

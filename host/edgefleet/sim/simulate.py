@@ -298,8 +298,9 @@ class Fleet:
         return Mosquitto(data_dir=bdir, password_file=pw, acl_file=acl, tls=files)
 
     def collector_url(self) -> str:
-        """Broker URL with the collector's login when the broker requires one. Internal: demo.start_collector
-        moves the password into a 0600 file; never print this URL (collector_hint says what to run)."""
+        """Broker URL with the collector's login when the broker requires one. Internal:
+        collect.launch.start_collector moves the password into a 0600 file; never print this URL (collector_hint
+        says what to run)."""
         if not self.secure:
             return self.broker_url
         pw = self.credentials()[COLLECTOR_USER]
