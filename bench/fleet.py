@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.demo.run import drain, start_collector, stop_process, stored_seqs, wait_collector_idle
+from edgefleet.collect.launch import start_collector, stop_process
+from edgefleet.sim.run import drain, stored_seqs, wait_collector_idle
 from edgefleet.sim.simulate import Fleet
 
 WARMUP_S = 10.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["edgefleet.testing.mpy_plugin"]
+pytest_plugins = ["plugins.mpy_plugin"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def shipped_model_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import numpy as np
 
     from edgefleet.model.convert import load_trained
-    from edgefleet.model.train import predict
+    from edgefleet.model.estimators import predict
 
     t, est = load_trained(SHIPPED_MODEL)
     ts = np.load(SHIPPED_MODEL / "testset.npz")
@@ -139,4 +139,4 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # --- tooling: hardware-in-the-loop plugin (hil_board, hil_broker, collector, deploy_node, deployed_node) ---
-pytest_plugins = [*pytest_plugins, "edgefleet.testing.hil"]
+pytest_plugins = [*pytest_plugins, "plugins.hil"]

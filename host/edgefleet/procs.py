@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -303,3 +304,11 @@ def kill_all() -> None:
 
 
 atexit.register(terminate_all, 5.0)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now, for a child service (mosquitto, RabbitMQ, PostgreSQL, a node's broker) to
+    listen on: the kernel picks it, so parallel runs and tests never collide on a fixed port."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from edgefleet.testing.hil import RECORDER_USERS
+from plugins.hil import RECORDER_USERS
 
 pytestmark = pytest.mark.hil
 

@@ -17,7 +17,8 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.model import datasets, modelfile, parity
 from edgefleet.model import features as F
 from edgefleet.model.convert import load_trained
-from edgefleet.model.train import MODELS, TrainOptions, predict
+from edgefleet.model.estimators import predict
+from edgefleet.model.train import MODELS, TrainOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 

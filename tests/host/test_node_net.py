@@ -405,7 +405,7 @@ def test_non_ascii_label_and_raw_values_reach_the_database(tmp_path, mqtt_broker
     the node logged (netnode's source: temperature 20 + (n % 100) / 10 for its n-th reading)."""
     import sqlite3
 
-    from edgefleet.demo.run import start_collector, stop_process
+    from edgefleet.collect.launch import start_collector, stop_process
 
     db = tmp_path / "fleet.db"
     collector = start_collector(mqtt_broker.url, db, tmp_path / "collector.log", client_id="utf8-collector")

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from ..errors import EdgefleetError
 from ..model.modelfile import read_key
 from ..paths import firmware_dir, project_root
+from ..wire.url import parse_broker_url
 from . import nodeconfig
 from .boards import Board, load_board
 
@@ -36,8 +36,6 @@ CHUNK = 512  # bytes per raw-REPL write; a few hundred bytes keep each exec well
 # Firmware trees that are not node code on a board: C sources (built separately into .mpy modules).
 SKIP_DIRS = {"cmodule", "lib_src"}
 
-
-# Config entries a config file replaces whole instead of merging into the default.
 
 # The snippet that runs ON the board: sha256 of each named file (None if absent) and, for the directories we
 # own, every file that is there, so stale modules from an older firmware can be removed.
@@ -83,7 +81,10 @@ class Link(Protocol):
     def close(self, reset: bool) -> None: ...
 
 
-def _check_port(port: str) -> None:
+def check_port(port: str) -> None:
+    """A missing serial port as one clear message before mpremote or esptool try it (their errors for a board
+    that is not plugged in are long tracebacks); flash, deploy and repl all check here. URLs (rfc2217://,
+    socket://) are left to the tool."""
     if "://" not in port and not os.path.exists(port):
         raise EdgefleetError(
             f"no such serial port: {port}",
@@ -97,7 +98,7 @@ class MpremoteLink:
     def __init__(self, port: str, baud: int) -> None:
         from mpremote.transport import TransportError
 
-        _check_port(port)
+        check_port(port)
         from mpremote.transport_serial import SerialTransport
 
         try:
@@ -137,7 +138,7 @@ class AmpyLink:
         from ampy.files import Files
         from ampy.pyboard import Pyboard, PyboardError
 
-        _check_port(port)
+        check_port(port)
         self.error = PyboardError
         try:
             self.pyb = Pyboard(port, baudrate=baud)
@@ -213,8 +214,10 @@ def node_config(
         if not isinstance(overrides, dict):
             raise EdgefleetError(f"config file {config_file} must hold a JSON object")
     if broker:
-        if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", broker):
-            raise EdgefleetError(f"invalid broker URL {broker!r}", hint="mqtt://HOST:PORT or mqtts://HOST:PORT")
+        try:  # the host's parser first, for a clear message; nodeconfig.build then applies the node's own rules
+            parse_broker_url(broker, node=True, login=False)
+        except EdgefleetError as e:
+            raise EdgefleetError(f"invalid broker URL for the node: {e.args[0]}", hint=e.hint) from None
         overrides["broker"] = {**overrides.get("broker", {}), "url": broker}
     if ca is not None:
         overrides["broker"] = {**overrides.get("broker", {}), "ca": CA_NAME}
@@ -412,5 +415,5 @@ def run_deploy(*, board: str, port: str, device_id: str, model: str | None = Non
 
 def open_repl(port: str) -> int:
     """`edgefleet repl`: mpremote's interactive REPL on the port (checked first); its exit code."""
-    _check_port(port)
+    check_port(port)
     return subprocess.call([sys.executable, "-m", "mpremote", "connect", port, "repl"])

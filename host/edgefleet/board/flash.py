@@ -21,7 +21,7 @@ from ..errors import EdgefleetError
 from ..paths import project_root
 from . import parttable
 from .boards import Board
-from .deploy import _check_port
+from .deploy import check_port
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def flash(
         raise EdgefleetError("the sim board has no chip to flash", hint="run `edgefleet board virtual --board sim`")
     image = check_image(firmware or default_firmware(board), board)
     plan = plan_flash(board, image)
-    _check_port(port)
+    check_port(port)
     from esptool.cmds import attach_flash, detect_chip, erase_flash, reset_chip, run_stub, verify_flash, write_flash
     from esptool.util import FatalError
 

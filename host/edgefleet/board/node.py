@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from .. import procs
 from ..errors import EdgefleetError
 from ..runtime import find_micropython, micropython_env, unix_heap_bytes
+from ..wire.protocol import DEVICE_RE
+from ..wire.url import parse_broker_url
 from .boards import Board, load_board
 
 log = logging.getLogger(__name__)
@@ -30,23 +30,11 @@ log = logging.getLogger(__name__)
 REBOOT_EXIT = 75
 # How long a stopping node may take to flush its log and disconnect before it is killed.
 STOP_GRACE_S = 10.0
-DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
 def check_broker_url(url: str) -> str:
     """The node's MQTT client takes mqtt://host[:port] or mqtts://host[:port]; refuse anything else early."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise EdgefleetError(
-            f"bad broker URL {url!r}",
-            hint="use mqtt://HOST:PORT (or mqtts://HOST:PORT for TLS), e.g. mqtt://127.0.0.1:1883",
-        )
-    try:
-        _ = parts.port
-    except ValueError as e:
-        raise EdgefleetError(f"bad port in broker URL {url!r}: {e}") from None
-    if parts.path not in ("", "/") or parts.query:
-        raise EdgefleetError(f"broker URL {url!r} must not have a path or query")
+    parse_broker_url(url, node=True)
     return url
 
 
@@ -120,7 +108,7 @@ def run_node(*, board_name: str = "sim", device_id: str, broker_url: str, flash_
             f"board {board.name} is real hardware ({board.chip}); `edgefleet node` runs the sim board only",
             hint="use --board sim here; flash and deploy a real board with `edgefleet flash` / `edgefleet deploy`",
         )
-    if not DEVICE_ID.match(device_id):
+    if not DEVICE_RE.fullmatch(device_id):
         raise EdgefleetError(f"bad device id {device_id!r}", hint="1 to 32 of A-Z a-z 0-9 _ -")
     broker = check_broker_url(broker_url)
     flash = check_flash_path(Path(flash_path), board)

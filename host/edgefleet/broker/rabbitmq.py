@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .. import procs
 from ..errors import EdgefleetError
-from .mosquitto import free_port
+from ..procs import free_port
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ..forecast import node as forecast_node
-from ..model import build_module, capture, convert, train
+from ..model import build_module, capture, convert, report, train
 from ..paths import models_dir
 from ..wire import protocol
 from .common import add_command, options
@@ -154,7 +154,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     out = train.train(options(train.TrainOptions, args))
     m = json.loads((out / "manifest.json").read_text())
-    print(train.headline(m))
+    print(report.headline(m))
     print(f"model written to {out}/ (report: {out / 'report.html'})")
     if args.model == "forecast":
         print(forecast_node.train_report(out))
@@ -190,7 +190,7 @@ def _convert(args: argparse.Namespace) -> int:
     out = Path(args.out or models_dir()) / args.name
     m = convert.convert(out, key=convert.load_key(args.key_file), min_agreement=args.min_agreement)
     p = m["parity"]
-    print(f"{out}/: {train.headline(m)}; parity b=c {p['b_vs_c']:.2%}")
+    print(f"{out}/: {report.headline(m)}; parity b=c {p['b_vs_c']:.2%}")
     return 0
 
 

@@ -38,13 +38,13 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
 
 from .. import procs
 from ..errors import EdgefleetError
 from ..redact import read_secret_file, redact_text, redact_url, refuse_password_in_url
 from ..wire import protocol
 from ..wire.storedack import StoredAcks
+from ..wire.url import parse_broker_url
 from .storage import Batch, Storage, WriteResult, open_storage
 from .storage.base import DEAD_LETTER_CAP, DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ROWS, now_ms
 
@@ -56,36 +56,6 @@ SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code: another client conne
 SHORT_SESSION_S = 2.0  # a session the broker closes this soon after accepting it counts towards a takeover fight
 TAKEOVER_SESSIONS = 5  # that many in a row: another client with our client id (see _on_disconnect)
 RETRY_FIRST_S = 0.5  # first wait after a database outage; doubles up to retry_max_s
-
-
-@dataclass
-class BrokerURL:
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None
-
-
-def parse_broker_url(url: str) -> BrokerURL:
-    try:
-        u = urlparse(url)
-        hostname = u.hostname
-    except ValueError:
-        hostname = None
-    if u.scheme not in ("mqtt", "mqtts") or not hostname:
-        raise EdgefleetError(f"bad broker URL {redact_url(url)!r}", hint="mqtt://[user@]host:port or mqtts://...")
-    try:
-        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise EdgefleetError(f"bad port in broker URL {redact_url(url)!r}") from None
-    return BrokerURL(
-        host=u.hostname,
-        port=port,
-        tls=u.scheme == "mqtts",
-        username=unquote(u.username) if u.username else None,
-        password=unquote(u.password) if u.password else None,
-    )
 
 
 @dataclass

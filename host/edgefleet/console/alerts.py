@@ -134,7 +134,7 @@ class Sender:
             import paho.mqtt.client as mqtt
             from paho.mqtt.enums import CallbackAPIVersion
 
-            from ..collect.collector import parse_broker_url
+            from ..wire.url import parse_broker_url
 
             u = parse_broker_url(broker)
             c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgefleet-alerts-{id(self):x}")

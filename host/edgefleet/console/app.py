@@ -84,7 +84,7 @@ class Commander:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from ..collect.collector import parse_broker_url
+        from ..wire.url import parse_broker_url
 
         self.prefix = prefix
         self.url = parse_broker_url(broker)

@@ -127,7 +127,7 @@ class HomeAssistantBridge:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from ..collect.collector import parse_broker_url
+        from ..wire.url import parse_broker_url
 
         self.d = Discovery(prefix, discovery, state_prefix)
         self.prefix = prefix
@@ -151,7 +151,7 @@ class HomeAssistantBridge:
         if reason_code.is_failure:
             log.error("broker refused the Home Assistant bridge: %s", reason_code)
             return
-        client.subscribe([(f"{self.prefix}/+/{k}", 1) for k in ("status", "telemetry", "event")])
+        client.subscribe([(protocol.topic_filter(self.prefix, k), 1) for k in ("status", "telemetry", "event")])
         self._connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:

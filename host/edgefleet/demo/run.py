@@ -17,30 +17,23 @@ import base64
 import io
 import json
 import logging
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from .. import procs
+from ..collect.launch import start_collector, stop_process
 from ..errors import EdgefleetError
 from ..paths import models_dir
+from ..sim.run import drain, wait_collector_idle
 from ..sim.simulate import Fleet, activity_scenario, basicmotions_replay, fault_scenario
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "basicmotions-rf"
-FAULT_LABELS = ("stuck", "unplugged", "range")
-# Heap on top of the board's (scaled for the 64-bit unix port) for what the sim board runs and a board does not:
-# the simulated I2C bus and device models, the scenario/replay and the file-backed flash. Without it the node
-# with the model does not fit (docs/demo.md, Heap).
 
 
 # ---------------------------------------------------------------- setup
@@ -63,92 +56,6 @@ def ensure_model(name: str = MODEL_NAME) -> Path:
 
     log.info("model: training %s on BasicMotions", name)
     return train(TrainOptions(data="basicmotions", model="rf", name=name))
-
-
-def start_collector(url: str, db: Path, logfile: Path, client_id: str = "edgefleet-demo-collector") -> subprocess.Popen:
-    """The collector as a child process. A password in `url` goes into a 0600 file next to the log
-    (`--password-file`), never onto the command line (where `ps` shows it to every user)."""
-    argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", url, "--db", f"sqlite:///{db}",
-            "--client-id", client_id]  # fmt: skip
-    u = urlsplit(url)
-    if u.password:
-        from ..broker.pki import write_secret
-
-        secret = logfile.parent / "collector.secret"
-        write_secret(secret, (unquote(u.password) + "\n").encode())
-        host = f"[{u.hostname}]" if ":" in (u.hostname or "") else u.hostname
-        argv[argv.index(url)] = f"{u.scheme}://{u.username}@{host}:{u.port}"
-        argv += ["--password-file", str(secret)]
-    out = logfile.open("ab")
-    # own process group, killed with us (procs); SIGTERM makes it flush its batch and ack before it exits
-    proc = procs.spawn(argv, name="collector", stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    out.close()
-    return proc
-
-
-def stop_process(proc: subprocess.Popen, sig_kill: bool = False) -> None:
-    if sig_kill:
-        procs.kill(proc)
-    else:
-        procs.terminate(proc, signal.SIGTERM, grace=20)
-
-
-# ---------------------------------------------------------------- the database
-
-
-def stored_seqs(db: Path) -> dict[str, set[int]]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        out: dict[str, set[int]] = {}
-        for table in ("readings", "events"):
-            for dev, seq in con.execute(f"SELECT device, seq FROM {table}"):
-                out.setdefault(dev, set()).add(seq)
-        return out
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        con.close()
-
-
-def drain(fleet: Fleet, db: Path, timeout: float = 90, progress: bool = True) -> dict[str, dict]:
-    """Stops every node cleanly, reads its flash log, boots it again until the collector stored everything up to
-    the last durable seq (or timeout), and stops it. Returns each node's flash state at the first stop."""
-    from tqdm import tqdm
-
-    fleet.stop()
-    flash = {nd.device_id: fleet.inspect(nd.index) for nd in fleet.nodes}
-    pending = {d: f["durable"] - f["acked"] for d, f in flash.items()}
-    log.info("drain: %d records on flash not yet acknowledged by the broker", sum(pending.values()))
-    fleet.start(provision=False)
-    deadline = time.monotonic() + timeout
-    with tqdm(total=len(fleet.nodes), desc="drain", unit="node", disable=not progress) as bar:
-        done: set[str] = set()
-        while time.monotonic() < deadline:
-            seqs = stored_seqs(db)
-            for d, f in flash.items():
-                if d not in done and max(seqs.get(d, {0})) >= f["durable"]:
-                    done.add(d)
-                    bar.update(1)
-            if len(done) == len(flash):
-                break
-            time.sleep(0.5)
-    if len(done) < len(flash):
-        log.warning("drain: %d node(s) not drained within %.0f s", len(flash) - len(done), timeout)
-    fleet.stop()
-    return flash
-
-
-def wait_collector_idle(db: Path, quiet_s: float = 2.0, timeout: float = 30) -> None:
-    """Until the number of stored records stops changing for quiet_s (the collector's queue is empty)."""
-    last, since = -1, time.monotonic()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        n = sum(len(s) for s in stored_seqs(db).values())
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return
-        time.sleep(0.25)
 
 
 # ---------------------------------------------------------------- ground truth and metrics
@@ -509,7 +416,6 @@ def _prf_table(title: str, d: dict) -> str:
 
 
 def render_html(r: dict) -> str:
-    r["metrics"]
     devs = "".join(
         f"<tr class='{d['state']}'><td>{d['device']}</td><td>{d['kind']}</td><td>{d['state']}</td>"
         f"<td>{d['readings']}</td><td>{d['events']}</td><td>{d['missing']}</td><td>{d['duplicates']}</td>"

@@ -1,3 +1,3 @@
-"""The model stage (DESIGN.md "Layout"): fitting a model to a board, quantization, anomaly thresholds.
-
-train.py, convert.py and the other flat model modules move here when the tree is reorganised."""
+"""The model stage: data sets and window features, training (sized to a board's budget, quantized, anomaly
+thresholds), conversion to the model file with parity checks, its report, captures of labelled data and the
+C module build."""

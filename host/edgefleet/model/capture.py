@@ -24,9 +24,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..board.firmware_shared import firmware_module
-from ..collect.collector import parse_broker_url
 from ..errors import EdgefleetError
 from ..wire import protocol
+from ..wire.url import parse_broker_url
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Commander:
 
     def watch(self, devices: list[str]) -> None:
         for d in devices:
-            self.client.subscribe(f"{self.prefix}/{d}/ack", qos=1)
+            self.client.subscribe(protocol.topic(self.prefix, d, "ack"), qos=1)
         time.sleep(0.2)  # SUBACK before the first command: an ack must not arrive before we listen
 
     def command(self, devices: list[str], cmd: str, args: dict, timeout: float) -> dict[str, dict]:
@@ -91,7 +91,7 @@ class Commander:
             cid = f"cap-{secrets.token_hex(4)}"
             ids[cid] = d
             body = {"v": 1, "id": cid, "cmd": cmd, "args": args}  # the node's /cmd format (commands.py: v 1)
-            self.client.publish(f"{self.prefix}/{d}/cmd", json.dumps(body), qos=1).wait_for_publish(10)
+            self.client.publish(protocol.topic(self.prefix, d, "cmd"), json.dumps(body), qos=1).wait_for_publish(10)
         results: dict[str, dict] = {}
         deadline = time.monotonic() + timeout
         while len(results) < len(ids):
@@ -124,6 +124,9 @@ def capture(broker: str, devices: list[str], sensor: str, label: str, seconds: f
     """Switch the devices' sensor to full-rate logging for `seconds`, switch back, record the intervals."""
     if not label or "," in label or "\n" in label:
         raise EdgefleetError(f"bad label {label!r}", hint="a non-empty label without commas")
+    for d in devices:  # before any command goes out: a bad id has no topic (protocol.topic)
+        if not protocol.DEVICE_RE.fullmatch(d):
+            raise EdgefleetError(f"bad device id {d!r}", hint="1 to 32 of A-Z a-z 0-9 _ -")
     restore = default_log_every(sensor) if restore_every is None else restore_every
     cmd = Commander(broker, prefix, ca, cert, key)
     try:

@@ -57,7 +57,7 @@ def load_trained(out: Path):
         t = TrainedUnpickler(f).load()
     est = t.estimator
     if t.kind == "mlp-keras":
-        from .train import require_tensorflow
+        from .estimators import require_tensorflow
 
         est = require_tensorflow().models.load_model(out / "model.keras")
     return t, est
@@ -65,15 +65,15 @@ def load_trained(out: Path):
 
 def body_of(t, est) -> tuple[int, bytes, Any]:
     """(kind, body bytes, the estimator emlearn converts) for a trained model."""
-    from .train import _mlp_layers_keras, _mlp_layers_sk
+    from .estimators import mlp_layers_keras, mlp_layers_sk
 
     if t.kind in ("rf", "dt", "et", "forecast"):
         est_int = modelfile.integer_thresholds(est)
         return modelfile.KIND_TREES, modelfile.trees_body(est_int, regress=t.task == "regress"), est_int
     if t.kind == "mlp-sk":
-        return modelfile.KIND_MLP, modelfile.mlp_body(_mlp_layers_sk(est)), est
+        return modelfile.KIND_MLP, modelfile.mlp_body(mlp_layers_sk(est)), est
     if t.kind == "mlp-keras":
-        return modelfile.KIND_MLP, modelfile.mlp_body(_mlp_layers_keras(est)), est
+        return modelfile.KIND_MLP, modelfile.mlp_body(mlp_layers_keras(est)), est
     return modelfile.KIND_GAUSS, modelfile.gauss_body(est.location_, est.precision_), est
 
 
@@ -109,7 +109,7 @@ def _disagreements(label: str, a, c, y, classes, regress: bool) -> list[dict]:
 
 def measure(out: Path, t, est, conv_est, efm: Path, key: bytes | None, heap: int = parity.ESP32_HEAP) -> dict:
     """Run (a), (b), (c) and the C core on the test split; returns metrics and parity."""
-    from .train import predict
+    from .estimators import predict
 
     ts = np.load(out / "testset.npz")
     x, xq_host, y = ts["x"], ts["xq"], ts["y"]

@@ -73,6 +73,23 @@ def _sizes(m: dict, out_dir: Path) -> str:
     return _png(fig)
 
 
+def headline(m: dict) -> str:
+    """One line that leads with what the node will do (its runner on the test split), the host model beside it."""
+    mt = m["metrics"]
+    parts = []
+    if "accuracy_node" in mt:
+        parts.append(f"node accuracy {mt['accuracy_node']:.3f} (host model {mt['accuracy']:.3f})")
+        if "case_accuracy_node" in mt:
+            parts.append(f"per case {mt['case_accuracy_node']:.3f} over {mt['n_cases']} cases")
+    if "fpr_measured" in mt:
+        lo, hi = mt["fpr_ci95"]
+        parts.append(f"false positives {mt['fpr_measured']:.2%} [{lo:.2%}, {hi:.2%}] on {mt['n_normal_test']} normal "
+                     f"windows (target {mt['fpr_target']:.2%})")  # fmt: skip
+    parts.append(f"agreement host/node {m['parity']['a_vs_c']:.2%}")
+    parts.append(f"body {m['model_file']['bytes']:,} B on {m.get('board', '?')}")
+    return ", ".join(parts)
+
+
 def lead(m: dict) -> str:
     """The headline: what the node will do (its runner on the test split), the host model beside it."""
     mt = m["metrics"]

@@ -26,11 +26,11 @@ from ..paths import models_dir
 from . import anomaly as anomaly_mod
 from . import budget as budget_mod
 from . import datasets, features, modelfile, quantize
+from .estimators import predict, require_tensorflow
 
 log = logging.getLogger(__name__)
 
 MODELS = ("rf", "dt", "et", "mlp-keras", "mlp-sk", "anomaly", "forecast")
-TREE_MODELS = ("rf", "dt", "et", "forecast")
 DEFAULT_BOARD = "esp32-devkitc"
 DEFAULT_HIDDEN = (32, 16)
 MIN_AGREEMENT = 0.995
@@ -115,39 +115,6 @@ def split(w: datasets.Windows, seed: int, test_size: float) -> tuple[np.ndarray,
 
 
 # ---------------------------------------------------------------- models
-
-
-def _mlp_layers_keras(model) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    out = []
-    for layer in model.layers:
-        if type(layer).__name__ != "Dense":
-            raise EdgefleetError(f"Keras layer {type(layer).__name__} is not supported", hint="use Dense layers only")
-        w, b = layer.get_weights()
-        out.append((w, b, layer.activation.__name__))
-    return out
-
-
-def _mlp_layers_sk(model) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """The net's layers; a binary classifier's single logistic output becomes softmax over (0, z), which is
-    exactly (1 - sigmoid(z), sigmoid(z)): the node's runner wants one output per class."""
-    acts = [model.activation] * (len(model.coefs_) - 1) + [model.out_activation_]
-    layers = list(zip(model.coefs_, model.intercepts_, acts, strict=True))
-    w, b, act = layers[-1]
-    if act == "logistic" and w.shape[1] == 1:
-        layers[-1] = (np.hstack([np.zeros_like(w), w]), np.concatenate([np.zeros_like(b), b]), "softmax")
-    return layers
-
-
-def require_tensorflow():
-    try:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
-    except ImportError as e:
-        raise EdgefleetError(
-            "TensorFlow/Keras is not installed, --model mlp-keras needs it",
-            hint="pip install 'edgefleet[ml]' (tensorflow-cpu), or use --model mlp-sk",
-        ) from e
-    return keras
 
 
 def fit_keras(xs: np.ndarray, y: np.ndarray, n_classes: int, seed: int, epochs: int, hidden=DEFAULT_HIDDEN):
@@ -237,40 +204,6 @@ def fit_envelope(xs: np.ndarray, seed: int):
     est.precision_ = lw.precision_
     est.offset_ = -float(np.quantile(est.mahalanobis(xs), 0.99))
     return est
-
-
-def predict(t: Trained, est, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(a): the trained model's (index, score) per row, as the node reports them."""
-    if t.kind == "mlp-keras":
-        p = est.predict(xq / 32768.0, verbose=0)
-        return p.argmax(axis=1), p.max(axis=1)
-    if t.kind == "mlp-sk":
-        p = est.predict_proba(xq / 32768.0)
-        return p.argmax(axis=1), p.max(axis=1)
-    if t.task == "anomaly":
-        s = est.mahalanobis(xq / 32768.0)
-        return (s > t.threshold).astype(int), s
-    if t.task == "regress":
-        v = est.predict(xq)
-        return np.zeros(len(v), dtype=int), v
-    if t.kind in ("rf", "et", "dt"):
-        return hard_vote(est, xq)
-    p = est.predict_proba(xq)
-    return p.argmax(axis=1), p.max(axis=1)
-
-
-def hard_vote(est, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The forest as the model file encodes it and the node runs it: each tree votes its leaf's majority class,
-    the most votes win (lowest class on a tie), score = votes / trees. scikit-learn's predict_proba averages
-    the leaves' class fractions instead (a soft vote), which differs once leaves are impure (limited leaves)."""
-    trees = getattr(est, "estimators_", [est])
-    n_classes = len(est.classes_)
-    votes = np.zeros((len(xq), n_classes), dtype=int)
-    rows = np.arange(len(xq))
-    for tr in trees:
-        votes[rows, tr.tree_.value[tr.apply(xq), 0, :n_classes].argmax(axis=1)] += 1
-    best = votes.argmax(axis=1)
-    return best, votes[rows, best] / len(trees)
 
 
 def mutual_information(xq: np.ndarray, y: np.ndarray, names: list[str], seed: int) -> list[tuple[str, float]]:
@@ -486,20 +419,3 @@ def _key(opts: TrainOptions) -> bytes | None:
     from .convert import load_key
 
     return load_key(opts.key_file)
-
-
-def headline(m: dict) -> str:
-    """One line that leads with what the node will do (its runner on the test split), the host model beside it."""
-    mt = m["metrics"]
-    parts = []
-    if "accuracy_node" in mt:
-        parts.append(f"node accuracy {mt['accuracy_node']:.3f} (host model {mt['accuracy']:.3f})")
-        if "case_accuracy_node" in mt:
-            parts.append(f"per case {mt['case_accuracy_node']:.3f} over {mt['n_cases']} cases")
-    if "fpr_measured" in mt:
-        lo, hi = mt["fpr_ci95"]
-        parts.append(f"false positives {mt['fpr_measured']:.2%} [{lo:.2%}, {hi:.2%}] on {mt['n_normal_test']} normal "
-                     f"windows (target {mt['fpr_target']:.2%})")  # fmt: skip
-    parts.append(f"agreement host/node {m['parity']['a_vs_c']:.2%}")
-    parts.append(f"body {m['model_file']['bytes']:,} B on {m.get('board', '?')}")
-    return ", ".join(parts)

@@ -27,21 +27,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-from .. import procs
 from ..broker.mosquitto import Mosquitto
-from ..collect.collector import PASSWORD_ENV
-from ..demo.run import stop_process, stored_seqs, wait_collector_idle
+from ..collect.launch import start_collector, stop_process
+from .run import stored_seqs, wait_collector_idle
 from .simulate import Fleet, default_scenarios, power_cut_loss
 
 log = logging.getLogger(__name__)
@@ -136,22 +131,6 @@ QUEUE_LIMIT = 40
 DROP_LINE = "Outgoing messages are being dropped"  # what mosquitto logs when a client's queue is full
 AUTOSAVE_S = 2  # mosquitto autosave_interval in these runs (default config: 30)
 STORED_TIMEOUT_S = 5  # node config log.stored_timeout_s in these runs (default 30): resends come sooner
-
-
-def start_collector(url: str, db: Path, logfile: Path, client_id: str) -> subprocess.Popen:
-    """`edgefleet collect` as a child process; the password of `url` goes in the environment, never on the
-    command line (the collector refuses that: docs/collect.md)."""
-    u = urlsplit(url)
-    env = dict(os.environ)
-    if u.password is not None:
-        env[PASSWORD_ENV] = u.password
-        netloc = f"{u.username}@{u.hostname}:{u.port}"
-        url = urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
-    argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", url, "--db", f"sqlite:///{db}",
-            "--client-id", client_id]  # fmt: skip
-    with logfile.open("ab") as out:
-        return procs.spawn(argv, name="collector", stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                           env=env)  # fmt: skip
 
 
 def log_size(broker: Mosquitto) -> int:

@@ -129,7 +129,7 @@ class StoredListener:
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.connect(host, port, keepalive=10)
-        self.client.subscribe(f"{prefix}/+/stored", qos=1)
+        self.client.subscribe(protocol.topic_filter(prefix, "stored"), qos=1)
         self.client.loop_start()
         if not self._ready.wait(10):
             raise TimeoutError("stored listener did not subscribe")

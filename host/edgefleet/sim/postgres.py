@@ -18,8 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from ..broker.mosquitto import free_port
 from ..errors import EdgefleetError
+from ..procs import free_port
 
 PG_USER = "edgefleet-pg"
 

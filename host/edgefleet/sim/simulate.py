@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import ssl
 import subprocess
@@ -31,12 +30,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from .. import procs
 from ..board.boards import Board, load_board
+from ..board.firmware_shared import firmware_constant
 from ..board.node import REBOOT_EXIT, check_broker_url
 from ..board.nodeconfig import rule_for_model
 from ..broker.mosquitto import (
@@ -48,28 +46,24 @@ from ..broker.mosquitto import (
     write_password_file,
 )
 from ..errors import EdgefleetError
-from ..paths import firmware_dir, project_root, writable_dir
+from ..paths import project_root, writable_dir
 from ..runtime import find_micropython, micropython_env, unix_heap_bytes
 from ..wire import protocol
+from ..wire.url import parse_broker_url
 
 log = logging.getLogger(__name__)
 
-SECTOR = 4096
 IMU_CHANNELS = ("ax", "ay", "az", "gx", "gy", "gz")
+FLASHLOG = "node/flashlog.py"  # the flash log's geometry and power-cut loss are defined there, read from it
 
 
-@cache
 def power_cut_loss() -> int:
-    """Records one power cut can cost a node: firmware/node/flashlog.py's POWER_CUT_LOSS, read from its source.
+    """Records one power cut can cost a node: firmware/node/flashlog.py's POWER_CUT_LOSS.
 
     The firmware is the one definition (the flash log's design decides it); the host's loss accounting reads
     it rather than keeping a copy that could drift.
     """
-    text = (firmware_dir() / "node" / "flashlog.py").read_text()
-    m = re.search(r"^POWER_CUT_LOSS = const\((\d+)\)", text, re.M)
-    if m is None:
-        raise EdgefleetError("firmware/node/flashlog.py defines no POWER_CUT_LOSS = const(N)")
-    return int(m.group(1))
+    return firmware_constant(FLASHLOG, "POWER_CUT_LOSS")
 
 
 # ---------------------------------------------------------------- scenarios
@@ -303,13 +297,13 @@ class Fleet:
         return Mosquitto(data_dir=bdir, password_file=pw, acl_file=acl, tls=files)
 
     def collector_url(self) -> str:
-        """Broker URL with the collector's login when the broker requires one. Internal: demo.start_collector
-        moves the password into a 0600 file; never print this URL (collector_hint says what to run)."""
+        """Broker URL with the collector's login when the broker requires one. Internal:
+        collect.launch.start_collector moves the password into a 0600 file; never print this URL (collector_hint
+        says what to run)."""
         if not self.secure:
             return self.broker_url
         pw = self.credentials()[COLLECTOR_USER]
-        u = urlsplit(self.broker_url)
-        return f"{u.scheme}://{COLLECTOR_USER}:{pw}@{u.hostname}:{u.port}"
+        return parse_broker_url(self.broker_url).url(COLLECTOR_USER, pw)
 
     def collector_password_file(self) -> Path:
         """The collector's password in a 0600 file (for `edgefleet collect --password-file`)."""
@@ -323,9 +317,8 @@ class Fleet:
         """The collect command line for this fleet, without any secret on it."""
         if not self.secure:
             return f"edgefleet collect --broker '{self.broker_url}'"
-        u = urlsplit(self.broker_url)
         return (
-            f"edgefleet collect --broker '{u.scheme}://{COLLECTOR_USER}@{u.hostname}:{u.port}' "
+            f"edgefleet collect --broker '{parse_broker_url(self.broker_url).url(COLLECTOR_USER)}' "
             f"--password-file {self.collector_password_file()}"
         )
 
@@ -541,8 +534,9 @@ class Fleet:
         k = secs.index(row)
         first = row[2]
         last = secs[k + 1][2] - 1 if k + 1 < len(secs) else info["durable"]
-        end = row[3] if len(row) > 3 else SECTOR
-        off = self.log_offset() + sector * SECTOR + max(24, end // 2)  # inside the written records
+        size, header = firmware_constant(FLASHLOG, "SECTOR"), firmware_constant(FLASHLOG, "SH_SIZE")
+        end = row[3] if len(row) > 3 else size
+        off = self.log_offset() + sector * size + max(header, end // 2)  # inside the written records
         with open(self.nodes[i].image, "r+b") as f:
             f.seek(off)
             old = f.read(8)
@@ -560,16 +554,16 @@ class Fleet:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        u = urlsplit(self.broker_url)
+        u = parse_broker_url(self.broker_url)
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgefleet-simulate-{os.getpid()}-{id(self)}")
         if self.secure:  # the operator identity: reads status; the collector's would take over its session
             c.username_pw_set(OPERATOR_USER, self.credentials()[OPERATOR_USER])
-        if u.scheme == "mqtts":
+        if u.tls:
             c.tls_set(ca_certs=str(self.ca) if self.ca else None)
 
         def on_connect(cl, ud, flags, rc, props):
             if not rc.is_failure:
-                cl.subscribe(f"{self.prefix}/+/status", qos=1)
+                cl.subscribe(protocol.topic_filter(self.prefix, "status"), qos=1)
             else:
                 self.status_refused = str(rc)  # the watchdog of `simulate` reports it
 
@@ -589,7 +583,7 @@ class Fleet:
         c.on_connect = on_connect
         c.on_message = on_message
         c.reconnect_delay_set(0.5, 2)
-        c.connect_async(u.hostname, u.port or 1883, keepalive=10)
+        c.connect_async(u.host, u.port, keepalive=10)
         c.loop_start()
         self._sub = c
 
@@ -630,21 +624,21 @@ def check_broker(url: str, username: str | None = None, password: str | None = N
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    u = urlsplit(url)
+    u = parse_broker_url(url)
     if username is None and u.username:  # a login in the URL is the one the nodes get
-        username, password = unquote(u.username), unquote(u.password or "")
-    where = f"{u.hostname}:{u.port or (8883 if u.scheme == 'mqtts' else 1883)}"
+        username, password = u.username, u.password or ""
+    where = u.hostport
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgefleet-simulate-check-{os.getpid()}")
     if username:
         c.username_pw_set(username, password)
-    if u.scheme == "mqtts":
+    if u.tls:
         c.tls_set()
     answer: list = []
     c.on_connect = lambda cl, ud, flags, rc, props: answer.append(rc)
     try:
-        c.connect(u.hostname or "", u.port or (8883 if u.scheme == "mqtts" else 1883), keepalive=10)
+        c.connect(u.host, u.port, keepalive=10)
     except (ssl.SSLError, ConnectionResetError) as e:
-        if u.scheme != "mqtts":
+        if not u.tls:
             raise EdgefleetError(f"the MQTT broker at {where} dropped the connection: {e}") from None
         raise EdgefleetError(
             f"TLS to {where} failed: {e}",

@@ -97,10 +97,27 @@ def topic(prefix: str, device: str, kind: str) -> str:
     return f"{prefix}/{device}/{kind}"
 
 
+ANY_DEVICE = "+"  # MQTT's one-level wildcard in the device position
+ACL_OWN_DEVICE = "%u"  # mosquitto's ACL pattern for the client's own user name, which is its device id
+
+
+def topic_filter(prefix: str, kind: str | None = None, device: str = ANY_DEVICE) -> str:
+    """A subscription filter or broker ACL topic: `kind` of every device (or of `device`: one id, ANY_DEVICE or
+    ACL_OWN_DEVICE); without `kind`, everything under the prefix. Subscribers and the broker's ACL build their
+    filters here so that they always cover exactly the topics topic() builds."""
+    if kind is None:
+        return f"{prefix}/#"
+    if device not in (ANY_DEVICE, ACL_OWN_DEVICE):
+        return topic(prefix, device, kind)
+    if kind not in KINDS:
+        raise ProtocolError("unknown topic")
+    return f"{prefix}/{device}/{kind}"
+
+
 def subscriptions(prefix: str, group: str | None = None) -> list[str]:
     """Topic filters the collector subscribes to: everything under the prefix, so that stray topics under it
     become dead letters instead of vanishing. With a group, MQTT 5 shared subscriptions split the load."""
-    filt = f"{prefix}/#"
+    filt = topic_filter(prefix)
     return [f"$share/{group}/{filt}" if group else filt]
 
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from ..board.boards import load_board
-from ..runtime import find_micropython, micropython_env, unix_heap_bytes
+from edgefleet.board.boards import load_board
+from edgefleet.runtime import find_micropython, micropython_env, unix_heap_bytes
 
 RUNNER = Path(__file__).with_name("mpy_runner.py")
 DEFAULT_TIMEOUT = 120.0

@@ -5,8 +5,10 @@
 
 Fixtures (see docs/hil.md): `hil_board` (the board under test: port, board definition, helpers),
 `hil_broker` (a mosquitto the board can reach, and the URL the node must use), `collector` (a paho subscriber
-recording everything under the fleet prefix), `deploy_node` (a function that runs `edgefleet deploy` on the
-board) and `deployed_node` (the firmware deployed with a fresh device id and the test broker).
+recording everything under the fleet prefix), `fleet_collector` (the real `edgefleet collect` into SQLite,
+started by edgefleet.collect.launch), `deploy_node` (a function that runs `edgefleet deploy` on the board),
+`deployed_node` (the firmware deployed with a fresh device id and the test broker) and `start_node` (deploy,
+copy scenario files, soft reset: a running node seen through the broker and the fleet collector).
 Tests marked `hil` are the suite; they are collected from tests/hil/.
 
 The broker runs the fleet's secure configuration (docs/security.md, the same functions as `edgefleet broker`
@@ -30,9 +32,9 @@ from typing import Any
 
 import pytest
 
-from .. import procs
-from ..board.boards import Board, load_board
-from ..broker.mosquitto import (
+from edgefleet import procs
+from edgefleet.board.boards import Board, load_board
+from edgefleet.broker.mosquitto import (
     COLLECTOR_USER,
     OPERATOR_USER,
     Mosquitto,
@@ -40,9 +42,12 @@ from ..broker.mosquitto import (
     render_acl,
     write_password_file,
 )
-from ..errors import EdgefleetError
+from edgefleet.collect.launch import start_collector
+from edgefleet.errors import EdgefleetError
+from edgefleet.wire import protocol
+from edgefleet.wire.url import parse_broker_url
 
-PREFIX = "edgefleet"
+PREFIX = protocol.DEFAULT_PREFIX
 # Collector identities (read the prefix, write /stored): `collector` is the real `edgefleet collect`; the
 # recording subscribers need logins of their own, because client ids are pinned to user names and two
 # connections with one login would take each other's session over.
@@ -175,7 +180,7 @@ def hil_board(pytestconfig: pytest.Config, tmp_path: Path):
         return
     if not board.is_sim:
         pytest.skip(f"board {board.name} needs a real ESP32: pass --board-port PORT")
-    from ..board.vboard.board import VirtualBoard
+    from edgefleet.board.vboard.board import VirtualBoard
 
     flash = tmp_path / "flash.img"
     vb = VirtualBoard(board, flash, pytestconfig.getoption("vboard_heap"))
@@ -274,7 +279,7 @@ class HilBroker:
         pub.connect(self.host, self.port)
         pub.loop_start()
         try:
-            pub.publish(f"{PREFIX}/{device_id}/status", b"", qos=1, retain=True).wait_for_publish(10)
+            pub.publish(protocol.topic(PREFIX, device_id, "status"), b"", qos=1, retain=True).wait_for_publish(10)
         finally:
             pub.loop_stop()
             pub.disconnect()
@@ -319,12 +324,10 @@ def external_credentials(settings: HilSettings) -> tuple[dict[str, str], Path]:
 def hil_broker(hil_board: HilBoard, hil_settings: HilSettings, tmp_path_factory: pytest.TempPathFactory):
     """A secure mosquitto the board can reach: on loopback for the virtual board; on broker.listen for a real
     board (the node is given broker.address); or an external broker from the --hil-config with its logins."""
-    from urllib.parse import urlparse
-
     if hil_settings.broker_url and not hil_board.is_virtual:
         creds, path = external_credentials(hil_settings)
-        u = urlparse(hil_settings.broker_url)
-        yield HilBroker(None, hil_settings.broker_url, u.hostname or "127.0.0.1", u.port or 1883, creds, path)
+        u = parse_broker_url(hil_settings.broker_url)
+        yield HilBroker(None, hil_settings.broker_url, u.host, u.port, creds, path)
         return
     listen = "127.0.0.1" if hil_board.is_virtual else hil_settings.broker_listen
     if not hil_board.is_virtual and not hil_settings.broker_address:
@@ -372,7 +375,7 @@ class Collector:
 
     def _on_connect(self, client: Any, rc: Any, prefix: str) -> None:
         if not rc.is_failure:
-            client.subscribe(f"{prefix}/#", qos=1)
+            client.subscribe(protocol.topic_filter(prefix), qos=1)
         with self.cond:
             self.connack.append(rc)
             self.cond.notify_all()
@@ -422,8 +425,8 @@ def deploy_node(request: pytest.FixtureRequest, hil_board: HilBoard, hil_setting
 
     Deployed to the HIL broker (broker_url = hil_broker.node_url), the device gets its own login there and its
     user name and password go into the node config file (0600), as `edgefleet deploy --config` takes them."""
-    from ..board.deploy import run_deploy
-    from ..broker.pki import write_secret
+    from edgefleet.board.deploy import run_deploy
+    from edgefleet.broker.pki import write_secret
 
     def deploy(
         device_id: str | None = None,
@@ -463,30 +466,17 @@ class FleetCollector:
     of the node's records (each stored once by (device, seq); a seq that went back would count as a duplicate)."""
 
     def __init__(self, broker_url: str, db: Path, log: Path, password_file: Path | None = None) -> None:
+        self.broker_url = broker_url
         self.db = db
         self.log = log
-        self.argv = [sys.executable, "-m", "edgefleet.cli", "collect", "--broker", broker_url, "--db",
-                     f"sqlite:///{db}", "--client-id", f"hil-collector-{secrets.token_hex(3)}"]  # fmt: skip
-        if password_file is not None:  # the password in a 0600 file, never on the command line
-            self.argv += ["--password-file", str(password_file)]
+        self.password_file = password_file  # the password in a 0600 file, never on the command line
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> FleetCollector:
-        import os
-
-        from ..paths import project_root
-
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(project_root() / "host") + os.pathsep + env.get("PYTHONPATH", "")
-        with self.log.open("ab") as f:
-            self.proc = procs.spawn(
-                self.argv, name="collector", stop_signal=signal.SIGINT, env=env, stdout=f, stderr=subprocess.STDOUT
-            )
-        end = time.monotonic() + 30
-        while b"connected to" not in (self.log.read_bytes() if self.log.exists() else b""):
-            if self.proc.poll() is not None or time.monotonic() > end:
-                raise AssertionError(f"edgefleet collect did not connect:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        self.proc = start_collector(
+            self.broker_url, self.db, self.log, f"hil-collector-{secrets.token_hex(3)}",
+            password_file=self.password_file, stop_signal=signal.SIGINT, connect_timeout=30,
+        )  # fmt: skip
         return self
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
@@ -519,7 +509,7 @@ class FleetCollector:
 @pytest.fixture
 def fleet_collector(hil_broker: HilBroker, tmp_path: Path):
     """`edgefleet collect` logged in as the collector identity (password in a 0600 file)."""
-    from ..broker.pki import write_secret
+    from edgefleet.broker.pki import write_secret
 
     user, password = hil_broker.login(COLLECTOR_USER)
     secret = tmp_path / "collector.secret"
@@ -543,7 +533,7 @@ class RunningNode:
     prefix: str = PREFIX
 
     def topic(self, suffix: str) -> str:
-        return f"{self.prefix}/{self.device_id}/{suffix}"
+        return protocol.topic(self.prefix, self.device_id, suffix)
 
     def wait_status(self, predicate=lambda st: True, timeout: float = 60.0) -> dict[str, Any]:
         """The first status message of this node (retained or not) whose JSON body satisfies predicate."""
