@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "edgefleet.broker.mosquitto",
     "edgefleet.collect.collector",
     "edgefleet.collect.fleet",
+    "edgefleet.fleetops.cli_args",
     "edgefleet.console.commands",
     "edgefleet.collect.export",
     "edgefleet.model.capture",

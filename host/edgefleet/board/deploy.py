@@ -201,8 +201,10 @@ def node_config(
     model: Path | None,
     model_key: bytes | None = None,
     ca: Path | None = None,
+    broker_login: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """config.json for the board: the node's defaults, the user's file, the flags; checked by the node's rules."""
+    """config.json for the board: the node's defaults, the user's file, the flags; checked by the node's rules.
+    `broker_login` (user, password), from the device registry, replaces the file's broker.username/password."""
     overrides: dict[str, Any] = {}
     if config_file is not None:
         try:
@@ -219,6 +221,8 @@ def node_config(
         overrides["broker"] = {**overrides.get("broker", {}), "url": broker}
     if ca is not None:
         overrides["broker"] = {**overrides.get("broker", {}), "ca": CA_NAME}
+    if broker_login is not None:
+        overrides["broker"] = {**overrides.get("broker", {}), "username": broker_login[0], "password": broker_login[1]}
     return nodeconfig.build(board, device_id, overrides, model, model_key=model_key)
 
 
@@ -273,8 +277,15 @@ def ca_file(path: Path) -> Path:
 
 
 def build_plan(
-    board: Board, cfg: dict[str, Any], model: Path | None, extra_cmodules: list[Path], ca: Path | None = None
+    board: Board,
+    cfg: dict[str, Any],
+    model: Path | None,
+    extra_cmodules: list[Path],
+    ca: Path | None = None,
+    model_bytes: bytes | None = None,
 ) -> Plan:
+    """Every file for the board. `model_bytes` replaces the model file's content (the model signed with the
+    device's own key, deploy --from-registry)."""
     from .firmware_build import compiled_firmware
 
     tree = compiled_firmware(board.arch)
@@ -289,7 +300,7 @@ def build_plan(
     plan.files["/board.json"] = board.path.read_bytes()
     plan.files["/config.json"] = json.dumps(cfg, indent=1).encode()
     if model is not None:
-        plan.files["/model.efm"] = model.read_bytes()
+        plan.files["/model.efm"] = model_bytes if model_bytes is not None else model.read_bytes()
     if ca is not None:
         plan.files["/" + CA_NAME] = ca.read_bytes()
     cdir = project_root() / "build" / "cmodule" / board.arch
@@ -392,17 +403,39 @@ def run_deploy(args: argparse.Namespace) -> DeployResult:
     key = read_key(Path(args.model_key_file)) if args.model_key_file else None
     model = model_file(args.model, key) if args.model else None
     ca = ca_file(Path(args.ca)) if args.ca else None
-    cfg = node_config(board, args.device_id, Path(args.config) if args.config else None, args.broker, model, key, ca)
-    plan = build_plan(board, cfg, model, [Path(m) for m in args.cmodule or []], ca)
-    link = open_link(args.transport, args.port, args.baud)
-    ok = False
+    registry = None
+    login = model_bytes = None
+    node_key = key
+    if getattr(args, "from_registry", False):
+        from ..fleetops.devices import Registry, sign_for_device
+
+        registry = Registry.open(args.db, secrets_dir=args.secrets_dir, create=False)
     try:
-        if not args.force:
-            check_board_type(link, board)
-        result = deploy(link, plan, progress=not args.quiet)
-        ok = True
+        if registry is not None:
+            found = registry.deploy_secrets(args.device_id, board.name)
+            login, node_key = (found.username, found.password), found.model_key
+            if model is not None:  # checked above with --model-key-file if given; now signed for this device
+                model_bytes = sign_for_device(model.read_bytes(), found.model_key, key)
+        cfg = node_config(
+            board, args.device_id, Path(args.config) if args.config else None, args.broker, model, node_key, ca, login
+        )
+        plan = build_plan(board, cfg, model, [Path(m) for m in args.cmodule or []], ca, model_bytes)
+        link = open_link(args.transport, args.port, args.baud)
+        ok = False
+        try:
+            if not args.force:
+                check_board_type(link, board)
+            result = deploy(link, plan, progress=not args.quiet)
+            ok = True
+        finally:
+            link.close(reset=ok and not args.no_reset)
+        if registry is not None:
+            from ..fleetops.devices import deployed_record
+
+            registry.record_deploy(args.device_id, deployed_record(plan.files, board.name, args.port, model))
     finally:
-        link.close(reset=ok and not args.no_reset)
+        if registry is not None:
+            registry.close()
     return result
 
 
@@ -443,6 +476,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--force", action="store_true", help="deploy even if the board on the port is of another type")
     p.add_argument("--no-reset", action="store_true", help="do not soft-reset the board afterwards")
+    from ..fleetops.cli_args import add_deploy_options
+
+    add_deploy_options(p)
     p.set_defaults(func=_cmd_deploy)
     r = sub.add_parser("repl", help="open the board's MicroPython REPL (mpremote; Ctrl-] to leave)")
     r.add_argument("--port", required=True)

@@ -214,7 +214,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fleet", help="fleet status from the collector's database")
+    p = sub.add_parser("fleet", help="fleet status from the collector's database; commands to devices")
     fsub = p.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", required=True)
     s = fsub.add_parser(
         "status",
@@ -229,3 +229,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--json", action="store_true", help="print the same data as JSON")
     s.set_defaults(func=_cmd_status)
+    from ..fleetops.cli_args import register_fleet_cmd
+
+    register_fleet_cmd(fsub)
