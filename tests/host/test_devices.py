@@ -185,8 +185,12 @@ def test_revoke_and_rotate_reach_a_running_broker(tmp_path, capsys, monkeypatch)
         assert _until(lambda: not _login_ok(port, "node-2", pw2), 5), "a revoked device still logs in"
         connected.close()
 
+        running = Login(port, "node-1", pw1)  # a node still holding the old password
+        assert running.ok()
         out = _device(capsys, "rotate", "node-1")
         assert "reloads them now" in out and _pw("node-1") != pw1
+        assert running.dropped.wait(5), "the broker kept a session with the old password"
+        running.close()
         assert _until(lambda: _login_ok(port, "node-1", _pw("node-1")), 5), "the new password is refused"
         assert not _login_ok(port, "node-1", pw1), "the old password still works"
         assert _login_ok(port, "collector", _pw("collector")) and _login_ok(port, "operator", _pw("operator"))
