@@ -30,6 +30,9 @@ def fleet(tmp_path_factory):
     with Registry.open(db, secrets, bdir, operator_users=["operator", OPS]) as reg:
         for dev in IDS:
             reg.add(dev, "sim", ["pair"] if dev != "node-003" else [])
+    with Registry.open(db, secrets, bdir) as reg:  # a later change without --operator-user keeps ops' rights
+        reg.sync_broker()
+    assert f"user {OPS}\ntopic write edgefleet/+/cmd" in (bdir / "acl").read_text()
     broker = Mosquitto(data_dir=bdir, password_file=bdir / PASSWORD_FILE, acl_file=bdir / "acl").start()
     fw = work / "fleet"
     fw.mkdir()

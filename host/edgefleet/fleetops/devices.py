@@ -516,12 +516,23 @@ class Registry:
         self.store.conn.rollback()
         return {**{r[0]: r[1] for r in logins}, **{r[0]: r[1] for r in devices}}
 
+    def acl_users(self) -> tuple[list[str], list[str]]:
+        """(collector logins, operator logins) for the ACL: the ones this command was given, then any other the
+        registry created earlier (a login made once with --operator-user keeps its rights in every later render,
+        instead of turning into a 'device' without them)."""
+        rows = self.store.execute("SELECT login, role FROM fleet_logins ORDER BY login").fetchall()
+        self.store.conn.rollback()
+        collectors = self.collector_users + [u for u, r in rows if r == "collector" and u not in self.collector_users]
+        operators = self.operator_users + [u for u, r in rows if r == "operator" and u not in self.operator_users]
+        return collectors, operators
+
     def sync_broker(self) -> BrokerFiles:
         """Render the password file and ACL into the broker's directory and make a running broker reload them."""
         made = self._ensure_logins()
         self.broker_dir.mkdir(parents=True, exist_ok=True)
         pw = write_hashed_password_file(self.password_hashes(), self.broker_dir / PASSWORD_FILE)
-        acl = write_acl(self.broker_dir, self.prefix, self.collector_users, self.operator_users)
+        collectors, operators = self.acl_users()
+        acl = write_acl(self.broker_dir, self.prefix, collectors, operators)
         pid = reload_broker(self.broker_dir)
         return BrokerFiles(pw, acl, pid, made)
 
