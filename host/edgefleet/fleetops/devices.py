@@ -280,15 +280,18 @@ class Registry:
                 f"invalid device id {device_id!r}",
                 hint="1-32 characters of A-Z a-z 0-9 _ - (the protocol's rule: it is the device's topic level)",
             )
-        if device_id in {u for u, _ in self._service_users()} | {COLLECTOR_USER, OPERATOR_USER}:
+        collectors, operators = self.acl_users()
+        if device_id in {*collectors, *operators, COLLECTOR_USER, OPERATOR_USER}:
             raise EdgefleetError(
                 f"device id {device_id!r} is the name of a collector or operator login", hint="rename the device"
             )
 
     def secret_path(self, name: str) -> Path:
+        """Where the password of a device or login is (first line: what --password-file options read)."""
         return self.secrets_dir / f"{name}.secret"
 
     def key_path(self, device_id: str) -> Path:
+        """Where a device's model key is (raw bytes: what --model-key-file options read)."""
         return self.secrets_dir / f"{device_id}.key"
 
     def _secrets_dir(self) -> Path:
