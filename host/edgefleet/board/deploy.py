@@ -201,8 +201,10 @@ def node_config(
     model: Path | None,
     model_key: bytes | None = None,
     ca: Path | None = None,
+    broker_login: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """config.json for the board: the node's defaults, the user's file, the flags; checked by the node's rules."""
+    """config.json for the board: the node's defaults, the user's file, the flags; checked by the node's rules.
+    `broker_login` (user, password), from the device registry, replaces the file's broker.username/password."""
     overrides: dict[str, Any] = {}
     if config_file is not None:
         try:
@@ -221,6 +223,8 @@ def node_config(
         overrides["broker"] = {**overrides.get("broker", {}), "url": broker}
     if ca is not None:
         overrides["broker"] = {**overrides.get("broker", {}), "ca": CA_NAME}
+    if broker_login is not None:
+        overrides["broker"] = {**overrides.get("broker", {}), "username": broker_login[0], "password": broker_login[1]}
     return nodeconfig.build(board, device_id, overrides, model, model_key=model_key)
 
 
@@ -275,8 +279,15 @@ def ca_file(path: Path) -> Path:
 
 
 def build_plan(
-    board: Board, cfg: dict[str, Any], model: Path | None, extra_cmodules: list[Path], ca: Path | None = None
+    board: Board,
+    cfg: dict[str, Any],
+    model: Path | None,
+    extra_cmodules: list[Path],
+    ca: Path | None = None,
+    model_bytes: bytes | None = None,
 ) -> Plan:
+    """Every file for the board. `model_bytes` replaces the model file's content (the model signed with the
+    device's own key, deploy --from-registry)."""
     from .firmware_build import compiled_firmware
 
     tree = compiled_firmware(board.arch)
@@ -291,7 +302,7 @@ def build_plan(
     plan.files["/board.json"] = board.path.read_bytes()
     plan.files["/config.json"] = json.dumps(cfg, indent=1).encode()
     if model is not None:
-        plan.files["/model.efm"] = model.read_bytes()
+        plan.files["/model.efm"] = model_bytes if model_bytes is not None else model.read_bytes()
     if ca is not None:
         plan.files["/" + CA_NAME] = ca.read_bytes()
     cdir = project_root() / "build" / "cmodule" / board.arch
@@ -392,24 +403,47 @@ def deploy(link: Link, plan: Plan, progress: bool = True) -> DeployResult:
 def run_deploy(*, board: str, port: str, device_id: str, model: str | None = None,
                model_key_file: str | None = None, config: str | None = None, broker: str | None = None,
                ca: str | None = None, cmodule: list[str] | None = None, transport: str = "mpremote",
-               baud: int = 115200, force: bool = False, reset: bool = True, progress: bool = True) -> DeployResult:  # fmt: skip
+               baud: int = 115200, force: bool = False, reset: bool = True, progress: bool = True,
+               from_registry: bool = False, db: str | None = None, secrets_dir: str | None = None) -> DeployResult:  # fmt: skip
     """`edgefleet deploy` (and the HIL fixture): plan the board's files, check the board type unless `force`,
-    copy what changed, verify everything, and soft-reset the board afterwards when `reset`."""
+    copy what changed, verify everything, and soft-reset the board afterwards when `reset`. With
+    `from_registry`, the node's login and model key come from the device registry in `db` (the model is signed
+    for the device) and what was deployed is recorded there."""
     b = load_board(board)
     key = read_key(Path(model_key_file)) if model_key_file else None
     efm = model_file(model, key) if model else None
     ca_data = ca_file(Path(ca)) if ca else None
-    cfg = node_config(b, device_id, Path(config) if config else None, broker, efm, key, ca_data)
-    plan = build_plan(b, cfg, efm, [Path(m) for m in cmodule or []], ca_data)
-    link = open_link(transport, port, baud)
-    ok = False
+    registry = None
+    login = model_bytes = None
+    node_key = key
+    if from_registry:
+        from ..fleetops.devices import Registry, sign_for_device
+
+        registry = Registry.open(db, secrets_dir=secrets_dir, create=False)
     try:
-        if not force:
-            check_board_type(link, b)
-        result = deploy(link, plan, progress=progress)
-        ok = True
+        if registry is not None:
+            found = registry.deploy_secrets(device_id, b.name)
+            login, node_key = (found.username, found.password), found.model_key
+            if efm is not None:  # checked above with --model-key-file if given; now signed for this device
+                model_bytes = sign_for_device(efm.read_bytes(), found.model_key, key)
+        cfg = node_config(b, device_id, Path(config) if config else None, broker, efm, node_key, ca_data, login)
+        plan = build_plan(b, cfg, efm, [Path(m) for m in cmodule or []], ca_data, model_bytes)
+        link = open_link(transport, port, baud)
+        ok = False
+        try:
+            if not force:
+                check_board_type(link, b)
+            result = deploy(link, plan, progress=progress)
+            ok = True
+        finally:
+            link.close(reset=ok and reset)
+        if registry is not None:
+            from ..fleetops.devices import deployed_record
+
+            registry.record_deploy(device_id, deployed_record(plan.files, b.name, port, efm))
     finally:
-        link.close(reset=ok and reset)
+        if registry is not None:
+            registry.close()
     return result
 
 

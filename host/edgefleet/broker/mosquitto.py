@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -118,6 +119,29 @@ def write_password_file(creds: dict[str, str], path: Path) -> Path:
     return path
 
 
+def password_hash(user: str, password: str) -> str:
+    """The hash mosquitto stores for `password` (the text after `user:` in its password file), made by the
+    installed mosquitto_passwd through write_password_file in a private temporary directory, so the format is
+    exactly what this broker reads and the plain text never reaches a command line or a shared file."""
+    with tempfile.TemporaryDirectory(prefix="edgefleet-pw-") as tmp:  # mode 0700
+        line = write_password_file({user: password}, Path(tmp) / "passwd").read_text().strip()
+    name, sep, hashed = line.partition(":")
+    if name != user or not sep or not hashed.startswith("$"):
+        raise EdgefleetError("mosquitto_passwd wrote an unexpected line (not user:$hash)")
+    return hashed
+
+
+def write_hashed_password_file(hashes: dict[str, str], path: Path) -> Path:
+    """A mosquitto password file from hashes already made (user -> password_hash), 0600 from creation and
+    replaced atomically, so a broker reloading it (SIGHUP) reads either the old or the new file, never half."""
+    from ..redact import write_secret_file
+
+    for user, hashed in hashes.items():
+        if ":" in user or "\n" in user or not hashed.startswith("$") or "\n" in hashed:
+            raise EdgefleetError(f"refusing to write a password file line for {user!r}: not a user and a hash")
+    return write_secret_file(path, "".join(f"{u}:{h}\n" for u, h in hashes.items()))
+
+
 def fleet_credentials(
     path: Path, device_ids: Sequence[str], extra_users: Sequence[str] = RESERVED_USERS
 ) -> dict[str, str]:
@@ -138,6 +162,57 @@ def fleet_credentials(
         creds.setdefault(user, secrets.token_urlsafe(16))
     write_secret(path, json.dumps(creds, indent=1).encode())
     return creds
+
+
+ACL_FILE = "acl"
+PID_FILE = "mosquitto.pid"
+
+
+def write_acl(
+    data_dir: Path,
+    prefix: str = "edgefleet",
+    collector_user: str | Sequence[str] = COLLECTOR_USER,
+    operator_user: str | Sequence[str] = OPERATOR_USER,
+) -> Path:
+    """The broker's ACL file in its data directory: what `edgefleet broker` writes at start and what the device
+    registry writes before it asks a running broker to reload (one function, so the two never differ)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / ACL_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_acl(prefix, collector_user, operator_user))
+    os.replace(tmp, path)  # a broker reloading at this moment reads a whole file
+    return path
+
+
+def running_broker(data_dir: Path) -> int | None:
+    """The pid of the mosquitto running with the config in `data_dir` (from the pid file Mosquitto.start
+    writes), or None. The process must still be a mosquitto reading this directory's config: a stale pid file
+    whose pid now belongs to another process is ignored, never signalled."""
+    try:
+        pid = int((data_dir / PID_FILE).read_text().strip())
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except (OSError, ValueError):
+        return None
+    if not argv or "mosquitto" not in Path(argv[0]).name:
+        return None
+    conf = (data_dir / "mosquitto.conf").resolve()
+    return pid if any(Path(cwd, a).resolve() == conf for a in argv[1:]) else None
+
+
+def reload_broker(data_dir: Path) -> int | None:
+    """Make the mosquitto running on `data_dir` reread its password file and ACL (SIGHUP): new logins work and
+    revoked ones stop working without a restart (mosquitto also disconnects a connected client whose login no
+    longer checks out). Returns the pid signalled, or None when no broker runs there."""
+    pid = running_broker(data_dir)
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return None
+    log.info("broker (pid %d) reloads its password file and ACL", pid)
+    return pid
 
 
 def render_config(
@@ -242,6 +317,9 @@ class Mosquitto:
         logf = self.log_path.open("ab")
         self.proc = procs.spawn([find_mosquitto(), "-c", str(self.conf)], name="mosquitto", stdout=logf, stderr=logf)
         logf.close()  # the child has its own copy
+        # Who runs this broker, for `edgefleet device` (reload_broker): mosquitto writes its own pid_file only
+        # when it daemonizes, which a supervised child must not.
+        (self.data_dir / PID_FILE).write_text(f"{self.proc.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -262,6 +340,12 @@ class Mosquitto:
             procs.kill(self.proc)
         else:
             procs.terminate(self.proc, signal.SIGTERM, grace=10)
+        pid_file = self.data_dir / PID_FILE
+        try:
+            if pid_file.read_text().strip() == str(self.proc.pid):
+                pid_file.unlink()
+        except OSError:
+            pass
 
     def restart(self) -> None:
         self.stop()
@@ -319,10 +403,8 @@ def _secure_files(opts: BrokerOptions, data_dir: Path) -> tuple[Path | None, Pat
             f"password file {password_file} not found",
             hint="create it with: mosquitto_passwd -c FILE collector; mosquitto_passwd FILE node-001; ...",
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    acl_file = data_dir / "acl"
-    acl_file.write_text(
-        render_acl(opts.prefix, opts.collector_user or [COLLECTOR_USER], opts.operator_user or [OPERATOR_USER])
+    acl_file = write_acl(
+        data_dir, opts.prefix, opts.collector_user or [COLLECTOR_USER], opts.operator_user or [OPERATOR_USER]
     )
     return password_file, acl_file
 

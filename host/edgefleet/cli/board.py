@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..board import boards, deploy, flash, node, parttable, vboard
 from ..errors import EdgefleetError
+from . import fleetops
 from .common import add_command
 
 # ---------------------------------------------------------------- node
@@ -179,6 +180,7 @@ def register_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baud", type=int, default=115200, help="serial baud rate")
     p.add_argument("--force", action="store_true", help="deploy even if the board on the port is of another type")
     p.add_argument("--no-reset", action="store_true", help="do not soft-reset the board afterwards")
+    fleetops.add_deploy_options(p)
     p.set_defaults(func=_deploy)
     r = add_command(
         sub,
@@ -195,7 +197,8 @@ def _deploy(args: argparse.Namespace) -> int:
         board=args.board, port=args.port, device_id=args.device_id, model=args.model,
         model_key_file=args.model_key_file, config=args.config, broker=args.broker, ca=args.ca,
         cmodule=args.cmodule, transport=args.transport, baud=args.baud, force=args.force,
-        reset=not args.no_reset, progress=not args.quiet,
+        reset=not args.no_reset, progress=not args.quiet, from_registry=args.from_registry, db=args.db,
+        secrets_dir=args.secrets_dir,
     )  # fmt: skip
     print(
         f"deployed {args.device_id} to {args.port} ({args.board}): {len(r.copied)} copied, {len(r.unchanged)} "

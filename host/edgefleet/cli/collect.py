@@ -9,6 +9,7 @@ import sys
 from ..collect import collector, export, fleet
 from ..collect.storage import open_storage
 from ..redact import refuse_password_in_url
+from . import fleetops
 from .common import add_command, options
 
 COLLECT_DEFAULTS = collector.CollectOptions()
@@ -112,8 +113,8 @@ def register_fleet(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "fleet",
-        help="fleet status from the collector's database",
-        examples=["edgefleet fleet status --db sqlite:///fleet.db"],
+        help="fleet status from the collector's database; commands to devices",
+        examples=["edgefleet fleet status --db sqlite:///fleet.db", "edgefleet fleet cmd all ping"],
     )
     fsub = p.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", required=True)
     s = add_command(
@@ -130,6 +131,7 @@ def register_fleet(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--json", action="store_true", help="print the same data as JSON")
     s.set_defaults(func=_fleet_status)
+    fleetops.register_fleet_cmd(fsub)
 
 
 def _fleet_status(args: argparse.Namespace) -> int:

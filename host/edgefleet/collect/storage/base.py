@@ -166,17 +166,30 @@ class Storage:
         return int(row[0] or 0)
 
     def migrate(self) -> None:
-        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_ms BIGINT)")
+        self.apply_migrations("schema_version", self.migrations, self.migration_statements)
+
+    def apply_migrations(self, version_table: str, migrations: list[list[str]], statements_for: Any = None) -> int:
+        """Run the migrations of one schema whose versions are kept in `version_table`, each in a transaction
+        with its version row; returns the version now in place. The collector's tables are one schema
+        (`schema_version`); another stage that keeps its own tables in the fleet database (the device registry,
+        edgefleet.fleetops) has its own version table, so each upgrades in place without renumbering the other."""
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {version_table} (version INTEGER PRIMARY KEY, applied_ms BIGINT)"
+        )
         self.conn.commit()
-        current = self.schema_version()
-        for version, statements in enumerate(self.migrations, start=1):
+        row = self.execute(f"SELECT max(version) FROM {version_table}").fetchone()
+        current = int(row[0] or 0)
+        for version, statements in enumerate(migrations, start=1):
             if version <= current:
                 continue
-            log.info("%s: applying schema migration %d", self.name, version)
-            for sql in self.migration_statements(version, statements):
+            what = "schema" if version_table == "schema_version" else version_table
+            log.info("%s: applying %s migration %d", self.name, what, version)
+            for sql in statements_for(version, statements) if statements_for else statements:
                 self.conn.execute(sql)
-            self.execute("INSERT INTO schema_version (version, applied_ms) VALUES (?, ?)", (version, now_ms()))
+            self.execute(f"INSERT INTO {version_table} (version, applied_ms) VALUES (?, ?)", (version, now_ms()))
             self.conn.commit()
+            current = version
+        return current
 
     def migration_statements(self, version: int, statements: list[str]) -> list[str]:
         return statements
