@@ -140,3 +140,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 # --- tooling: hardware-in-the-loop plugin (hil_board, hil_broker, collector, deploy_node, deployed_node) ---
 pytest_plugins = [*pytest_plugins, "plugins.hil"]
+
+
+@pytest.fixture
+def vboard(tmp_path):
+    """A virtual sim board (the node's MicroPython behind a pty, like a board's USB serial) on a fresh flash."""
+    from edgefleet.board.boards import load_board
+    from edgefleet.board.vboard.board import VirtualBoard
+
+    vb = VirtualBoard(load_board("sim"), tmp_path / "flash.img")
+    vb.start()
+    yield vb
+    vb.stop()

@@ -7,17 +7,8 @@ import json
 import pytest
 
 from edgefleet.board.boards import load_board
-from edgefleet.board.vboard.board import VirtualBoard
 from edgefleet.cli import main
 from edgefleet.errors import EdgefleetError
-
-
-@pytest.fixture
-def vboard(tmp_path):
-    vb = VirtualBoard(load_board("sim"), tmp_path / "flash.img")
-    vb.start()
-    yield vb
-    vb.stop()
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -125,7 +125,7 @@ class Login:
         self.result.append(not rc.is_failure)
         self.done.set()
 
-    def ok(self, timeout: float = 5) -> bool:
+    def ok(self, timeout: float = 15) -> bool:
         assert self.done.wait(timeout), "no CONNACK"
         return self.result[0]
 
@@ -181,17 +181,17 @@ def test_revoke_and_rotate_reach_a_running_broker(tmp_path, capsys, monkeypatch)
 
         out = _device(capsys, "revoke", "node-2")
         assert "reloads them now" in out, out
-        assert connected.dropped.wait(5), "the broker kept a revoked device connected"
-        assert _until(lambda: not _login_ok(port, "node-2", pw2), 5), "a revoked device still logs in"
+        assert connected.dropped.wait(20), "the broker kept a revoked device connected"
+        assert _until(lambda: not _login_ok(port, "node-2", pw2), 20), "a revoked device still logs in"
         connected.close()
 
         running = Login(port, "node-1", pw1)  # a node still holding the old password
         assert running.ok()
         out = _device(capsys, "rotate", "node-1")
         assert "reloads them now" in out and _pw("node-1") != pw1
-        assert running.dropped.wait(5), "the broker kept a session with the old password"
+        assert running.dropped.wait(20), "the broker kept a session with the old password"
         running.close()
-        assert _until(lambda: _login_ok(port, "node-1", _pw("node-1")), 5), "the new password is refused"
+        assert _until(lambda: _login_ok(port, "node-1", _pw("node-1")), 20), "the new password is refused"
         assert not _login_ok(port, "node-1", pw1), "the old password still works"
         assert _login_ok(port, "collector", _pw("collector")) and _login_ok(port, "operator", _pw("operator"))
         # what the registry rendered is what the broker wrote: same ACL; the broker never saw a plain password
@@ -247,17 +247,6 @@ def _help(capsys, argv) -> str:
     with pytest.raises(SystemExit):
         main(argv)
     return capsys.readouterr().out
-
-
-@pytest.fixture
-def vboard(tmp_path):
-    from edgefleet.board.boards import load_board
-    from edgefleet.board.vboard.board import VirtualBoard
-
-    vb = VirtualBoard(load_board("sim"), tmp_path / "flash.img")
-    vb.start()
-    yield vb
-    vb.stop()
 
 
 def test_deploy_from_registry(vboard, tmp_path, capsys, monkeypatch) -> None:

@@ -8,20 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import serial
 
 from edgefleet.board.boards import load_board
 from edgefleet.board.vboard.board import VirtualBoard
 from edgefleet.runtime import find_micropython, micropython_env
-
-
-@pytest.fixture
-def vboard(tmp_path):
-    vb = VirtualBoard(load_board("sim"), tmp_path / "flash.img")
-    vb.start()
-    yield vb
-    vb.stop()
 
 
 def mpremote(vb: VirtualBoard, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:

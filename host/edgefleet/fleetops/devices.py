@@ -25,13 +25,14 @@ collector's, on SQLite and PostgreSQL alike (the DDL below is valid on both).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,6 +316,19 @@ class Registry:
         for final, tmp in staged.items():
             os.replace(tmp, final)
 
+    @contextlib.contextmanager
+    def _committing(self, staged: dict[Path, Path]) -> Iterator[None]:
+        """The database change of the block and the staged secrets files land together: commit, then move the
+        files into place; on any error roll back and delete the staged files, so neither half is left."""
+        try:
+            yield
+            self.store.conn.commit()
+        except BaseException:
+            self.store.conn.rollback()
+            self._discard(staged)
+            raise
+        self._commit_files(staged)
+
     @staticmethod
     def _discard(staged: dict[Path, Path]) -> None:
         for tmp in staged.values():
@@ -345,7 +359,7 @@ class Registry:
         }
         now = now_ms()
         groups_json = json.dumps(sorted(set(groups)))
-        try:
+        with self._committing(staged):
             if old is None:
                 self.store.execute(
                     f"INSERT INTO fleet_devices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, NULL, NULL)",
@@ -357,12 +371,6 @@ class Registry:
                     " rotated_ms = ?, revoked_ms = NULL WHERE id = ?",
                     (board_name, groups_json, hashed, key_fingerprint(key), now, now, device_id),
                 )
-            self.store.conn.commit()
-        except BaseException:
-            self.store.conn.rollback()
-            self._discard(staged)
-            raise
-        self._commit_files(staged)
         log.info("device %s %s (board %s)", device_id, "readmitted" if old else "added", board_name)
         return Change(self.get(device_id), self.secret_path(device_id), self.key_path(device_id), self.sync_broker())
 
@@ -376,16 +384,10 @@ class Registry:
             self._ensure_logins()
             password = secrets.token_urlsafe(PASSWORD_BYTES)
             staged = {self.secret_path(name): self._stage(self.secret_path(name), (password + "\n").encode())}
-            try:
+            with self._committing(staged):
                 self.store.execute(
                     "UPDATE fleet_logins SET pw_hash = ? WHERE login = ?", (password_hash(name, password), name)
                 )
-                self.store.conn.commit()
-            except BaseException:
-                self.store.conn.rollback()
-                self._discard(staged)
-                raise
-            self._commit_files(staged)
             return Change(None, self.secret_path(name), None, self.sync_broker())
         dev = self.get(name)
         if not dev.active:
@@ -398,17 +400,11 @@ class Registry:
         if key is not None:
             staged[self.key_path(name)] = self._stage(self.key_path(name), key)
         now = now_ms()
-        try:
+        with self._committing(staged):
             self.store.execute(
                 "UPDATE fleet_devices SET pw_hash = ?, key_sha256 = ?, updated_ms = ?, rotated_ms = ? WHERE id = ?",
                 (password_hash(name, password), key_fingerprint(key) if key else dev.key_sha256, now, now, name),
             )
-            self.store.conn.commit()
-        except BaseException:
-            self.store.conn.rollback()
-            self._discard(staged)
-            raise
-        self._commit_files(staged)
         log.info("device %s: new credentials%s", name, " and model key" if key else "")
         return Change(self.get(name), self.secret_path(name), self.key_path(name) if key else None, self.sync_broker())
 
@@ -495,17 +491,11 @@ class Registry:
                 raise EdgefleetError(f"{role} login {login!r} is also a registered device id")
             password = secrets.token_urlsafe(PASSWORD_BYTES)
             staged = {self.secret_path(login): self._stage(self.secret_path(login), (password + "\n").encode())}
-            try:
+            with self._committing(staged):
                 self.store.execute(
                     "INSERT INTO fleet_logins (login, role, pw_hash, created_ms) VALUES (?, ?, ?, ?)",
                     (login, role, password_hash(login, password), now_ms()),
                 )
-                self.store.conn.commit()
-            except BaseException:
-                self.store.conn.rollback()
-                self._discard(staged)
-                raise
-            self._commit_files(staged)
             made.append(self.secret_path(login))
             log.info("%s login %s created (password in %s)", role, login, self.secret_path(login))
         return made
