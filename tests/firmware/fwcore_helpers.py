@@ -5,7 +5,7 @@ import json
 from array import array
 
 from node import board as boardmod
-from node import hw as hwmod
+from node import appboot as hwmod
 from node.sim import scenario as scmod
 
 

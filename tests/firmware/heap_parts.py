@@ -64,8 +64,9 @@ app._release_module("appboot")
 node = app.Node(board, cfg, part_log)
 app.current = node
 part("Node: log, buffers, client, publisher, status, commands", "board")
-from node import clean, clock, hw, sampler  # noqa: E402, F401
+from node import clean, clock, sampler  # noqa: E402, F401
 from node.hw import adc, bme280, dht22, mpu6050  # noqa: E402, F401
+from node import appboot as hw  # noqa: E402
 
 part("hw+drivers+clean+sampler+clock (code)", "board")
 from node.sim import devices, i2c, pins, scenario  # noqa: E402, F401
@@ -78,8 +79,8 @@ class _Pin:
         return 0
 
 
-drv = hw._drivers(board, cfg, lambda b: None, lambda p: None, lambda s: None, None)
-outs = hw._outputs(board, lambda p: _Pin())
+drv = hw.drivers(board, cfg, lambda b: None, lambda p: None, lambda s: None, None)
+outs = hw.outputs(board, lambda p: _Pin())
 part("driver + output objects", "board")
 del drv, outs
 gc.collect()

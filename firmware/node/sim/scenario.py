@@ -105,7 +105,7 @@ class _Sensor:
         if "replay" in spec:
             from node.sim.replay import Replay  # only scenarios that replay pay for it
 
-            self.replay = Replay(spec["replay"], self.channels)
+            self.replay = Replay(spec["replay"], self.channels, ScenarioError)
         self.faults = []
         for f in spec.get("faults", ()):
             k = f.get("kind")
