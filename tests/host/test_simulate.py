@@ -122,9 +122,9 @@ def test_fleet_reboot_command_restarts_node_and_kill_restart_keep_seq(mqtt_broke
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t-cmd")
         c.connect(mqtt_broker.host, mqtt_broker.port)
         c.loop_start()
-        c.publish(
-            "edgefleet/node-001/cmd", json.dumps({"v": 1, "id": "r1", "cmd": "reboot"}), qos=1
-        ).wait_for_publish(5)
+        c.publish("edgefleet/node-001/cmd", json.dumps({"v": 1, "id": "r1", "cmd": "reboot"}), qos=1).wait_for_publish(
+            5
+        )
         c.disconnect()
         c.loop_stop()
         nd = fleet.nodes[0]
