@@ -282,7 +282,7 @@ current = None
 
 
 def main(part=None, scenario=None, sim=False):
-    # Board entry (main.py) and sim entry (node/sim/launch.py). Returns only on the sim board.
+    # Board entry (main.py) and sim entry (simboard/launch.py). Returns only on the sim board.
     try:
         code = asyncio.run(_boot(part, scenario))
     except KeyboardInterrupt:

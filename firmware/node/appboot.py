@@ -16,6 +16,7 @@ from node.board import BOARD_PATH, CONFIG_PATH
 # first connect cannot get a 240-byte coroutine (docs/architecture.md, Heap). With it, the long-lived objects
 # pack around the reserve and the node starts with one contiguous run of that size.
 BOOT_RESERVE_DIV = const(16)
+RESERVE_PARTS = const(4)
 
 
 def _release(config):
@@ -104,27 +105,31 @@ _reserve = None  # the boot reserve (BOOT_RESERVE_DIV) while setup() runs
 
 
 def boot_reserve():
-    # The reserve in two halves: a boot stage that runs short gets one, so a second one that runs short later
-    # (on a heap the first one's objects fragmented further) still has the other.
+    # The reserve in RESERVE_PARTS adjacent pieces: a boot stage that runs short takes one piece at a time, as
+    # many as it needs, so the stages after it (on a heap its objects fragmented further) still find the rest.
     gc.collect()
-    n = (gc.mem_free() + gc.mem_alloc()) // BOOT_RESERVE_DIV // 2
+    n = (gc.mem_free() + gc.mem_alloc()) // BOOT_RESERVE_DIV // RESERVE_PARTS
+    parts = [None] * RESERVE_PARTS  # the list first: growing it between the pieces would leave holes there
     try:
-        return [bytearray(n), bytearray(n)]
+        for i in range(RESERVE_PARTS):
+            parts[i] = bytearray(n)
     except MemoryError:
         return None  # a heap this short boots without it
+    return parts
 
 
 def spend(make):
-    # A boot stage that runs out of heap while the reserve is held gets half of it and one more try: the
-    # reserve is for the node's first minutes, never at the cost of sampling or the model.
-    try:
-        return make()
-    except MemoryError:
-        if not _reserve:
-            raise
-    _reserve.pop()
-    gc.collect()
-    return make()
+    # A boot stage that runs out of heap while the reserve is held gets a piece of it and another try, until it
+    # fits or the reserve is gone: the reserve is for the node's first minutes, never at the cost of sampling or
+    # the model.
+    while True:
+        try:
+            return make()
+        except MemoryError:
+            if not _reserve:
+                raise
+        _reserve.pop()
+        gc.collect()
 
 
 def setup(part, scenario, Node):
@@ -165,7 +170,7 @@ def _rate(config, name):
 def build(board, config, scenario=None):
     # Only the board's own wiring module is loaded: heap is scarce.
     if board["chip"] == "sim":
-        from node.sim.pins import wiring
+        from simboard.pins import wiring
 
         w = wiring(board, scenario)
     else:

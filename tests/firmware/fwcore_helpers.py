@@ -6,7 +6,7 @@ from array import array
 
 from node import board as boardmod
 from node import appboot as hwmod
-from node.sim import scenario as scmod
+from simboard import scenario as scmod
 
 
 class RecorderSink:

@@ -2,7 +2,7 @@
 from array import array
 
 from fwcore_helpers import sim_hw, write_json
-from node.sim import scenario as sc
+from simboard import scenario as sc
 
 KINDS = {"env": "bme280", "imu": "mpu6050", "soil": "adc", "air": "dht22"}
 

@@ -3,14 +3,14 @@
 #   hw = node.appboot.build(board, config, scenario=None)   (boot-only code, released with node.appboot)
 #   hw.sensors  -> [Sensor]: .name, .kind, .channels, .read(out) fills array('f') or raises SensorError
 #   hw.outputs  -> {name: object with .value(v)}
-#   hw.sim      -> the simulated board (node.sim.pins.World) on the sim board, else None
+#   hw.sim      -> the simulated board (simboard.pins.World) on the sim board, else None
 #
 # Drivers are lazy: build() never touches a device, so a sensor that is missing at boot does not stop the
 # node; the first read() initialises it, and any bus error makes the next read() initialise it again (a
 # re-plugged chip is back in its power-on state).
 #
 # This module is the bottom of the hardware layer: what the drivers (node.hw.bme280, ...), the boards' wiring
-# (node.hw.esp32; node.sim.pins on the sim board) and the running node share. It imports none of them; the
+# (node.hw.esp32; simboard.pins on the sim board) and the running node share. It imports none of them; the
 # boot-only node.appboot.build imports them all (imports go one way).
 class SensorError(Exception):
     # The device did not answer or answered nonsense. errno is the bus's OSError errno when there was one

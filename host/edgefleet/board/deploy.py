@@ -190,7 +190,7 @@ def _literal(text: str) -> Any:
 @dataclass
 class Plan:
     files: dict[str, bytes] = field(default_factory=dict)  # remote path -> content
-    owned_dirs: tuple[str, ...] = ("/node",)
+    owned_dirs: tuple[str, ...] = ("/node", "/simboard")
 
 
 def node_config(
@@ -283,7 +283,7 @@ def build_plan(
         rel = f.relative_to(tree)
         if not f.is_file() or rel.parts[0] in SKIP_DIRS or f.name.startswith("."):
             continue
-        if rel.parts[:2] == ("node", "sim") and not board.is_sim:
+        if rel.parts[0] == "simboard" and not board.is_sim:
             continue  # simulator-only modules stay off real boards
         plan.files["/" + rel.as_posix()] = f.read_bytes()
     plan.files["/board.json"] = board.path.read_bytes()

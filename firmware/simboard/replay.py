@@ -1,6 +1,6 @@
-# Replay of a recorded CSV for the sim board's scenario (node.sim.scenario): header `t_s,<channel>...,label`,
+# Replay of a recorded CSV for the sim board's scenario (simboard.scenario): header `t_s,<channel>...,label`,
 # one row per sample; `label` (optional) is the ground-truth segment name, exposed by label_at(). Imported by
-# node.sim.scenario (only when a scenario replays), which passes its ScenarioError in: no import back.
+# simboard.scenario (only when a scenario replays), which passes its ScenarioError in: no import back.
 
 
 class Replay:

@@ -14,7 +14,7 @@ import errno
 import math
 from array import array
 
-from node.sim import scenario as sc
+from simboard import scenario as sc
 
 # A realistic BME280 calibration set (values of the order found in real parts).
 BME280_CAL = {

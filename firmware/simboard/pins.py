@@ -83,7 +83,7 @@ class World:
         return p
 
     def unplug(self, sensor):
-        from node.sim import scenario as sc
+        from simboard import scenario as sc
 
         self.scenario.force(sensor, sc.UNPLUGGED)
         d = self.devices.get(sensor)
@@ -91,7 +91,7 @@ class World:
             d.was_gone = True  # it comes back in its power-on state even if nobody looked meanwhile
 
     def plug(self, sensor):
-        from node.sim import scenario as sc
+        from simboard import scenario as sc
 
         self.scenario.force(sensor, sc.OK)
 
@@ -100,9 +100,9 @@ class World:
 # their buses and pins, and the accessors the same drivers as on an ESP32 are wired to.
 def wiring(board, scenario):
     from node.hw import ATTN_INDEX
-    from node.sim import devices
-    from node.sim import scenario as scmod
-    from node.sim.i2c import SimI2C
+    from simboard import devices
+    from simboard import scenario as scmod
+    from simboard.i2c import SimI2C
 
     if scenario is None or isinstance(scenario, str):
         scenario = scmod.load(scenario, board)
