@@ -8,7 +8,7 @@ _ATTN_NAMES = ("ATTN_0DB", "ATTN_2_5DB", "ATTN_6DB", "ATTN_11DB")
 
 
 def wiring(board):
-    # (i2c_for, pin_for, adc_for, dht_readinto, pin_for_out, None): what node.hw.build wires the drivers to.
+    # (i2c_for, pin_for, adc_for, dht_readinto, pin_for_out, None): what node.appboot.build wires the drivers to.
     try:
         from esp import dht_readinto
     except ImportError:
