@@ -1,6 +1,6 @@
 """Write amplification of the node's flash log vs littlefs append+flush per record, on the simulated NOR flash.
 
-Both run on the MicroPython unix port with the sim board's flash (node.sim.flash counts every programmed byte
+Both run on the MicroPython unix port with the sim board's flash (simboard.flash counts every programmed byte
 and erased block). The log is fed one hour of node time at the default logging rates (env 1 Hz, imu logged
 1 Hz, soil 0.1 Hz, air 0.25 Hz) on a virtual clock: today's per-record log with the collector's stored acks
 every 5 s (so ack markers are written too), the same with records padded to 16-byte units (ESP32 flash
@@ -33,7 +33,7 @@ from array import array
 from node import board as B
 from node import records as R
 from node.flashlog import FlashLog
-from node.sim.flash import open_board_flash, mount_vfs
+from simboard.flash import open_board_flash, mount_vfs
 
 board = B.load(sys.argv[1])
 img = sys.argv[2]

@@ -20,7 +20,7 @@ SCRIPT = r"""
 import time, sys
 from array import array
 from node import board as bm
-from node import hw as hwm
+from node import appboot as hwm
 from node.clean import Cleaner
 from node.sampler import Sampler
 

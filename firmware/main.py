@@ -1,6 +1,6 @@
 # Board entry: MicroPython runs main.py after boot.py. The app never returns on a board (reboot = reset).
 # A sim board (the virtual board, `edgefleet board virtual`) takes its simulated sensors' signals from
-# scenario.json on its flash when there is one (format: node/sim/scenario.py); real boards have no
+# scenario.json on its flash when there is one (format: simboard/scenario.py); real boards have no
 # simulated sensors and ignore it.
 import os
 

@@ -23,20 +23,12 @@ from node.status import Status, will
 
 FW_VERSION = "0.1.0"
 REBOOT_EXIT = const(75)  # sim: "reboot me" exit code; host/edgefleet/board/node.py restarts the process on it
-CONFIG_PATH = "config.json"
-BOARD_PATH = "board.json"
 BOOT_COUNT_PATH = "boots"
 # Messages of max_batch_bytes in flight. One is enough for a node (~100 B/s of records: a 2 KB message every
 # ~20 s; a 1.5 h backlog drains in ~14 s at 50 ms RTT) and each extra one costs max_batch_bytes of heap.
 PUBLISH_WINDOW = const(1)
 MAX_RUNNING = const(2)  # commands executing at once (a flush waits up to 30 s)
 SEEN_IDS = const(16)  # command ids remembered against replays
-# Boot reserve: 1/BOOT_RESERVE_DIV of the heap held in one block while the node boots and freed when it runs.
-# Boot interleaves what lives for ever (code, config, buffers, sensor state) with its own temporaries (parsed
-# JSON, module loading); without the reserve the freed temporaries leave only holes of a few blocks and the
-# first connect cannot get a 240-byte coroutine (docs/architecture.md, Heap). With it, the long-lived objects
-# pack around the reserve and the node starts with one contiguous run of that size.
-BOOT_RESERVE_DIV = const(16)
 
 
 def _now_ms():
@@ -123,7 +115,7 @@ def _num(cfg, key, default, lo, hi):
 
 class Node:
     def __init__(
-        self, board, cfg, part, error=None, cfg_path=CONFIG_PATH, now_ms=None, link=None, flush=None, mqtt_opts=None
+        self, board, cfg, part, error=None, cfg_path=boardmod.CONFIG_PATH, now_ms=None, link=None, flush=None, mqtt_opts=None
     ):
         # Only the board's name and the brief set_config validates against stay: the parsed board.json (~3.4 KB
         # of heap on a 32-bit board) is released after boot.
@@ -173,7 +165,7 @@ class Node:
                 backoff_max_s=mq.get("backoff_max_s", 60),
             )
         except ValueError as e:
-            self._safe("no usable broker: %s" % e)
+            self.degrade("no usable broker: %s" % e)
         if self.mqtt is not None:
             self.publisher = Publisher(
                 self.log,
@@ -197,7 +189,9 @@ class Node:
         else:
             self.commands.on_message(topic, payload)
 
-    def _safe(self, why):
+    def degrade(self, why):
+        # Safe mode: a stage is off (sampling, decision, the broker) and `why` goes into the status. Called by
+        # the boot (node.appboot) for the stages it could not start.
         print("node: safe mode:", why)
         self.safe_mode = True
         self.error = why if self.error is None else self.error + "; " + why
@@ -267,23 +261,19 @@ class Node:
         return REBOOT_EXIT
 
 
-def _release(config):
-    # node.config costs ~10 KB of heap and is needed only at boot and for set_config: drop it after use.
-    rel = getattr(config, "release", None)
-    if rel is not None:
-        rel()
-
-
 async def _boot(part, scenario):
     # The setup runs in node.appboot, a plain function released after it: its code is needed once, and the
     # board and config dicts it parsed are garbage once it returns (a coroutine's locals live as long as it
     # runs).
+    # node.appboot does not import this module (imports go one way): it gets the Node class to build.
+    global current
     from node import appboot
 
     try:
-        node, tasks = appboot.setup(part, scenario)
+        node, tasks = appboot.setup(part, scenario, Node)
     finally:
         _release_module("appboot")
+    current = node
     gc.collect()
     return await node.run(tasks)
 
@@ -292,7 +282,7 @@ current = None
 
 
 def main(part=None, scenario=None, sim=False):
-    # Board entry (main.py) and sim entry (node/sim/launch.py). Returns only on the sim board.
+    # Board entry (main.py) and sim entry (simboard/launch.py). Returns only on the sim board.
     try:
         code = asyncio.run(_boot(part, scenario))
     except KeyboardInterrupt:

@@ -1,10 +1,29 @@
 # Boot of the node application (node.app): config, model, node, sensor pipeline. Imported once by
 # app._boot and released after it (its code is not needed while the node runs). Boot never loops: see app.
+# It does not import node.app (imports go one way, app -> appboot): app passes the Node class to setup() and
+# keeps the node it returns.
 import gc
 import json
 
-from node import app
-from node.app import CONFIG_PATH, Node, _release
+from micropython import const
+
+from node import board as boardmod
+from node.board import BOARD_PATH, CONFIG_PATH
+
+# Boot reserve: 1/BOOT_RESERVE_DIV of the heap held in one block while the node boots and freed when it runs.
+# Boot interleaves what lives for ever (code, config, buffers, sensor state) with its own temporaries (parsed
+# JSON, module loading); without the reserve the freed temporaries leave only holes of a few blocks and the
+# first connect cannot get a 240-byte coroutine (docs/architecture.md, Heap). With it, the long-lived objects
+# pack around the reserve and the node starts with one contiguous run of that size.
+BOOT_RESERVE_DIV = const(16)
+RESERVE_PARTS = const(4)
+
+
+def _release(config):
+    # node.config costs ~10 KB of heap and is needed only at boot and for set_config: drop it after use.
+    rel = getattr(config, "release", None)
+    if rel is not None:
+        rel()
 
 
 def load_config(board):
@@ -60,17 +79,16 @@ def pipeline(node, board, cfg, scenario, runner=None, model_err=None):
     # failure turns the decision stage off. Both keep the node connected with the error in its status.
     tasks = []
     try:
-        from node import hw as hwmod
         from node import sampler as sampmod
 
-        hw = spend(lambda: hwmod.build(board, cfg, scenario))
+        hw = spend(lambda: build(board, cfg, scenario))
         node.sampler = spend(lambda: sampmod.Sampler(hw, cfg, node.log))
         tasks.append(node.sampler.run())
     except Exception as e:  # noqa
-        node._safe("sampling off: %s" % (str(e) or repr(e)))
+        node.degrade("sampling off: %s" % (str(e) or repr(e)))
         return tasks
     if model_err:
-        node._safe("decision off: %s" % model_err)
+        node.degrade("decision off: %s" % model_err)
     elif runner is not None:
         try:
             from node import decision
@@ -79,39 +97,44 @@ def pipeline(node, board, cfg, scenario, runner=None, model_err=None):
             node.model_id = getattr(d, "model_id", None)
             tasks.append(d.run())
         except Exception as e:  # noqa
-            node._safe("decision off: %s" % (str(e) or repr(e)))
+            node.degrade("decision off: %s" % (str(e) or repr(e)))
     return tasks
 
 
-_reserve = None  # the boot reserve (app.BOOT_RESERVE_DIV) while setup() runs
+_reserve = None  # the boot reserve (BOOT_RESERVE_DIV) while setup() runs
 
 
 def boot_reserve():
+    # The reserve in RESERVE_PARTS adjacent pieces: a boot stage that runs short takes one piece at a time, as
+    # many as it needs, so the stages after it (on a heap its objects fragmented further) still find the rest.
     gc.collect()
+    n = (gc.mem_free() + gc.mem_alloc()) // BOOT_RESERVE_DIV // RESERVE_PARTS
+    parts = [None] * RESERVE_PARTS  # the list first: growing it between the pieces would leave holes there
     try:
-        return bytearray((gc.mem_free() + gc.mem_alloc()) // app.BOOT_RESERVE_DIV)
+        for i in range(RESERVE_PARTS):
+            parts[i] = bytearray(n)
     except MemoryError:
         return None  # a heap this short boots without it
+    return parts
 
 
-def spend(build):
-    # A boot stage that runs out of heap while the reserve is held gets the reserve and one more try: the
-    # reserve is for the node's first minutes, never at the cost of sampling or the model.
-    global _reserve
-    try:
-        return build()
-    except MemoryError:
-        if _reserve is None:
-            raise
-    _reserve = None
-    gc.collect()
-    return build()
+def spend(make):
+    # A boot stage that runs out of heap while the reserve is held gets a piece of it and another try, until it
+    # fits or the reserve is gone: the reserve is for the node's first minutes, never at the cost of sampling or
+    # the model.
+    while True:
+        try:
+            return make()
+        except MemoryError:
+            if not _reserve:
+                raise
+        _reserve.pop()
+        gc.collect()
 
 
-def setup(part, scenario):
-    from node import board as boardmod
-
-    board = boardmod.load(app.BOARD_PATH)
+def setup(part, scenario, Node):
+    # (node, coroutines to run). Node: node.app's class, passed in so that this module never imports node.app.
+    board = boardmod.load(BOARD_PATH)
     cfg, err = load_config(board)
     runner, model_err = (None, None) if err else load_model(cfg)
     global _reserve
@@ -124,7 +147,70 @@ def setup(part, scenario):
 
         link = link_for(board, cfg)
     node = spend(lambda: Node(board, cfg, part, error=err, link=link))
-    app.current = node
     tasks = [] if err else pipeline(node, board, cfg, scenario, runner, model_err)
     _reserve = None
     return node, tasks
+
+
+# ---- the hardware layer (node.hw) from the board definition. Boot-only code, so it lives here and is released
+# with this module: the board's wiring module gives the bus, pin and ADC accessors, and the same drivers and
+# outputs are made on every board. node.hw itself imports none of this (the drivers import node.hw).
+#
+#   hw = node.appboot.build(board, config, scenario=None)   -> node.hw.Hw
+
+
+def _rate(config, name):
+    if config:
+        r = config.get("rates", {}).get(name)
+        if isinstance(r, (int, float)):
+            return r
+    return 1
+
+
+def build(board, config, scenario=None):
+    # Only the board's own wiring module is loaded: heap is scarce.
+    if board["chip"] == "sim":
+        from simboard.pins import wiring
+
+        w = wiring(board, scenario)
+    else:
+        from node.hw.esp32 import wiring
+
+        w = wiring(board)
+    i2c_for, pin_for, adc_for, dht_readinto, pin_for_out, sim = w
+    from node.hw import Hw
+
+    return Hw(drivers(board, config, i2c_for, pin_for, adc_for, dht_readinto), outputs(board, pin_for_out), sim)
+
+
+def drivers(board, config, i2c_for, pin_for, adc_for, dht_readinto):
+    from node.hw.adc import AnalogInput
+    from node.hw.bme280 import BME280
+    from node.hw.dht22 import DHT22
+    from node.hw.mpu6050 import MPU6050
+
+    sensors = []
+    for s in board["sensors"]:
+        t = s["type"]
+        name = s["name"]
+        if t == "bme280":
+            # forced mode (one conversion per read, sleeps between) at low rates; normal mode above 1 Hz
+            mode = "forced" if _rate(config, name) <= 1 else "normal"
+            sensors.append(BME280(name, i2c_for(s["bus"]), s["address"], mode=mode))
+        elif t == "mpu6050":
+            sensors.append(MPU6050(name, i2c_for(s["bus"]), s["address"], rate_hz=_rate(config, name)))
+        elif t == "adc":
+            sensors.append(AnalogInput(name, adc_for(s), s["calibration"]))
+        elif t == "dht22":
+            sensors.append(DHT22(name, pin_for(s["pin"]), dht_readinto))
+    return sensors
+
+
+def outputs(board, pin_for_out):
+    from node.hw import Output
+
+    outs = {}
+    for o in board["outputs"]:
+        outs[o["name"]] = Output(o["name"], pin_for_out(o["pin"]), o.get("active_low", False))
+    return outs
+

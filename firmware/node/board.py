@@ -2,6 +2,10 @@
 # only reads the same file (deployed as /board.json) and trusts the fields it needs.
 import json
 
+# The node's files on its flash root (deploy writes them, node.app and node.appboot read them).
+BOARD_PATH = "board.json"
+CONFIG_PATH = "config.json"
+
 
 def to_int(v):
     # Sizes and offsets are ints or hex strings ("0x1000"), as in the schema.

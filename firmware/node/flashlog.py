@@ -28,7 +28,6 @@
 # - A torn write (power cut) leaves a record with a bad CRC at the end of the head sector: mount keeps
 #   everything before it and continues in a fresh sector. A bad record anywhere else is corruption: the rest
 #   of that sector is skipped and counted (`corrupt`), the next record delivered carries flag 4.
-import os
 import time
 from array import array
 
@@ -36,6 +35,8 @@ from micropython import const
 
 from node import records as R
 
+# The sector format below is repeated, as private constants, in node.logmount (which must not import this
+# module: this module imports it); tests/firmware/test_firmware_layout.py checks that the two agree.
 SECTOR = const(4096)
 SH_SIZE = const(32)
 MAGIC = const(0x324C4645)  # b"EFL2" little-endian
@@ -43,7 +44,6 @@ _SH = "<IIIIIII"
 ST_ERASED = const(0)
 ST_VALID = const(1)
 ST_BAD = const(2)
-ST_STALE = const(3)  # a valid header of another log (not part of this ring)
 _IOCTL_BLOCK_COUNT = const(4)
 _IOCTL_BLOCK_SIZE = const(5)
 _IOCTL_BLOCK_ERASE = const(6)
@@ -57,12 +57,6 @@ ALIGN = const(1)
 
 class LogError(Exception):
     pass
-
-
-def new_log_id():
-    b = os.urandom(4)
-    v = b[0] | (b[1] << 8) | (b[2] << 16) | ((b[3] & 0x7F) << 24)  # small int on a 32-bit port
-    return v or 1
 
 
 def log_id_hex(v):

@@ -1,8 +1,30 @@
 # Mounting the flash log (node.flashlog, whose header describes the layout): finds the head, the ring's tail,
 # the stored mark, the log id and where writing continues; counts torn writes and corruption. Imported by
 # FlashLog.mount() for the boot and released after it (a function per step, `self` is the FlashLog).
+#
+# It does not import node.flashlog (which imports it): the sector format it needs is repeated here as private
+# constants, compiled into the code (a shared module would cost the running node heap for names only the boot
+# uses); tests/firmware/test_firmware_layout.py checks that they equal node.flashlog's.
+import os
+
+from micropython import const
+
 from node import records as R
-from node.flashlog import SECTOR, SH_SIZE, ST_BAD, ST_ERASED, ST_STALE, ST_VALID, new_log_id
+
+_SECTOR = const(4096)
+_SH_SIZE = const(32)
+_ST_ERASED = const(0)
+_ST_VALID = const(1)
+_ST_BAD = const(2)
+_ST_STALE = const(3)  # a valid header of another log (not part of this ring); only mount sets it
+
+
+def _new_log_id():
+    # A fresh log's id, written in every sector header; chosen when mount formats the log.
+    b = os.urandom(4)
+    v = b[0] | (b[1] << 8) | (b[2] << 16) | ((b[3] & 0x7F) << 24)  # small int on a 32-bit port
+    return v or 1
+
 
 def mount(self):
     n = self.n
@@ -15,25 +37,25 @@ def mount(self):
     for s in range(n):
         st, h = self._read_header(s)
         self.state[s] = st
-        if st == ST_VALID:
+        if st == _ST_VALID:
             heads[s] = h
             if h[5] > self._emax:
                 self._emax = h[5]
             if best < 0 or h[0] > best:
                 best = h[0]
                 self.head = s
-        elif st == ST_BAD:
+        elif st == _ST_BAD:
             bad.append(s)
     if self.head < 0:
         # A blank or unreadable log: format it, i.e. a new log id in the first sector's header.
         self.corrupt += len(bad)
-        self.log_id = new_log_id()
+        self.log_id = _new_log_id()
         self.formatted = True
         self.counter = 0
         self.clean = True
         self.next_seq = 1
         self.durable = 0
-        self.woff = SH_SIZE
+        self.woff = _SH_SIZE
         self.tail = -1
         self.rsec, self.roff = -1, 0
         if self.readonly:
@@ -49,7 +71,7 @@ def mount(self):
         if h is None:
             continue
         if h[4] != self.log_id:
-            self.state[s] = ST_STALE
+            self.state[s] = _ST_STALE
             continue
         self.cnt[s] = h[0]
         self.base[s] = h[1]
@@ -59,8 +81,8 @@ def mount(self):
     for s in range(n):
         # prev_end is only meaningful when the previous sector is the one opened just before.
         p = (s - 1) % n
-        if self.state[s] != ST_VALID or self.state[p] != ST_VALID or self.cnt[p] + 1 != self.cnt[s]:
-            self.end[p] = SECTOR
+        if self.state[s] != _ST_VALID or self.state[p] != _ST_VALID or self.cnt[p] + 1 != self.cnt[s]:
+            self.end[p] = _SECTOR
     _scan_head(self)
     for s in bad:
         # A bad header right after the head is a header write torn by a power cut, unless records follow
@@ -79,11 +101,11 @@ def mount(self):
     t = self.head
     while True:
         p = (t - 1) % n
-        if p == self.head or self.state[p] != ST_VALID or self.cnt[p] >= self.cnt[t]:
+        if p == self.head or self.state[p] != _ST_VALID or self.cnt[p] >= self.cnt[t]:
             # Skip one bad sector inside the ring (it may be corruption between two valid sectors).
-            if self.state[p] == ST_BAD:
+            if self.state[p] == _ST_BAD:
                 pp = (p - 1) % n
-                if pp != self.head and self.state[pp] == ST_VALID and self.cnt[pp] < self.cnt[t]:
+                if pp != self.head and self.state[pp] == _ST_VALID and self.cnt[pp] < self.cnt[t]:
                     t = pp
                     continue
             break
@@ -100,10 +122,10 @@ def mount(self):
 def _scan_head(self):
     # Finds the durable end of the head sector, the last seq and the newest ack marker.
     s = self.head
-    off = SH_SIZE
+    off = _SH_SIZE
     last = self.base[s] - 1
     rb = self.rbuf
-    while off + R.MIN_SIZE <= SECTOR:
+    while off + R.MIN_SIZE <= _SECTOR:
         ln = self._read_record(s, off)
         if ln <= 0:
             break
@@ -126,7 +148,7 @@ def _scan_head(self):
     self.next_seq = last + 1
 
 def _last_seq_in(self, s):
-    off = SH_SIZE
+    off = _SH_SIZE
     last = -1
     while True:
         ln = self._read_record(s, off)
@@ -138,8 +160,8 @@ def _last_seq_in(self, s):
 
 def _erased_from(self, s, off):
     sc = self._scan
-    while off < SECTOR:
-        k = min(len(sc), SECTOR - off)
+    while off < _SECTOR:
+        k = min(len(sc), _SECTOR - off)
         mv = memoryview(sc)[:k]
         self.part.readblocks(s, mv, off)
         if not R.all_erased(sc, 0, k):

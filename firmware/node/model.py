@@ -8,7 +8,9 @@
 # of heap whatever file it is given.
 #
 # The loader (header checks, hashing, reading the arrays: about half of this code) lives in node/modelload.py,
-# imported by load() and released after it: a node loads its model once, at boot.
+# imported by load() and released after it: a node loads its model once, at boot. Imports go one way:
+# node.model -> node.modelload. load() hands the loader the Runner class to fill and the C model class (or
+# None), and turns the loader's LoadError into ModelError.
 import micropython
 from micropython import const
 
@@ -285,7 +287,9 @@ def load(path, key=None, use_c=True):
     from node import modelload
 
     try:
-        return modelload.load(path, key, use_c)
+        return modelload.load(path, key, Runner, _CModel if use_c and _cmod is not None else None)
+    except modelload.LoadError as e:
+        raise ModelError(str(e))
     finally:
         sys.modules.pop("node.modelload", None)
         if getattr(node, "modelload", None) is not None:

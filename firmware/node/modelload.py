@@ -10,7 +10,13 @@ from array import array
 from micropython import const
 
 from node import features
-from node.model import ModelError, Runner, _CModel, _cmod
+
+
+class LoadError(Exception):
+    # What is wrong with a model file; node.model.load() raises it as ModelError (this module does not import
+    # node.model, which imports it).
+    pass
+
 
 MAGIC = b"EFML"
 VERSION = const(1)
@@ -37,21 +43,21 @@ def _check_nodes(nodes, fmt, n_nodes, n_leaves, nf):
             ll = nodes[b + 1]
             if ll == 0xFF:
                 if i + 1 >= n_nodes:
-                    raise ModelError("tree node %d: left child past the last node" % i)
+                    raise LoadError("tree node %d: left child past the last node" % i)
             elif ll >= n_leaves:
-                raise ModelError("tree node %d points to leaf %d of %d" % (i, ll, n_leaves))
+                raise LoadError("tree node %d points to leaf %d of %d" % (i, ll, n_leaves))
             kids = (nodes[b + 4] | (nodes[b + 5] << 8),)
         else:
             feat = nodes[4 * i] & 0xFF
             kids = (nodes[4 * i + 2], nodes[4 * i + 3])
         if feat >= nf:
-            raise ModelError("tree node %d uses feature %d of %d" % (i, feat, nf))
+            raise LoadError("tree node %d uses feature %d of %d" % (i, feat, nf))
         for c in kids:
             if c & 0x8000:
                 if 0xFFFF - c >= n_leaves:
-                    raise ModelError("tree node %d points to leaf %d of %d" % (i, 0xFFFF - c, n_leaves))
+                    raise LoadError("tree node %d points to leaf %d of %d" % (i, 0xFFFF - c, n_leaves))
             elif c == 0 or i + c >= n_nodes:
-                raise ModelError("tree node %d jumps to %d: not a later node" % (i, i + c))
+                raise LoadError("tree node %d jumps to %d: not a later node" % (i, i + c))
 
 
 def _hmac_pads(key):
@@ -74,7 +80,7 @@ def _verify(f, content_len, signed, key):
     inner = None
     if key is not None:
         if not signed:
-            raise ModelError("model file is not signed but a key is configured")
+            raise LoadError("model file is not signed but a key is configured")
         ipad, opad = _hmac_pads(key)
         inner = hashlib.sha256(ipad)
     buf = bytearray(256)
@@ -84,19 +90,19 @@ def _verify(f, content_len, signed, key):
     while left:
         n = f.readinto(mv[: min(256, left)])
         if not n:
-            raise ModelError("model file truncated")
+            raise LoadError("model file truncated")
         h.update(mv[:n])
         if inner is not None:
             inner.update(mv[:n])
         left -= n
     trailer = f.read(64)
     if len(trailer) != 64 or not _same(h.digest(), trailer[:32]):
-        raise ModelError("model file sha256 mismatch (corrupt file)")
+        raise LoadError("model file sha256 mismatch (corrupt file)")
     if inner is not None:
         outer = hashlib.sha256(opad)
         outer.update(inner.digest())
         if not _same(outer.digest(), trailer[32:]):
-            raise ModelError("model file signature does not verify with the configured key")
+            raise LoadError("model file signature does not verify with the configured key")
     return trailer[:32]
 
 
@@ -124,7 +130,7 @@ def _check_version(ver, flags):
     # the operator signed this file as an explicit downgrade (flags bit 1, covered by the MAC).
     have = running_version()
     if ver < have and not flags & _FLAG_DOWNGRADE:
-        raise ModelError(
+        raise LoadError(
             "model version %d is older than version %d this node ran: rollback refused (the operator can sign "
             "an explicit downgrade)" % (ver, have)
         )
@@ -164,52 +170,54 @@ def _strings(buf, n_classes):
         out.append(s)
     return model_id, sensor, tuple(chans), tuple(out)
 
-def load(path, key=None, use_c=True):
-    # The runner, verified and accepted: its version becomes the node's anti-rollback floor.
-    r = _open_and_load(path, key, use_c)
+def load(path, key, runner_cls, cmodel_cls):
+    # The runner (a runner_cls, node.model.Runner, filled here), verified and accepted: its version becomes the
+    # node's anti-rollback floor. cmodel_cls: node.model.CModel to run the model in our C module, or None for
+    # the MicroPython implementation. Both are passed in so that this module never imports node.model.
+    r = _open_and_load(path, key, runner_cls, cmodel_cls)
     accept_version(r.version)
     return r
 
 
-def _open_and_load(path, key=None, use_c=True):
+def _open_and_load(path, key, runner_cls, cmodel_cls):
     if isinstance(key, str):  # config.json holds the key as hex
         try:
             key = binascii.unhexlify(key)
         except ValueError:
-            raise ModelError("model_key in the config is not hex")
+            raise LoadError("model_key in the config is not hex")
     try:
         f = open(path, "rb")
     except OSError:
-        raise ModelError("model file %s not found" % path)
+        raise LoadError("model file %s not found" % path)
     try:
-        return _load(f, key, use_c)
-    except ModelError:
+        return _load(f, key, runner_cls, cmodel_cls)
+    except LoadError:
         raise
     except (ValueError, IndexError, UnicodeError, OSError, MemoryError) as e:
-        raise ModelError("model file %s unreadable: %r" % (path, e))
+        raise LoadError("model file %s unreadable: %r" % (path, e))
     finally:
         f.close()
 
-def _load(f, key, use_c):
+def _load(f, key, runner_cls, cmodel_cls):
     hdr = f.read(_HDR_SIZE)
     if len(hdr) < _HDR_SIZE or hdr[:4] != MAGIC:
-        raise ModelError("not an edgefleet model file (bad magic)")
+        raise LoadError("not an edgefleet model file (bad magic)")
     _, ver, kind, task, nf, nc, window, hop, thr, slen, blen, flags = struct.unpack(_HDR, hdr)
     if ver != VERSION:
-        raise ModelError("model file version %d, this node reads %d" % (ver, VERSION))
+        raise LoadError("model file version %d, this node reads %d" % (ver, VERSION))
     if kind not in (_KIND_TREES, _KIND_MLP, _KIND_GAUSS) or task > 2:
-        raise ModelError("unknown model kind %d / task %d" % (kind, task))
+        raise LoadError("unknown model kind %d / task %d" % (kind, task))
     if blen > MAX_BODY or slen > 4096 or nf > 127:
-        raise ModelError("model too large for this node: body %d bytes (max %d), %d features" % (blen, MAX_BODY, nf))
+        raise LoadError("model too large for this node: body %d bytes (max %d), %d features" % (blen, MAX_BODY, nf))
     content = _HDR_SIZE + slen + 8 * nf + blen
     f.seek(0, 2)
     size = f.tell()
     if size != content + 64:
-        raise ModelError("model file length %d, header says %d" % (size, content + 64))
+        raise LoadError("model file length %d, header says %d" % (size, content + 64))
     digest = _verify(f, content, flags & _FLAG_SIGNED, key)
     ver = flags >> 16
     _check_version(ver, flags)
-    r = Runner()
+    r = runner_cls()
     r.version = ver
     r.sha256 = binascii.hexlify(digest).decode()
     f.seek(_HDR_SIZE)
@@ -222,7 +230,7 @@ def _load(f, key, use_c):
     r.threshold = None if thr != thr else thr
     r.n_features = nf
     if r.channels and features.count(len(r.channels)) != nf:
-        raise ModelError("model has %d features, %d channels give %d" % (nf, len(r.channels), features.count(len(r.channels))))
+        raise LoadError("model has %d features, %d channels give %d" % (nf, len(r.channels), features.count(len(r.channels))))
     r._off = array("f", bytes(4 * nf))
     r._scale = array("f", bytes(4 * nf))
     f.readinto(r._off)
@@ -234,7 +242,7 @@ def _load(f, key, use_c):
     r._c = None
     r._out = array("f", bytes(4 * max(1, nc)))
     body_start = f.tell()
-    if _cmod is not None and use_c:
+    if cmodel_cls is not None:
         # The C module holds the file's bytes plus, for compact trees, emlearn's 8-byte nodes: use it when that
         # fits the same budget, else the MicroPython runner below (which evaluates compact nodes in place).
         need = size
@@ -245,9 +253,9 @@ def _load(f, key, use_c):
             f.seek(0)
             blob = f.read()
             try:
-                r._c = _CModel(blob)
+                r._c = cmodel_cls(blob)
             except ValueError as e:
-                raise ModelError("model file rejected by the C module: %s" % e)
+                raise LoadError("model file rejected by the C module: %s" % e)
             r.backend = "cmodule"
             return r
         f.seek(body_start)
@@ -264,12 +272,12 @@ def _load(f, key, use_c):
 def _read_trees(r, f, body_start, blen, nf, nc):
     n_trees, n_nodes, n_leaves, leaf_bits, fmt = struct.unpack("<HHHBB", f.read(8))
     if fmt > 1 or leaf_bits not in (0, 32):
-        raise ModelError("unknown tree node format %d / leaf bits %d" % (fmt, leaf_bits))
+        raise LoadError("unknown tree node format %d / leaf bits %d" % (fmt, leaf_bits))
     node_size = 6 if fmt else 8
     nodes_at = (8 + 2 * n_trees + 3) & ~3
     leaves_at = nodes_at + ((node_size * n_nodes + 3) & ~3)
     if leaves_at + n_leaves * (4 if leaf_bits else 1) > blen:
-        raise ModelError("tree arrays exceed the model body")
+        raise LoadError("tree arrays exceed the model body")
     r._n_trees = n_trees
     r._roots = array("H", bytes(2 * n_trees))
     f.readinto(r._roots)
@@ -288,14 +296,14 @@ def _read_trees(r, f, body_start, blen, nf, nc):
     f.readinto(r._leaves)
     for t in range(n_trees):
         if r._roots[t] >= n_nodes:
-            raise ModelError("corrupt tree root")
+            raise LoadError("corrupt tree root")
     _check_nodes(r._nodes, fmt, n_nodes, n_leaves, nf)
     r._leafidx = array("H", bytes(2 * n_trees))
     r._votes = array("H", bytes(2 * max(1, nc)))
     if not r._regress:
         for i in range(n_leaves):
             if r._leaves[i] >= nc:
-                raise ModelError("tree leaf class %d of %d" % (r._leaves[i], nc))
+                raise LoadError("tree leaf class %d of %d" % (r._leaves[i], nc))
 
 
 def _read_mlp(r, f, nf, nc):
@@ -306,7 +314,7 @@ def _read_mlp(r, f, nf, nc):
     for _ in range(n_layers):
         n_in, n_out, act = struct.unpack("<HHB3x", f.read(8))
         if n_in != width:
-            raise ModelError("MLP layer input %d does not follow %d" % (n_in, width))
+            raise LoadError("MLP layer input %d does not follow %d" % (n_in, width))
         w = array("f", bytes(4 * n_in * n_out))
         f.readinto(w)
         b = array("f", bytes(4 * n_out))
@@ -315,7 +323,7 @@ def _read_mlp(r, f, nf, nc):
         width = n_out
         widest = max(widest, n_out)
     if r.task == "classify" and width != nc:
-        raise ModelError("MLP has %d outputs for %d classes" % (width, nc))
+        raise LoadError("MLP has %d outputs for %d classes" % (width, nc))
     r._act_a = array("f", bytes(4 * widest))
     r._act_b = array("f", bytes(4 * widest))
     r._out = array("f", bytes(4 * width))
@@ -328,4 +336,4 @@ def _read_gauss(r, f, nf):
     f.readinto(r._prec)
     r._act_a = array("f", bytes(4 * nf))
     if r.threshold is None:
-        raise ModelError("anomaly model without a threshold")
+        raise LoadError("anomaly model without a threshold")

@@ -11,7 +11,7 @@ import sys
 import time
 
 from node import app
-from node.sim.launch import default_config, prepare
+from simboard.launch import default_config, prepare
 
 
 async def report(every_s):

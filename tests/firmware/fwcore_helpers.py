@@ -5,8 +5,8 @@ import json
 from array import array
 
 from node import board as boardmod
-from node import hw as hwmod
-from node.sim import scenario as scmod
+from node import appboot as hwmod
+from simboard import scenario as scmod
 
 
 class RecorderSink:

@@ -27,8 +27,8 @@ board_path, image, model_path = sys.argv[1:4]
 with open(model_path, "rb") as f:
     model = f.read()
 from node import board as boardmod  # noqa: E402
-from node.sim import flash as simflash  # noqa: E402
-from node.sim import launch  # noqa: E402
+from simboard import flash as simflash  # noqa: E402
+from simboard import launch  # noqa: E402
 
 part("sim flash + launcher (code)", "sim")
 board = boardmod.load(board_path)
@@ -64,11 +64,12 @@ app._release_module("appboot")
 node = app.Node(board, cfg, part_log)
 app.current = node
 part("Node: log, buffers, client, publisher, status, commands", "board")
-from node import clean, clock, hw, sampler  # noqa: E402, F401
+from node import clean, clock, sampler  # noqa: E402, F401
 from node.hw import adc, bme280, dht22, mpu6050  # noqa: E402, F401
+from node import appboot as hw  # noqa: E402
 
 part("hw+drivers+clean+sampler+clock (code)", "board")
-from node.sim import devices, i2c, pins, scenario  # noqa: E402, F401
+from simboard import devices, i2c, pins, scenario  # noqa: E402, F401
 
 part("sim i2c+devices+pins+scenario (code)", "sim")
 
@@ -78,8 +79,8 @@ class _Pin:
         return 0
 
 
-drv = hw._drivers(board, cfg, lambda b: None, lambda p: None, lambda s: None, None)
-outs = hw._outputs(board, lambda p: _Pin())
+drv = hw.drivers(board, cfg, lambda b: None, lambda p: None, lambda s: None, None)
+outs = hw.outputs(board, lambda p: _Pin())
 part("driver + output objects", "board")
 del drv, outs
 gc.collect()

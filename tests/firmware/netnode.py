@@ -9,7 +9,7 @@ import time
 from array import array
 
 from node import app
-from node.sim.launch import default_config, prepare
+from simboard.launch import default_config, prepare
 
 CH = ("temperature", "humidity", "pressure")
 

@@ -4,7 +4,7 @@ import asyncio
 import json
 
 from node import app
-from node.sim.launch import default_config, prepare
+from simboard.launch import default_config, prepare
 
 TIMEOUT = 60
 

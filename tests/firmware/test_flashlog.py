@@ -6,7 +6,7 @@ from array import array
 
 from node import records as R
 from node.flashlog import FLAG_RECOVERED, POWER_CUT_LOSS, SECTOR, FlashLog
-from node.sim.flash import PowerCut, SimFlash
+from simboard.flash import PowerCut, SimFlash
 
 NSECT = 8
 VALS = array("f", [21.5, 40.0, 1013.0])

@@ -7,7 +7,7 @@ import time
 
 from node import records as R
 from node.flashlog import SECTOR, FlashLog
-from node.sim.flash import SimFlash
+from simboard.flash import SimFlash
 from array import array
 
 NSECT = 12

@@ -6,7 +6,7 @@ import sys
 MODULES = (
     "node.hw", "node.hw.bme280", "node.hw.mpu6050", "node.hw.dht22", "node.hw.adc", "node.hw.esp32",
     "node.clean", "node.clock", "node.sampler", "node.decision", "node.config",
-    "node.sim.scenario", "node.sim.replay", "node.sim.devices", "node.sim.pins", "node.sim.i2c",
+    "simboard.scenario", "simboard.replay", "simboard.devices", "simboard.pins", "simboard.i2c",
 )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ from node import board as B
 from node.flashlog import FlashLog
 from node.mqtt import MQTTClient
 from node.publisher import Publisher
-from node.sim.flash import open_board_flash
+from simboard.flash import open_board_flash
 
 MARKS = ("slow",)
 TIMEOUT = 400

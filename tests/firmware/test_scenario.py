@@ -2,7 +2,7 @@
 from array import array
 
 from fwcore_helpers import sim_hw, write_json
-from node.sim import scenario as sc
+from simboard import scenario as sc
 
 KINDS = {"env": "bme280", "imu": "mpu6050", "soil": "adc", "air": "dht22"}
 
@@ -59,7 +59,7 @@ def test_replay_csv_with_labels(workdir):
 
 def test_scenario_file_through_build_and_bad_files(sim_board, workdir):
     from node import board as boardmod
-    from node import hw as hwmod
+    from node import appboot as hwmod
 
     b = boardmod.load(sim_board)
     p = workdir + "/s.json"

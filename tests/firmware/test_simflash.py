@@ -4,7 +4,7 @@ import os
 import vfs
 
 from node import board as boardmod
-from node.sim.flash import NorViolation, PowerCut, SimFlash, mount_vfs, open_board_flash
+from simboard.flash import NorViolation, PowerCut, SimFlash, mount_vfs, open_board_flash
 
 BS = 4096
 

@@ -80,16 +80,16 @@ def scenario(command: str, tmp_path: Path, mqtt_broker) -> tuple[list[str], Call
     """The command line for `command`, and when it has started what it starts."""
     if command == "simulate":
         args = ["simulate", "--devices", "2", "--duration", "300", "--workdir", str(tmp_path / "w")]
-        return args, lambda p, e: count(p, "mosquitto") == 1 and count(p, "node.sim.launch") == 2
+        return args, lambda p, e: count(p, "mosquitto") == 1 and count(p, "simboard.launch") == 2
     if command == "demo":
         args = ["demo", "--devices", "2", "--duration", "300", "--dir", str(tmp_path / "d")]
         return (
             args,
-            lambda p, e: count(p, "mosquitto") == 1 and count(p, " collect ") == 1 and count(p, "node.sim.launch") == 2,
+            lambda p, e: count(p, "mosquitto") == 1 and count(p, " collect ") == 1 and count(p, "simboard.launch") == 2,
         )
     if command == "node":
         args = ["node", "--device-id", "sig-1", "--broker", mqtt_broker.url, "--flash", str(tmp_path / "f.img")]
-        return args, lambda p, e: count(p, "node.sim.launch") == 1
+        return args, lambda p, e: count(p, "simboard.launch") == 1
     if command == "broker":
         args = ["broker", "--port", str(free_port()), "--data-dir", str(tmp_path / "b"), "--allow-anonymous"]
         return args, lambda p, e: count(p, "mosquitto") == 1 and "mosquitto listening on" in e

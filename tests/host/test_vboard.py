@@ -27,7 +27,7 @@ def flash_listing(board_path: Path, image: Path, tmp_path: Path) -> str:
     """List the littlefs on the image from a separate MicroPython process: proof the files are on the flash."""
     script = tmp_path / "ls.py"
     script.write_text(
-        "import os, vfs, node.board, node.sim.flash as f\n"
+        "import os, vfs, node.board, simboard.flash as f\n"
         f"b = node.board.load({str(board_path)!r})\n"
         f"fl = f.open_board_flash(b, {str(image)!r})\n"
         "f.mount_vfs(fl, b, '/mnt')\n"

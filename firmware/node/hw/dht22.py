@@ -1,5 +1,5 @@
 # DHT22 (AM2302): temperature and humidity over its one-wire protocol. The bit timing is done by the port's
-# `dht_readinto(pin, buf)` (esp.dht_readinto on ESP32; node.sim.pins.dht_readinto on the sim board), which
+# `dht_readinto(pin, buf)` (esp.dht_readinto on ESP32; simboard.pins.dht_readinto on the sim board), which
 # fills 5 bytes: humidity*10 (u16 BE), temperature*10 (15 bits BE, bit 15 = negative), checksum (low byte of
 # the sum of the first four). We check and decode them ourselves. The sensor needs >= 2 s between reads.
 from node.hw import SensorError

@@ -1,13 +1,14 @@
-# The ESP32 side of node.hw.build: machine.I2C buses, pins, ADC channels with attenuation, and the port's
+# The ESP32 side of node.appboot.build: machine.I2C buses, pins, ADC channels with attenuation, and the port's
 # DHT reader, wired per the board definition. Imported only on a real board.
 import machine
 
-from node.hw import _ATTN_INDEX, Hw, _drivers, _outputs
+from node.hw import ATTN_INDEX
 
 _ATTN_NAMES = ("ATTN_0DB", "ATTN_2_5DB", "ATTN_6DB", "ATTN_11DB")
 
 
-def build_esp32(board, config):
+def wiring(board):
+    # (i2c_for, pin_for, adc_for, dht_readinto, pin_for_out, None): what node.appboot.build wires the drivers to.
     try:
         from esp import dht_readinto
     except ImportError:
@@ -28,8 +29,7 @@ def build_esp32(board, config):
 
     def adc_for(s):
         a = machine.ADC(machine.Pin(s["pin"]))
-        a.atten(getattr(machine.ADC, _ATTN_NAMES[_ATTN_INDEX[s["atten"]]]))
+        a.atten(getattr(machine.ADC, _ATTN_NAMES[ATTN_INDEX[s["atten"]]]))
         return a
 
-    sensors = _drivers(board, config, i2c_for, pin_for, adc_for, dht_readinto)
-    return Hw(sensors, _outputs(board, lambda n: machine.Pin(n, machine.Pin.OUT)), None)
+    return i2c_for, pin_for, adc_for, dht_readinto, lambda n: machine.Pin(n, machine.Pin.OUT), None

@@ -1,7 +1,8 @@
 """`edgefleet deploy` and `edgefleet repl`: put the node's files on a board's filesystem over its serial REPL.
 
-What goes on the board (paths on the board's flash root): boot.py, main.py, the node package as .mpy compiled
-for the board's arch (firmware_build, the same tree the unix-port runs use), board.json (the board definition,
+What goes on the board (paths on the board's flash root): the files firmware/manifest.py lists (boot.py, main.py,
+the node package; on the sim board firmware/manifest_sim.py, which adds the simulated board, simboard/), as .mpy
+compiled for the board's arch (firmware_build, the same tree the unix-port runs use), board.json (the board definition,
 which the node reads and which the next deploy checks), config.json (the node config, see docs/sensors.md "Node
 config"), model.efm when --model is given, and C module .mpy files built for the board's arch (from
 build/cmodule/<arch>/) into /lib. Only files whose sha256 differs from the board's copy are sent, and every
@@ -29,12 +30,11 @@ from ..paths import firmware_dir, project_root
 from ..wire.url import parse_broker_url
 from . import nodeconfig
 from .boards import Board, load_board
+from .manifest import MANIFEST, SIM_MANIFEST, manifest_files
 
 log = logging.getLogger(__name__)
 
 CHUNK = 512  # bytes per raw-REPL write; a few hundred bytes keep each exec well inside a 110 KB heap
-# Firmware trees that are not node code on a board: C sources (built separately into .mpy modules).
-SKIP_DIRS = {"cmodule", "lib_src"}
 
 
 # The snippet that runs ON the board: sha256 of each named file (None if absent) and, for the directories we
@@ -190,7 +190,7 @@ def _literal(text: str) -> Any:
 @dataclass
 class Plan:
     files: dict[str, bytes] = field(default_factory=dict)  # remote path -> content
-    owned_dirs: tuple[str, ...] = ("/node",)
+    owned_dirs: tuple[str, ...] = ("/node", "/simboard")
 
 
 def node_config(
@@ -288,17 +288,15 @@ def build_plan(
 ) -> Plan:
     """Every file for the board. `model_bytes` replaces the model file's content (the model signed with the
     device's own key, deploy --from-registry)."""
-    from .firmware_build import compiled_firmware
+    from .firmware_build import SOURCE_ONLY, compiled_firmware
 
     tree = compiled_firmware(board.arch)
+    src = firmware_dir()
     plan = Plan()
-    for f in sorted(tree.rglob("*")):
-        rel = f.relative_to(tree)
-        if not f.is_file() or rel.parts[0] in SKIP_DIRS or f.name.startswith("."):
-            continue
-        if rel.parts[:2] == ("node", "sim") and not board.is_sim:
-            continue  # simulator-only modules stay off real boards
-        plan.files["/" + rel.as_posix()] = f.read_bytes()
+    for py in manifest_files(src / (SIM_MANIFEST if board.is_sim else MANIFEST)):
+        rel = py.relative_to(src)
+        dst = rel if rel.name in SOURCE_ONLY else rel.with_suffix(".mpy")
+        plan.files["/" + dst.as_posix()] = (tree / dst).read_bytes()
     plan.files["/board.json"] = board.path.read_bytes()
     plan.files["/config.json"] = json.dumps(cfg, indent=1).encode()
     if model is not None:

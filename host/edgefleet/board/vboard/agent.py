@@ -11,7 +11,7 @@ import io
 import sys
 
 import node.board
-import node.sim.flash
+import simboard.flash
 import vfs
 
 _out = sys.stdout
@@ -23,11 +23,12 @@ def _ctl(word):
 
 
 _board = node.board.load(sys.argv[1])
-_flash = node.sim.flash.open_board_flash(_board, sys.argv[2])
+_flash = simboard.flash.open_board_flash(_board, sys.argv[2])
 vfs.umount("/")
-node.sim.flash.mount_vfs(_flash, _board, "/")
-# The firmware deployed on the flash has its own `node` package: forget the host copy used to mount.
-for _m in [m for m in sys.modules if m == "node" or m.startswith("node.")]:
+simboard.flash.mount_vfs(_flash, _board, "/")
+# The firmware deployed on the flash has its own `node` and `simboard` packages: forget the host copies used to
+# mount (the flash chip object made by the host's simboard.flash stays in use).
+for _m in [m for m in sys.modules if m.split(".")[0] in ("node", "simboard")]:
     del sys.modules[_m]
 sys.path[:] = ["", ".frozen", "/lib"]
 

@@ -1,5 +1,5 @@
 # Sim board entry point, run by `edgefleet node` on the unix port:
-#   micropython -X heapsize=<board heap> -m node.sim.launch BOARD_JSON FLASH_IMAGE DEVICE_ID BROKER_URL [SCENARIO]
+#   micropython -X heapsize=<board heap> -m simboard.launch BOARD_JSON FLASH_IMAGE DEVICE_ID BROKER_URL [SCENARIO]
 # Mounts the simulated flash's vfs partition as the node's root (as on an ESP32), puts board.json and
 # config.json on it when missing (from the arguments), then runs the app with the raw `log` partition.
 # Exit code 75 (node.app.REBOOT_EXIT) means "reboot me"; the host launcher restarts the process.
@@ -8,7 +8,7 @@ import os
 import sys
 
 from node import board as boardmod
-from node.sim.flash import mount_vfs, open_board_flash
+from simboard.flash import mount_vfs, open_board_flash
 
 
 def default_config(device_id, broker_url):

@@ -1,19 +1,20 @@
-# Replay of a recorded CSV for the sim board's scenario (node.sim.scenario): header `t_s,<channel>...,label`,
-# one row per sample; `label` (optional) is the ground-truth segment name, exposed by label_at().
-from node.sim.scenario import ScenarioError
+# Replay of a recorded CSV for the sim board's scenario (simboard.scenario): header `t_s,<channel>...,label`,
+# one row per sample; `label` (optional) is the ground-truth segment name, exposed by label_at(). Imported by
+# simboard.scenario (only when a scenario replays), which passes its ScenarioError in: no import back.
 
 
 class Replay:
     # Streams the CSV: keeps the file open and reads forward as time advances, so a long recording costs
     # one line of heap, not the whole file. Labels are kept as (start_s, label) segments for label_at().
-    def __init__(self, spec, channels):
+    def __init__(self, spec, channels, error):
+        # error: the exception class to raise for a replay that cannot be used (the scenario's ScenarioError).
         self.path = spec["file"]
         self.rate = float(spec.get("rate_hz", 10))
         self.loop = bool(spec.get("loop", True))
         try:
             self.f = open(self.path)
         except OSError:
-            raise ScenarioError("replay file not found: " + self.path)
+            raise error("replay file not found: " + self.path)
         head = self.f.readline().strip().split(",")
         self.has_t = head[0] == "t_s"
         cols = head[1:] if self.has_t else head
@@ -37,7 +38,7 @@ class Replay:
                 last = lab
             n += 1
         if n == 0:
-            raise ScenarioError("replay file has no rows: " + self.path)
+            raise error("replay file has no rows: " + self.path)
         self.duration = t + 1.0 / self.rate
         self.rows = n
         self._rewind()

@@ -1,10 +1,10 @@
 # Simulated I2C bus: the subset of machine.I2C the drivers use (readfrom_mem_into, readfrom_mem,
-# writeto_mem, scan). Devices are register-level models (node.sim.devices) attached at their address.
+# writeto_mem, scan). Devices are register-level models (simboard.devices) attached at their address.
 # A device that is absent or unplugged does not acknowledge its address, and the bus raises
 # OSError(ENODEV) as MicroPython's ESP32 I2C does for a NACK; a transient dropout raises OSError(ETIMEDOUT).
 import errno
 
-from node.sim import scenario as sc
+from simboard import scenario as sc
 
 
 class SimI2C:

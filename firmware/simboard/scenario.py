@@ -103,9 +103,9 @@ class _Sensor:
             self.rng[i] = ((seed * 131 + i * 7 + len(name)) * 2654435761 + 1) & 0xFFFFFFFF or 1
         self.replay = None
         if "replay" in spec:
-            from node.sim.replay import Replay  # only scenarios that replay pay for it
+            from simboard.replay import Replay  # only scenarios that replay pay for it
 
-            self.replay = Replay(spec["replay"], self.channels)
+            self.replay = Replay(spec["replay"], self.channels, ScenarioError)
         self.faults = []
         for f in spec.get("faults", ()):
             k = f.get("kind")

@@ -14,7 +14,7 @@ import errno
 import math
 from array import array
 
-from node.sim import scenario as sc
+from simboard import scenario as sc
 
 # A realistic BME280 calibration set (values of the order found in real parts).
 BME280_CAL = {
@@ -31,16 +31,16 @@ class _Device:
         self.address = address
         self.regs = bytearray(256)
         self.vals = array("f", [0.0] * len(sc.CHANNELS[world.kind(sensor)]))
-        self._was_gone = False
+        self.was_gone = False  # unplugged since it last answered: it comes back in its power-on state
         self.resets = 0
         self.power_on()
 
     def present(self):
         st = self.world.scenario.state(self.sensor)
         if st == sc.UNPLUGGED:
-            self._was_gone = True
-        elif self._was_gone:
-            self._was_gone = False
+            self.was_gone = True
+        elif self.was_gone:
+            self.was_gone = False
             self.power_on()
         return st
 

@@ -83,25 +83,26 @@ class World:
         return p
 
     def unplug(self, sensor):
-        from node.sim import scenario as sc
+        from simboard import scenario as sc
 
         self.scenario.force(sensor, sc.UNPLUGGED)
         d = self.devices.get(sensor)
         if d is not None and hasattr(d, "power_on"):
-            d._was_gone = True  # it comes back in its power-on state even if nobody looked meanwhile
+            d.was_gone = True  # it comes back in its power-on state even if nobody looked meanwhile
 
     def plug(self, sensor):
-        from node.sim import scenario as sc
+        from simboard import scenario as sc
 
         self.scenario.force(sensor, sc.OK)
 
 
-# node.hw.build on the sim board: the same drivers as on an ESP32, wired to the device models.
-def build_sim(board, config, scenario):
-    from node.hw import _ATTN_INDEX, Hw, _drivers, _outputs
-    from node.sim import devices
-    from node.sim import scenario as scmod
-    from node.sim.i2c import SimI2C
+# The sim board's side of node.appboot.build (as node.hw.esp32.wiring on an ESP32): the device models on
+# their buses and pins, and the accessors the same drivers as on an ESP32 are wired to.
+def wiring(board, scenario):
+    from node.hw import ATTN_INDEX
+    from simboard import devices
+    from simboard import scenario as scmod
+    from simboard.i2c import SimI2C
 
     if scenario is None or isinstance(scenario, str):
         scenario = scmod.load(scenario, board)
@@ -125,8 +126,7 @@ def build_sim(board, config, scenario):
 
     def adc_for(s):
         a = SimADC(world.pin(s["pin"]), world.devices[s["name"]])
-        a.atten(_ATTN_INDEX[s["atten"]])
+        a.atten(ATTN_INDEX[s["atten"]])
         return a
 
-    sensors = _drivers(board, config, world.buses.__getitem__, world.pin, adc_for, dht_readinto)
-    return Hw(sensors, _outputs(board, world.pin), world)
+    return world.buses.__getitem__, world.pin, adc_for, dht_readinto, world.pin, world

@@ -1,6 +1,6 @@
 # Provision a sim node's flash before its first boot, as `edgefleet deploy` would put files on a board:
-#   micropython -m node.sim.provision BOARD_JSON FLASH_IMAGE CONFIG_JSON [DEST=HOST_FILE ...]
-#   micropython -m node.sim.provision --inspect BOARD_JSON FLASH_IMAGE   (prints the flash log's state as JSON)
+#   micropython -m simboard.provision BOARD_JSON FLASH_IMAGE CONFIG_JSON [DEST=HOST_FILE ...]
+#   micropython -m simboard.provision --inspect BOARD_JSON FLASH_IMAGE   (prints the flash log's state as JSON)
 # Mounts the image's vfs partition (formatting a blank one), writes board.json, config.json (atomically: tmp +
 # rename) and each DEST from HOST_FILE (e.g. model.efm=/abs/models/x/model.efm). The log partition is left
 # alone, so re-provisioning a node keeps its unsent records. Used by host/edgefleet/sim/simulate.py.
@@ -9,7 +9,7 @@ import os
 import sys
 
 from node import board as boardmod
-from node.sim.flash import mount_vfs, open_board_flash
+from simboard.flash import mount_vfs, open_board_flash
 
 
 def _copy(src, dest):
