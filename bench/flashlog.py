@@ -115,7 +115,6 @@ def run_littlefs():
     mount_vfs(fl, board, "/flash")
     p0, e0 = fl.programmed, fl.erased
     buf = bytearray(R.MAX_SIZE)
-    tab = R.crc_table()
     rec_bytes = 0
     n = 0
     with open("log.bin", "ab") as f:
@@ -123,7 +122,7 @@ def run_littlefs():
             if n >= baseline_n:
                 break
             sname, _, vals = SENSORS[i]
-            ln = R.put_reading(buf, 0, tab, n + 1, T0 + t, 0, sname, vals, len(vals))
+            ln = R.put_reading(buf, 0, n + 1, T0 + t, 0, sname, vals, len(vals))
             f.write(memoryview(buf)[:ln])
             f.flush()
             rec_bytes += ln

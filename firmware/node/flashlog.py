@@ -77,7 +77,6 @@ class FlashLog:
         self.align = align
         self.ack_persist_ms = ack_persist_ms
         self._ticks = ticks_ms
-        self.tab = R.crc_table()
         self.buf = bytearray(R.MAX_SIZE + 32)  # the record being written (+ padding)
         self.rbuf = bytearray(R.MAX_SIZE)  # the record the reader looks at
         self._sh = bytearray(SH_SIZE)
@@ -116,7 +115,7 @@ class FlashLog:
         if R.all_erased(sh, 0, SH_SIZE):
             return ST_ERASED, None
         magic, cnt, base, acked, prev_end, lid, er = R.struct.unpack_from(_SH, sh, 0)
-        if magic != MAGIC or not R.crc_check(sh, 0, SH_SIZE - 4, self.tab):
+        if magic != MAGIC or not R.crc_check(sh, 0, SH_SIZE - 4):
             return ST_BAD, None
         return ST_VALID, (cnt, base, acked, prev_end, lid, er)
 
@@ -151,7 +150,7 @@ class FlashLog:
         if ln < R.MIN_SIZE or ln > R.MAX_SIZE or off + ln > SECTOR:
             return -1
         self.part.readblocks(s, mv[R.HDR_SIZE : ln], off + R.HDR_SIZE)
-        if not R.crc_check(rb, 0, ln - R.CRC_SIZE, self.tab):
+        if not R.crc_check(rb, 0, ln - R.CRC_SIZE):
             return -1
         return ln
 
@@ -194,7 +193,7 @@ class FlashLog:
         sh = self._sh
         prev_end = self.woff if self.head >= 0 else SECTOR
         R.struct.pack_into(_SH, sh, 0, MAGIC, self.counter, self.next_seq, self.acked, prev_end, self.log_id, er)
-        R.crc_seal(sh, 0, SH_SIZE - 4, self.tab)
+        R.crc_seal(sh, 0, SH_SIZE - 4)
         self.part.writeblocks(s, sh, 0)
         self.state[s] = ST_VALID
         if self.cnt is not None:
@@ -249,14 +248,14 @@ class FlashLog:
         if size > R.MAX_SIZE:
             raise ValueError("reading too large for a record: %d channels, name %r" % (n, sensor_name))
         seq = self.next_seq
-        R.put_reading(self.buf, 0, self.tab, seq, ts_ms, flags, sensor_name, values, n)
+        R.put_reading(self.buf, 0, seq, ts_ms, flags, sensor_name, values, n)
         self._write(size)
         return self._logged(seq)
 
     def event(self, ts_ms, flags, kind, label, score, model_id, action, sensor):
         # Sink API: log one event, return its seq once it is on flash.
         seq = self.next_seq
-        size = R.put_event(self.buf, 0, self.tab, seq, ts_ms, flags, kind, label, score, model_id, action, sensor)
+        size = R.put_event(self.buf, 0, seq, ts_ms, flags, kind, label, score, model_id, action, sensor)
         self._write(size)
         return self._logged(seq)
 
@@ -281,7 +280,7 @@ class FlashLog:
         # Writes an ack marker for the current stored mark, if it moved since the last one.
         if self.acked <= self._ack_saved:
             return
-        R.put_ack(self.buf, 0, self.tab, self.acked)
+        R.put_ack(self.buf, 0, self.acked)
         self._write(R.MIN_SIZE)
         self._ack_saved = self.acked
         self._ack_t = self._ticks()

@@ -49,15 +49,10 @@ def _put_hdr(buf, off, size, typ, flags, seq, ts):
     copy_into(buf, off + 6, _TS, 6)
 
 
-def crc_table():
-    # Kept for the callers' signature: the CRC is computed bitwise (no 1 KB table on the heap).
-    return None
-
-
 @micropython.viper
-def crc_seal(buf: ptr8, off: int, n: int, tab):
-    # Writes crc32(buf[off:off+n]) little-endian at buf[off+n]. The loop is inlined (not a call to _crc) so
-    # no int object is created: on a 32-bit board a CRC above 2**30 would be a heap-allocated long.
+def crc_seal(buf: ptr8, off: int, n: int):
+    # Writes crc32(buf[off:off+n]) little-endian at buf[off+n], computed bitwise (no 1 KB table on the heap).
+    # The loop is inlined (not a call to _crc) so no int object is created: on a 32-bit board a CRC above 2**30 would be a heap-allocated long.
     m = (uint(0xFFFF) << 16) | uint(0xFFFF)
     poly = (uint(0xEDB8) << 16) | uint(0x8320)
     c = m
@@ -82,7 +77,7 @@ def crc_seal(buf: ptr8, off: int, n: int, tab):
 
 
 @micropython.viper
-def crc_check(buf: ptr8, off: int, n: int, tab) -> bool:
+def crc_check(buf: ptr8, off: int, n: int) -> bool:
     m = (uint(0xFFFF) << 16) | uint(0xFFFF)
     poly = (uint(0xEDB8) << 16) | uint(0x8320)
     c = m
@@ -145,7 +140,7 @@ def reading_size(name, n):
     return MIN_SIZE + 1 + len(name) + 4 * n
 
 
-def put_reading(buf, off, tab, seq, ts, flags, name, values, n):
+def put_reading(buf, off, seq, ts, flags, name, values, n):
     # Encodes a reading at buf[off:], returns its length. values: array('f'), n channels.
     ln = len(name)
     size = MIN_SIZE + 1 + ln + 4 * n
@@ -154,7 +149,7 @@ def put_reading(buf, off, tab, seq, ts, flags, name, values, n):
     buf[p] = ln
     copy_into(buf, p + 1, name, ln)
     copy_into(buf, p + 1 + ln, values, 4 * n)
-    crc_seal(buf, off, size - CRC_SIZE, tab)
+    crc_seal(buf, off, size - CRC_SIZE)
     return size
 
 
@@ -173,7 +168,7 @@ def finite_score(score):
     return score
 
 
-def put_event(buf, off, tab, seq, ts, flags, kind, label, score, model_id, action, sensor):
+def put_event(buf, off, seq, ts, flags, kind, label, score, model_id, action, sensor):
     p = off + HDR_SIZE
     score = finite_score(score)
     struct.pack_into("<f", buf, p, score)
@@ -185,13 +180,13 @@ def put_event(buf, off, tab, seq, ts, flags, kind, label, score, model_id, actio
     p = _put_str(buf, p, sensor, 16)  # at most 4 + 17 + 33 + 65 + 65 + 17 + 20 = 221 bytes < MAX_SIZE
     size = p - off + CRC_SIZE
     _put_hdr(buf, off, size, REC_EVENT, flags, seq, ts)
-    crc_seal(buf, off, size - CRC_SIZE, tab)
+    crc_seal(buf, off, size - CRC_SIZE)
     return size
 
 
-def put_ack(buf, off, tab, seq):
+def put_ack(buf, off, seq):
     _put_hdr(buf, off, MIN_SIZE, REC_ACK, 0, seq, 0)
-    crc_seal(buf, off, HDR_SIZE, tab)
+    crc_seal(buf, off, HDR_SIZE)
     return MIN_SIZE
 
 
