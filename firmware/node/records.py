@@ -52,7 +52,8 @@ def _put_hdr(buf, off, size, typ, flags, seq, ts):
 @micropython.viper
 def crc_seal(buf: ptr8, off: int, n: int):
     # Writes crc32(buf[off:off+n]) little-endian at buf[off+n], computed bitwise (no 1 KB table on the heap).
-    # The loop is inlined (not a call to _crc) so no int object is created: on a 32-bit board a CRC above 2**30 would be a heap-allocated long.
+    # The loop is inlined (not a call to _crc) so no int object is created: on a 32-bit board a CRC above
+    # 2**30 would be a heap-allocated long.
     m = (uint(0xFFFF) << 16) | uint(0xFFFF)
     poly = (uint(0xEDB8) << 16) | uint(0x8320)
     c = m
