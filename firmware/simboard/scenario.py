@@ -19,6 +19,7 @@ import time
 from array import array
 
 from micropython import const
+from node.records import KIND_CHANNELS
 
 _TWO_PI = 6.283185307179586
 
@@ -36,12 +37,7 @@ DEFAULTS = {
     "adc": {"value": (35.0, 0.1)},
     "dht22": {"temperature": (22.0, 0.05), "humidity": (50.0, 0.2)},
 }
-CHANNELS = {
-    "bme280": ("temperature", "humidity", "pressure"),
-    "mpu6050": ("ax", "ay", "az", "gx", "gy", "gz"),
-    "adc": ("value",),
-    "dht22": ("temperature", "humidity"),
-}
+CHANNELS = KIND_CHANNELS  # the node's table: a scenario names the channels the node decodes
 FAULT_KINDS = ("spike", "stuck", "dropout", "unplugged", "corrupt")
 
 # state() results

@@ -3,7 +3,8 @@
 Loading them from firmware/ (rather than keeping a host copy) is what keeps a contract defined once: the
 window features (node/features.py) and the node config rules (node/config.py). Firmware modules CPython cannot
 run (micropython.const, viper code) give the host their numbers through firmware_constants: the flash log's
-geometry and power-cut loss (node/flashlog.py).
+geometry and power-cut loss (node/flashlog.py), and through firmware_literal their tables: the channels of each
+sensor kind (node/records.py KIND_CHANNELS).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib.util
 import sys
 from functools import cache
 from types import ModuleType
+from typing import Any
 
 from ..errors import EdgefleetError
 from ..paths import firmware_dir
@@ -59,6 +61,22 @@ def firmware_constants(relpath: str) -> dict[str, int]:
         except ValueError:  # not an integer constant (a string, a table, a buffer): not one of ours
             continue
     return out
+
+
+@cache
+def firmware_literal(relpath: str, name: str) -> Any:
+    """firmware/<relpath>'s module-level `NAME = <literal>` (a table of strings, numbers and tuples), read with
+    ast.literal_eval, never executed: for firmware modules CPython cannot import (viper code)."""
+    path = firmware_dir() / relpath
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+            return ast.literal_eval(node.value)
+    raise EdgefleetError(f"firmware/{relpath} defines no {name}", hint="the firmware and the host are out of step")
+
+
+def kind_channels() -> dict[str, tuple[str, ...]]:
+    """Channel names of each sensor kind, as the node decodes its records (docs/sensors.md)."""
+    return firmware_literal("node/records.py", "KIND_CHANNELS")
 
 
 _OPS = {ast.Add: int.__add__, ast.Sub: int.__sub__, ast.Mult: int.__mul__, ast.FloorDiv: int.__floordiv__,

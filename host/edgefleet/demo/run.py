@@ -29,7 +29,7 @@ from ..collect.launch import start_collector, stop_process
 from ..errors import EdgefleetError
 from ..paths import models_dir
 from ..sim.run import drain, wait_collector_idle
-from ..sim.simulate import Fleet, activity_scenario, basicmotions_replay, fault_scenario
+from ..sim.simulate import IMU_CHANNELS, Fleet, activity_scenario, basicmotions_replay, fault_scenario
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def replay_offset(con: sqlite3.Connection, plan: NodePlan) -> float | None:
     replay time exactly; the median over readings removes the odd reading cleaning changed."""
     rows = np.loadtxt(plan.replay, delimiter=",", skiprows=1, usecols=range(7))
     vals = [
-        (ts, [v.get(c, 0.0) for c in ("ax", "ay", "az", "gx", "gy", "gz")])
+        (ts, [v.get(c, 0.0) for c in IMU_CHANNELS])
         for ts, v in ((ts, json.loads(vj)) for ts, vj in con.execute(
             "SELECT ts_ms, vals FROM readings WHERE device = ? AND sensor = 'imu' ORDER BY seq", (plan.device,)))
     ]  # fmt: skip

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..board.firmware_shared import kind_channels
 from ..errors import EdgefleetError
 
 log = logging.getLogger(__name__)
 
-IMU_CHANNELS = ("ax", "ay", "az", "gx", "gy", "gz")
+IMU_CHANNELS = kind_channels()["mpu6050"]  # the node's IMU driver: accelerometer in g, gyro in deg/s
 # BasicMotions records acceleration in m/s^2 and rotation in rad/s (standing shows ~1 g of gravity spread over
 # the axes, badminton reaches 29 m/s^2 and 35 rad/s). The node's MPU6050 driver reports g and deg/s, so the
 # dataset is converted to the node's units before anything else sees it: a model trained here then reads the

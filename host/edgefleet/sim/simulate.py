@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .. import procs
 from ..board.boards import Board, load_board
-from ..board.firmware_shared import firmware_constant
+from ..board.firmware_shared import firmware_constant, kind_channels
 from ..board.node import REBOOT_EXIT, check_broker_url
 from ..board.nodeconfig import rule_for_model
 from ..broker.mosquitto import (
@@ -53,7 +53,7 @@ from ..wire.url import parse_broker_url
 
 log = logging.getLogger(__name__)
 
-IMU_CHANNELS = ("ax", "ay", "az", "gx", "gy", "gz")
+IMU_CHANNELS = kind_channels()["mpu6050"]  # the replay CSV's columns
 FLASHLOG = "node/flashlog.py"  # the flash log's geometry and power-cut loss are defined there, read from it
 
 
