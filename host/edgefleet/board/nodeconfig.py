@@ -36,25 +36,27 @@ def build(
     overrides: dict[str, Any],
     model_file: Path | None,
     model_key: bytes | None = None,
+    full: bool = True,
 ) -> dict[str, Any]:
     """The node's defaults for this board, with `overrides` merged the way the node merges them, validated.
 
     Without a model the decision stage is off (model and rule null); with one, the rule comes from the
     overrides or from the model's manifest. `model_key` (the signing key's bytes) goes into the config as hex:
     the node then loads only models signed with it (the config is a secret: ESP32 flash encryption,
-    docs/security.md).
+    docs/security.md). With `full=False` only what the host decides is returned (the same config once the node
+    merges it over its defaults at boot, validated the same way): the simulator writes that, a smaller file for
+    a node to parse on a tight heap.
     """
     nc = firmware_module("node/config.py")
     if not nc.valid_device_id(device_id):
         raise EdgefleetError(f"invalid device id {device_id!r}", hint="1-32 characters of A-Z a-z 0-9 _ -")
-    cfg = nc.defaults_for(board.data)
-    cfg["model"] = "model.efm" if model_file else None
-    cfg["rule"] = rule_for_model(model_file) if model_file else None
-    cfg = nc.merge(cfg, overrides)
-    cfg["device_id"] = device_id
+    decided = {"model": "model.efm" if model_file else None, "rule": rule_for_model(model_file) if model_file else None}
+    decided = nc.merge(decided, overrides)
+    decided["device_id"] = device_id
     if model_key is not None:
-        cfg["model_key"] = model_key.hex()
+        decided["model_key"] = model_key.hex()
+    cfg = nc.merge(nc.defaults_for(board.data), decided)
     err = nc.validate(cfg, board.data)
     if err:
         raise EdgefleetError(f"invalid node config for board {board.name}: {err}")
-    return cfg
+    return cfg if full else decided

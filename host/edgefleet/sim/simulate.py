@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import procs
+from ..board import nodeconfig
 from ..board.boards import Board, load_board
 from ..board.firmware_shared import firmware_constant, kind_channels
 from ..board.node import REBOOT_EXIT, check_broker_url
-from ..board.nodeconfig import rule_for_model
 from ..broker.mosquitto import (
     COLLECTOR_USER,
     OPERATOR_USER,
@@ -323,23 +323,15 @@ class Fleet:
         )
 
     def node_config(self, nd: SimNode) -> dict:
-        cfg = {
-            "device_id": nd.device_id,
-            "prefix": self.prefix,
-            "broker": {"url": self.broker_url, "username": None, "password": None, "ca": None},
-            "status_interval_s": self.status_interval_s,
-            "model": "model.efm" if self.model else None,
-            "rule": {"output": "relay", "on_class": "running"} if self.model else None,
-        }
-        if self.ca is not None:
-            cfg["broker"]["ca"] = "ca.pem"
+        """What the fleet decides for a node (broker, login, prefix, status interval, model, the --config
+        overrides), built and validated by nodeconfig like deploy's; the node merges it over its defaults."""
+        broker = {"url": self.broker_url, "username": None, "password": None, "ca": "ca.pem" if self.ca else None}
         if self.secure:
-            cfg["broker"]["username"] = nd.device_id
-            cfg["broker"]["password"] = self.credentials()[nd.device_id]
-        cfg.update(self.extra_config)
-        if self.model and "rule" not in self.extra_config:
-            cfg["rule"] = rule_for_model(self.model)
-        return cfg
+            broker["username"] = nd.device_id
+            broker["password"] = self.credentials()[nd.device_id]
+        overrides = {"prefix": self.prefix, "broker": broker, "status_interval_s": self.status_interval_s}
+        overrides = {**overrides, **self.extra_config}
+        return nodeconfig.build(self.board, nd.device_id, overrides, self.model, full=False)
 
     def _mpy(self, args: Sequence[str], timeout: float = 60) -> str:
         argv = [find_micropython(), "-X", f"heapsize={max(self.heap, 256 * 1024)}", *args]
