@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from feature_tolerance import FEATURE_TOL, feature_scales
 
 pytest_plugins = ["plugins.mpy_plugin"]
 
@@ -43,22 +44,8 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory):
 
 
 # ---------------------------------------------------------------- model (issue 5)
-# Feature tolerance between the node and the host, relative to each channel's scale (max |x| for statistics
-# and slope, max |x|^2 for band energies, 1 for the zero-crossing rate). Why 1e-5: the node stores windows and
-# features in float32 (and computes in float32 on an ESP32); emulating float32 arithmetic on BasicMotions
-# gives at most 3.6e-7 of scale, so 1e-5 leaves ~30x margin and still catches any formula difference.
-FEATURE_TOL = 1e-5
+# Feature tolerance between the node and the host: tests/feature_tolerance.py
 SHIPPED_MODEL = ROOT / "models" / "basicmotions-rf"
-
-
-def feature_scales(window, n_per_channel: int) -> list[float]:
-    import numpy as np
-
-    out = []
-    for ch in window:
-        s = float(np.abs(np.asarray(ch, dtype=np.float32)).max()) or 1.0
-        out += [s] * 6 + [1.0, s] + [s * s] * (n_per_channel - 8)
-    return out
 
 
 @pytest.fixture(scope="session")

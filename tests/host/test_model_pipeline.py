@@ -36,7 +36,7 @@ def test_numpy_twin_equals_shared_file():
 def test_float32_arithmetic_stays_within_the_node_tolerance():
     """The ESP32 computes in single precision: run the shared file on numpy float32 scalars (NEP 50 keeps the
     arithmetic in float32) and check the tolerance the firmware test uses holds with margin."""
-    from conftest import FEATURE_TOL, feature_scales
+    from feature_tolerance import FEATURE_TOL, feature_scales
 
     w = datasets.load_basicmotions(50, 25)
     mod = F.shared()
