@@ -11,28 +11,29 @@ from ..errors import EdgefleetError
 from ..fleetops.commands import ACTIONS, DEFAULT_TIMEOUT_S
 from ..fleetops.devices import DEFAULT_BROKER_DIR, DEFAULT_SECRETS_DIR
 from ..wire import protocol
+from .common import add_command
 
 DEFAULT_DB = "sqlite:///fleet.db"
-RAW = argparse.RawDescriptionHelpFormatter
 
-DEVICE_EXAMPLES = """examples:
-  edgefleet device add node-001 --board esp32-devkitc --group kitchen --group floor1
-  edgefleet device list --group kitchen
-  edgefleet device show node-001
-  edgefleet device rotate node-001                 # new broker password (the broker reloads)
-  edgefleet device rotate node-001 --model-key     # and a new model key (takes effect at the next deploy)
-  edgefleet device revoke node-001                 # the device can no longer log in
-  edgefleet broker --data-dir broker --password-file broker/passwd    # the broker these files are for
-  edgefleet deploy --board esp32-devkitc --port /dev/ttyUSB0 --device-id node-001 --from-registry \\
-      --broker mqtts://mqtt.lan:8883 --ca tls/ca.pem --model models/NAME
-see docs/fleet.md"""
+DEVICE_EXAMPLES = [
+    "edgefleet device add node-001 --board esp32-devkitc --group kitchen --group floor1",
+    "edgefleet device list --group kitchen",
+    "edgefleet device show node-001",
+    "edgefleet device rotate node-001                 # new broker password (the broker reloads)",
+    "edgefleet device rotate node-001 --model-key     # and a new model key (takes effect at the next deploy)",
+    "edgefleet device revoke node-001                 # the device can no longer log in",
+    "edgefleet broker --data-dir broker --password-file broker/passwd    # the broker these files are for",
+    "edgefleet deploy --board esp32-devkitc --port /dev/ttyUSB0 --device-id node-001 --from-registry \\\n"
+    "      --broker mqtts://mqtt.lan:8883 --ca tls/ca.pem --model models/NAME",
+]
 
-CMD_EXAMPLES = """examples:
-  edgefleet fleet cmd all ping --password-file secrets/operator.secret
-  edgefleet fleet cmd group:kitchen set-config status_interval_s=30 rates.env=0.5
-  edgefleet fleet cmd node-001 reboot --timeout 20
-  EDGEFLEET_BROKER_PASSWORD=... edgefleet fleet cmd all flush --broker mqtts://operator@mqtt.lan:8883 --ca ca.pem
-exit status: 0 when every device answered ok, 1 when any answered with an error or not in time, 2 on a usage or
+CMD_EXAMPLES = [
+    "edgefleet fleet cmd all ping --password-file secrets/operator.secret",
+    "edgefleet fleet cmd group:kitchen set-config status_interval_s=30 rates.env=0.5",
+    "edgefleet fleet cmd node-001 reboot --timeout 20",
+    "EDGEFLEET_BROKER_PASSWORD=... edgefleet fleet cmd all flush --broker mqtts://operator@mqtt.lan:8883 --ca ca.pem",
+]
+CMD_NOTE = """exit status: 0 when every device answered ok, 1 when any answered with an error or not in time, 2 on a usage or
 connection error. see docs/fleet.md"""
 
 
@@ -152,19 +153,19 @@ def register_device(sub: argparse._SubParsersAction) -> None:
         "and what was last deployed. Every change renders the broker's password file and ACL into --broker-dir "
         "and makes a running `edgefleet broker` on it reload them (SIGHUP)."
     )
-    p = sub.add_parser(
-        "device", help="register devices: credentials, model keys, groups (renders the broker's logins)",
-        description=desc, epilog=DEVICE_EXAMPLES, formatter_class=RAW,
+    p = add_command(
+        sub, "device", help="register devices: credentials, model keys, groups (renders the broker's logins)",
+        description=desc, examples=DEVICE_EXAMPLES, note="see docs/fleet.md",
     )  # fmt: skip
     dsub = p.add_subparsers(dest="device_command", metavar="SUBCOMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)
     _common(common)
 
-    a = dsub.add_parser(
-        "add", parents=[common], help="register a device: new broker password and model key",
+    a = add_command(
+        dsub, "add", parents=[common], help="register a device: new broker password and model key",
         description="Register a device (or readmit a revoked one): a new broker password and model key, each written "
         "once to a 0600 file in --secrets-dir; the broker's password file gets the hash.",
-        epilog="example:\n  edgefleet device add node-001 --board esp32-devkitc --group kitchen", formatter_class=RAW,
+        examples=["edgefleet device add node-001 --board esp32-devkitc --group kitchen"],
     )  # fmt: skip
     a.add_argument("device_id", metavar="ID", help="device id: 1-32 characters of A-Z a-z 0-9 _ - (its topic level)")
     a.add_argument("--board", required=True, help="board definition name (boards/NAME.json) or path (required)")
@@ -173,29 +174,29 @@ def register_device(sub: argparse._SubParsersAction) -> None:
         help="a group (tag) for commands to group:NAME (repeat; default: none)",
     )  # fmt: skip
 
-    ls = dsub.add_parser(
-        "list", parents=[common], help="one line per device",
+    ls = add_command(
+        dsub, "list", parents=[common], help="one line per device",
         description="One line per registered device: board, state, groups, model key fingerprint, last deploy.",
-        epilog="example:\n  edgefleet device list --group kitchen", formatter_class=RAW,
+        examples=["edgefleet device list --group kitchen"],
     )  # fmt: skip
     ls.add_argument("--group", metavar="NAME", help="only devices in this group (default: all)")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
 
-    sh = dsub.add_parser(
-        "show", parents=[common], help="everything about one device (where its secrets are, not what)",
+    sh = add_command(
+        dsub, "show", parents=[common], help="everything about one device (where its secrets are, not what)",
         description="One device: board, state, groups, dates, where its password and key files are, what was deployed.",
-        epilog="example:\n  edgefleet device show node-001", formatter_class=RAW,
+        examples=["edgefleet device show node-001"],
     )  # fmt: skip
     sh.add_argument("device_id", metavar="ID", help="device id")
     sh.add_argument("--json", action="store_true", help="print JSON (default: off)")
 
-    ro = dsub.add_parser(
-        "rotate", parents=[common], help="new broker password (and with --model-key a new model key)",
+    ro = add_command(
+        dsub, "rotate", parents=[common], help="new broker password (and with --model-key a new model key)",
         description="New credentials for a device, or for a collector/operator login: the old password stops "
         "working as soon as the broker has reloaded (done here when it runs on --broker-dir); the device needs "
         "the new one in its config (edgefleet deploy --from-registry).",
-        epilog="examples:\n  edgefleet device rotate node-001\n  edgefleet device rotate node-001 --model-key\n"
-        "  edgefleet device rotate operator", formatter_class=RAW,
+        examples=["edgefleet device rotate node-001", "edgefleet device rotate node-001 --model-key",
+                  "edgefleet device rotate operator"],
     )  # fmt: skip
     ro.add_argument("device_id", metavar="ID", help="device id, or a collector/operator login name")
     ro.add_argument(
@@ -203,12 +204,12 @@ def register_device(sub: argparse._SubParsersAction) -> None:
         help="also a new model key (the node gets it at its next deploy; default: keep the key)",
     )  # fmt: skip
 
-    rv = dsub.add_parser(
-        "revoke", parents=[common], help="remove a device's login (it can no longer connect)",
+    rv = add_command(
+        dsub, "revoke", parents=[common], help="remove a device's login (it can no longer connect)",
         description="Remove a device's broker login: the broker reloads and refuses it (and drops it if it is "
         "connected); its password and key files are deleted. The registry keeps the device, marked revoked; "
         "`device add` readmits it with new secrets.",
-        epilog="example:\n  edgefleet device revoke node-001", formatter_class=RAW,
+        examples=["edgefleet device revoke node-001"],
     )  # fmt: skip
     rv.add_argument("device_id", metavar="ID", help="device id")
     p.set_defaults(func=_cmd_device)
@@ -253,14 +254,15 @@ def register_fleet_cmd(fleet_subparsers: argparse._SubParsersAction) -> None:
     """`edgefleet fleet cmd TARGET ACTION [KEY=VALUE...]`."""
     from ..collect.collector import PASSWORD_ENV
 
-    c = fleet_subparsers.add_parser(
+    c = add_command(
+        fleet_subparsers,
         "cmd",
         help="send ping, reboot, flush or set-config to a device, a group or all, and wait for the acks",
         description="Send one command to the devices TARGET names in the registry, over the operator's broker "
         "login (QoS 1, never retained), wait for each device's ack and print one line per device: ok, error (the "
         "node's message) or timeout, with the round trip in ms.",
-        epilog=CMD_EXAMPLES,
-        formatter_class=RAW,
+        examples=CMD_EXAMPLES,
+        note=CMD_NOTE,
     )
     c.add_argument("target", metavar="TARGET", help="a device id, group:NAME, or all (active registered devices)")
     c.add_argument("action", metavar="ACTION", choices=list(ACTIONS), help="one of: " + ", ".join(ACTIONS))

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..collect.launch import start_collector, stop_process
+from ..collect.launch import start_collector
 from ..errors import EdgefleetError
 from ..paths import models_dir
-from ..sim.run import drain, wait_collector_idle
+from ..sim.run import drain, shut_down, wait_collector_idle
 from ..sim.simulate import IMU_CHANNELS, Fleet, activity_scenario, basicmotions_replay, fault_scenario
 
 log = logging.getLogger(__name__)
@@ -540,11 +540,7 @@ def run_demo(*, workdir: str = "demo", devices: int = 20, duration: float = 60, 
         flash = drain(fleet, db)
         wait_collector_idle(db)
     finally:
-        if fleet is not None:
-            fleet.close()
-        if collector is not None:
-            stop_process(collector)
-        broker.stop()
+        shut_down(fleet, collector, broker)
     log.info("measuring L_infer (runner on the unix port) and A_forecast (forecast on env data)")
     l_infer = measure_inference(model_dir, fleet.heap)
     forecast = forecast_accuracy(db, work)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ..broker.mosquitto import Mosquitto
 from ..collect.launch import start_collector, stop_process
-from .run import stored_seqs, wait_collector_idle
+from .run import shut_down, stored_seqs, wait_collector_idle
 from .simulate import Fleet, default_scenarios, power_cut_loss
 
 log = logging.getLogger(__name__)
@@ -324,11 +324,7 @@ def run_chaos(
         note("drained")
         figures = check(fleet, db, flash, corrupted)
     finally:
-        if fleet is not None:
-            fleet.close()
-        if collector is not None:
-            stop_process(collector)
-        broker.stop()
+        shut_down(fleet, collector, broker)
     con = sqlite3.connect(db)
     try:
         dups = con.execute("SELECT COALESCE(SUM(duplicates), 0) FROM devices").fetchone()[0]

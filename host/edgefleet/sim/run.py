@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
+from ..broker.mosquitto import Mosquitto
+from ..collect.launch import stop_process
 from .simulate import Fleet
 
 log = logging.getLogger(__name__)
@@ -72,3 +75,13 @@ def wait_collector_idle(db: Path, quiet_s: float = 2.0, timeout: float = 30) -> 
         elif time.monotonic() - since >= quiet_s:
             return
         time.sleep(0.25)
+
+
+def shut_down(fleet: Fleet | None, collector: subprocess.Popen | None, broker: Mosquitto) -> None:
+    """The end of a run, in the order that loses nothing: the nodes first (they flush their logs and the broker
+    publishes their last wills), then the collector (it commits what it has), then the broker."""
+    if fleet is not None:
+        fleet.close()
+    if collector is not None:
+        stop_process(collector)
+    broker.stop()
