@@ -213,6 +213,32 @@ def _pw(name: str) -> str:
     return Path("secrets", f"{name}.secret").read_text().split("\n")[0]
 
 
+def test_the_pid_file_appears_only_once_the_broker_listens(tmp_path, monkeypatch) -> None:
+    """`edgefleet device` sends SIGHUP to the pid in the pid file. Before mosquitto has installed its handler,
+    SIGHUP kills it, and a test waiting on the file met a closed port (CI: connection refused). So the file is
+    written after the listener answers: at every probe of the port while starting, there is no pid file yet."""
+    import socket
+
+    from edgefleet.broker.mosquitto import Mosquitto
+
+    real = socket.create_connection
+    seen: list[bool] = []
+    broker = Mosquitto(data_dir=tmp_path / "b")
+
+    def probe(*args, **kwargs):
+        seen.append((broker.data_dir / PID_FILE).exists())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", probe)
+    broker.start()
+    try:
+        monkeypatch.undo()
+        assert seen and not any(seen), seen
+        assert (broker.data_dir / PID_FILE).read_text().strip() == str(broker.proc.pid)
+    finally:
+        broker.stop()
+
+
 def test_a_stale_pid_file_is_never_signalled(tmp_path, capsys) -> None:
     """A pid file left by a crashed broker whose pid now belongs to another process: nobody gets a SIGHUP."""
     from edgefleet.broker.mosquitto import reload_broker

@@ -317,19 +317,22 @@ class Mosquitto:
         logf = self.log_path.open("ab")
         self.proc = procs.spawn([find_mosquitto(), "-c", str(self.conf)], name="mosquitto", stdout=logf, stderr=logf)
         logf.close()  # the child has its own copy
-        # Who runs this broker, for `edgefleet device` (reload_broker): mosquitto writes its own pid_file only
-        # when it daemonizes, which a supervised child must not.
-        (self.data_dir / PID_FILE).write_text(f"{self.proc.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise EdgefleetError(f"mosquitto exited at start: {self.log_path.read_text()[-2000:]}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
-                    log.info("mosquitto listening on %s", self.url)
-                    return self
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            # Who runs this broker, for `edgefleet device` (reload_broker): mosquitto writes its own pid_file
+            # only when it daemonizes, which a supervised child must not. Written once it listens: by then it
+            # has its SIGHUP handler, and a reload sent earlier would kill it (SIGHUP's default action).
+            (self.data_dir / PID_FILE).write_text(f"{self.proc.pid}\n")
+            log.info("mosquitto listening on %s", self.url)
+            return self
         self.stop()
         raise EdgefleetError(f"mosquitto did not listen on {self.url} within {timeout} s")
 
