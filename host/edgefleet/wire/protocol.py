@@ -46,6 +46,9 @@ EVENT_KINDS = frozenset({"class", "anomaly", "forecast", "fault"})
 FAULT_LABELS = frozenset({"unplugged", "stuck", "dropout", "range"})
 COMMANDS = frozenset({"ping", "set_config", "flush", "reboot", "ota", "ota_rollback"})
 STATES = frozenset({"online", "offline"})
+# Over-the-air artifact kinds and the states of a status' `ota` report (docs/protocol.md); wire/ota.py uses these.
+OTA_KINDS = ("model", "config", "code")
+OTA_STATES = ("downloading", "pending", "confirmed", "rolled_back", "failed")
 FLAG_UNSYNCED, FLAG_SUSPECT, FLAG_RECOVERED = 1, 2, 4
 
 # Fields an `online` status must carry, with their types (None allowed where listed).
@@ -423,13 +426,11 @@ def check_ota_report(ota: object) -> None:
     """A status' optional `ota` field (docs/protocol.md "Report"): null, or exactly {kind, ver, state, got, size,
     reason} with the contract's kinds and states. Strict, because the rollout gate acts on it: an unknown state
     must not read as "not failed"."""
-    from . import ota as wire_ota  # wire.ota imports this module: imported here, not at the top
-
     if ota is None:
         return
     if type(ota) is not dict or set(ota) != _OTA_REPORT_KEYS:
         raise ProtocolError("bad ota")
-    if ota["kind"] not in wire_ota.KINDS or ota["state"] not in wire_ota.STATES:
+    if ota["kind"] not in OTA_KINDS or ota["state"] not in OTA_STATES:
         raise ProtocolError("bad ota")
     if not _is_int(ota["ver"]) or not _is_int(ota["got"]) or not _is_int(ota["size"]) or ota["got"] > ota["size"]:
         raise ProtocolError("bad ota")
@@ -439,9 +440,7 @@ def check_ota_report(ota: object) -> None:
 
 def check_ota_versions(vers: object) -> None:
     """A status' optional `ota_ver`: {"model": int, "config": int, "code": int}, the running version of each kind."""
-    from . import ota as wire_ota
-
-    if type(vers) is not dict or set(vers) != set(wire_ota.KINDS) or not all(_is_int(v) for v in vers.values()):
+    if type(vers) is not dict or set(vers) != set(OTA_KINDS) or not all(_is_int(v) for v in vers.values()):
         raise ProtocolError("bad ota_ver")
 
 
