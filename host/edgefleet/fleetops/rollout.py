@@ -840,6 +840,8 @@ class Runner:
             for r in results:
                 if r.result != OK:
                     self.rs.set_device(self.rid, r.device, state="rollback_failed", done_ms=now, reason=r.detail)
+            back = sum(1 for rep in reports.values() if rep.state == ota.ROLLED_BACK)
+            self.hooks.say(f"rollout {self.rid}: {back} of {len(targets)} device(s) rolled back")
         self._clear_all()
         self.rs.set(self.rid, state=HALTED, phase=FINISHED, phase_ms=self.rs.now_ms())
 
