@@ -169,3 +169,42 @@ def test_health_checks(rows) -> None:
     res = _gate(rows, ["ok1", "ok2"], kind="config", states={"ok2": "rolled_back"})
     assert not res.passed and _check(res, "ota").detail == "ok2 rolled_back"
     assert json.loads(json.dumps(res.as_dict())) == ro.GateResult.from_dict(res.as_dict()).as_dict()
+
+
+def test_rollout_state_on_both_backends(db_url, tmp_path) -> None:
+    """The rollout tables and their state machine, migrated once, every change committed (another connection,
+    like a host that restarted, reads it back)."""
+    from edgefleet.fleetops.ota import Artifact
+
+    clock = [1000.0]
+    store = open_storage(db_url)
+    rs = ro.RolloutStore(store, lambda: clock[0])
+    assert ro.RolloutStore(store).store is store  # a second open does not migrate again
+    art = Artifact(str(tmp_path / "m.efm"), "model", 3, b"EFML" + bytes(60))
+    gate = ro.GateSettings(drift=0.4)
+    rs.create("r-1", art, "all", [["a"], ["b", "c"]], 30.0, gate, {"confirm_s": 60, "chunk": 1024, "wait_s": None})
+    clock[0] = 1005.0
+    rs.set_device("r-1", "a", state="offered", sha256="ab" * 32, offered_ms=1_005_000)
+    rs.set("r-1", phase=ro.SOAK, phase_ms=1_005_000)
+    rs.save_gate("r-1", ro.GateResult(0, False, [ro.Check("drift", False, "x", 0.9, 0.4)], 1_006_000))
+    assert rs.set_state_if("r-1", ro.PAUSED, (ro.RUNNING,))
+    assert not rs.set_state_if("r-1", ro.PAUSED, (ro.RUNNING,))  # not running any more
+    store.close()
+    again = ro.RolloutStore(open_storage(db_url, create=False))
+    row = again.get("r-1")
+    assert (row.state, row.stage, row.phase, row.phase_ms, row.updated_ms) == (
+        ro.PAUSED,
+        0,
+        ro.SOAK,
+        1_005_000,
+        1_005_000,
+    )
+    assert row.stages == [["a"], ["b", "c"]] and row.gate == gate and row.sha256 == art.sha256 and row.version == 3
+    assert row.gates["0"]["checks"][0]["value"] == 0.9
+    devs = again.devices("r-1")
+    assert [(d.device, d.stage, d.state) for d in devs] == [("a", 0, "offered"), ("b", 1, "queued"), ("c", 1, "queued")]
+    assert devs[0].offered_ms == 1_005_000 and [d.device for d in again.devices("r-1", 1)] == ["b", "c"]
+    assert "1      1        1        1" in ro.render_status(row, devs)
+    with pytest.raises(EdgefleetError, match="no rollout 'r-2'"):
+        again.get("r-2")
+    again.store.close()
