@@ -532,8 +532,11 @@ class RolloutOptions:
 
 @dataclass
 class Hooks:
-    """Time and output, injectable: `clock()` in seconds (database times and the gate's windows), `sleep(s)`,
-    `say(line)` for progress, `progress_every_s` between progress lines of long waits."""
+    """Time and output, injectable: `clock()` in seconds since the epoch (the database's times and the gate's
+    windows, compared with the collector's received_ms: a test may shift it, not replace it with another time
+    base), `sleep(s)` (the soak waits with it: a test can make the soak instant), `say(line)` for progress,
+    `progress_every_s` between progress lines of long waits, `poll_s` between checks of the database for
+    pause/abort during a soak."""
 
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
@@ -727,6 +730,7 @@ class Runner:
                 state, detail = ota.offer_state(res)
                 if state == ota.CONFIRMED:
                     self.rs.set_device(self.rid, o.device, state=state, offered_ms=now, done_ms=now, reason=detail)
+                    self.reg.record_ota(o.device, self.art.kind, self._record())
                 elif state == "downloading":
                     self.rs.set_device(self.rid, o.device, state=OFFERED, offered_ms=now, reason=detail or None)
                 else:
