@@ -204,10 +204,10 @@ class DeviceReport:
     since: float = field(default_factory=time.monotonic)
 
 
-def report_for(status: dict | None, kind: str, ver: int) -> dict | None:
-    """The device's `ota` report if it is about this update (kind and version), else None."""
+def report_for(status: dict | None, kind: str, ver: int | None) -> dict | None:
+    """The device's `ota` report if it is about this update (kind, and version unless `ver` is None), else None."""
     rep = (status or {}).get("ota")
-    if isinstance(rep, dict) and rep.get("kind") == kind and rep.get("ver") == ver:
+    if isinstance(rep, dict) and rep.get("kind") == kind and (ver is None or rep.get("ver") == ver):
         return rep
     return None
 
@@ -278,10 +278,13 @@ def wait_reports(
     progress: Callable[[dict[str, str]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress_every_s: float = 10.0,
+    any_version: bool = False,
 ) -> dict[str, DeviceReport]:
     """Follow the devices' retained status until each reports a state in `want` for this update (kind, ver), or
     `timeout_s` passes (those are `timeout`). `on_change(device, report)` at each new state (the rollout writes
-    it to the database), `progress(states)` every `progress_every_s`, `should_stop()` checked between polls."""
+    it to the database), `progress(states)` every `progress_every_s`, `should_stop()` checked between polls.
+    `any_version`: a report of this kind in a wanted state counts whatever version it names (after an
+    ota_rollback a node may report the version it went back to or the one it left)."""
     last: dict[str, str] = {d: "" for d in devices}
     reports: dict[str, DeviceReport] = {}
     deadline = time.monotonic() + timeout_s
@@ -291,7 +294,7 @@ def wait_reports(
         for d in devices:
             if d in reports:
                 continue
-            rep = report_for(statuses.get(d), kind, ver)
+            rep = report_for(statuses.get(d), kind, None if any_version else ver)
             if rep is None:
                 continue
             key = f"{rep['state']}:{rep['got']}"

@@ -828,7 +828,7 @@ class Runner:
             reports = ota.wait_reports(
                 self.link, acked, self.art.kind, self.art.version, self._wait_s(), (ota.ROLLED_BACK, ota.FAILED),
                 progress=lambda st: self.hooks.say("  rollback: " + ", ".join(f"{d} {s}" for d, s in sorted(st.items()))),
-                progress_every_s=self.hooks.progress_every_s,
+                progress_every_s=self.hooks.progress_every_s, any_version=True,
             )  # fmt: skip
             now = self.rs.now_ms()
             for d, rep in reports.items():
