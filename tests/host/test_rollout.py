@@ -58,6 +58,8 @@ class ScriptedNode:
         self.behaviour = self.before = mixed
         self.after = mixed
         self.fail_with: str | None = None  # roll back by itself with this reason instead of confirming
+        self.silent = False  # ack an offer, then never report (a node stuck downloading)
+        self.switched = False  # runs an update it can go back from (ota_rollback has a previous version)
         self.boot, self.seq, self.label = 1, 0, None
         self.ota: dict | None = None
         self.vers = {"model": 1, "config": 0, "code": 0}
@@ -133,9 +135,15 @@ class ScriptedNode:
                 )
             else:
                 self.ack(body["id"], True, {"state": "downloading", "got": 0})
-                threading.Thread(target=self.download, args=(args,), daemon=True).start()
+                self.switched = False
+                if not self.silent:
+                    threading.Thread(target=self.download, args=(args,), daemon=True).start()
         elif body["cmd"] == "ota_rollback":
             self.rollbacks += 1
+            if not self.switched:
+                self.ack(body["id"], False, error="no previous version")
+                return
+            self.switched = False
             self.ack(body["id"], True, {"rebooting": True})
             kind = args["kind"]
             self.boot += 1
@@ -171,11 +179,13 @@ class ScriptedNode:
         if kind == "model":
             modelfile.decode(data, self.key)  # the loader's check: signed with this device's key
         self.boot += 1  # the switch reboots into the new version
+        self.switched = True
         self.ota = {**self.ota, "state": "pending"}
         self.status()
         time.sleep(0.2)
         if self.fail_with:
             self.boot += 1
+            self.switched = False
             self.ota = {**self.ota, "state": "rolled_back", "reason": self.fail_with}
         else:
             self.prev_vers = dict(self.vers)
@@ -199,6 +209,7 @@ def fleet(tmp_path_factory):
     with Registry.open(db, secrets, bdir) as reg:
         for d in IDS:
             reg.add(d, "sim", ["all6"])
+        reg.add("dev-off", "sim")  # registered, never connected
     broker = Mosquitto(data_dir=bdir, password_file=bdir / PASSWORD_FILE, acl_file=bdir / "acl").start()
     pw = {n: (secrets / f"{n}.secret").read_text().split("\n")[0] for n in [*IDS, "collector", "operator"]}
     store = open_storage(db)
@@ -227,7 +238,7 @@ def _model(fl, version: int) -> str:
 
 def _reset(fl, after=mixed, fail_with=None) -> None:
     for n in fl["nodes"].values():
-        n.after, n.fail_with = after, fail_with
+        n.after, n.fail_with, n.silent = after, fail_with, False
 
 
 class Log:
@@ -251,8 +262,8 @@ def _hooks(log: Log) -> ro.Hooks:
 
 
 def _opts(path: str, **kw) -> ro.RolloutOptions:
-    base = {"target": "all", "stages": "34%,100%", "soak_s": 1.5, "confirm_s": 10, "wait_s": 20, "seed": 7,
-            "gate": ro.GateSettings(baseline_s=60)}  # fmt: skip
+    base = {"target": "group:all6", "stages": "34%,100%", "soak_s": 1.5, "confirm_s": 10, "wait_s": 20, "seed": 7,
+            "gate": ro.GateSettings(baseline_s=60), "offer_timeout_s": 3}  # fmt: skip
     return ro.RolloutOptions(artifact=path, **{**base, **kw})
 
 
@@ -332,6 +343,30 @@ def test_a_node_rolling_back_by_itself_halts_the_rollout(fleet) -> None:
     assert not ota_check.passed and "rolled_back" in ota_check.detail
     assert not any("soaking" in line for line in log.lines)  # failed updates go straight to the gate
     assert sum(1 for n in fleet["nodes"].values() if n.ota and n.ota.get("ver") == 6) == 2
+
+
+def test_offline_and_stuck_devices_time_out_and_halt(fleet) -> None:
+    """A device that never acks the offer (offline) and one that acks and then never reports: both time out, with
+    progress lines while the host waits; the gate fails on them."""
+    _reset(fleet)
+    log = Log()
+    res = ro.start_rollout(_opts(_model(fleet, 20), target="dev-off", stages="100%"), fleet["conn"], _hooks(log))
+    assert res.state == ro.HALTED and "timeout" in next(c for c in res.gates[0].checks if c.name == "ota").detail
+    stuck = fleet["nodes"]["dev-5"]
+    stuck.silent = True
+    log = Log()
+    t0 = time.monotonic()
+    res = ro.start_rollout(
+        _opts(_model(fleet, 21), target="dev-5", stages="100%", wait_s=2.5), fleet["conn"], _hooks(log)
+    )
+    assert res.state == ro.HALTED and time.monotonic() - t0 < 20
+    assert any(line.strip() == "stage 1: 1 offered" for line in log.lines), log.lines  # progress while waiting
+    with Registry.open(fleet["db"], create=False) as reg:
+        dev = ro.RolloutStore(reg.store).devices(res.id)[0]
+    # the gate sent ota_rollback to it too (it may have switched meanwhile); it had nothing to go back to
+    assert (dev.state, dev.reason) == ("rollback_failed", "no previous version"), dev
+    assert any("dev-5: rollback error: no previous version" in line for line in log.lines), log.lines
+    stuck.silent = False
 
 
 def test_resume_after_a_host_crash_continues_where_it_stopped(fleet) -> None:

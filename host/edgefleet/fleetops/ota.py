@@ -122,7 +122,7 @@ def load_artifact(path: str | Path, kind: str | None = None, version: int | None
         version = highest_recorded(registry, kind) + 1
         if version > 0xFFFF:
             raise EdgefleetError(f"{kind} version {version} is beyond 65535")
-    return Artifact(str(p), kind, version, data)
+    return Artifact(str(p.resolve()), kind, version, data)  # absolute: `rollout resume` may run elsewhere
 
 
 def device_copy(art: Artifact, device_key: bytes) -> bytes:

@@ -515,7 +515,8 @@ class RolloutOptions:
 
     clock/sleep: injectable, so a test drives the soak and the gate's windows without waiting; wait_s: how long
     a stage waits for its devices' final reports (default: 2 x confirm_s + 120 s + 1 s per chunk); seed: the
-    stages' random split (reproducible)."""
+    stages' random split (reproducible); offer_timeout_s: how long to wait for the acks of the offers and of
+    ota_rollback (a device that does not ack is offline: a timeout, which fails the stage)."""
 
     artifact: str
     target: str
@@ -528,6 +529,7 @@ class RolloutOptions:
     chunk: int = wire_ota.DEFAULT_CHUNK
     wait_s: float | None = None
     seed: int | None = None
+    offer_timeout_s: float = ota.OFFER_TIMEOUT_S
 
 
 @dataclass
@@ -576,7 +578,8 @@ def start_rollout(opts: RolloutOptions, conn: Connection, hooks: Hooks | None = 
         rs = RolloutStore(reg.store, hooks.clock)
         stages = split_stages(devices, fractions, random.Random(opts.seed))
         rid = "r-" + secrets.token_hex(3)
-        options = {"confirm_s": opts.confirm_s, "chunk": opts.chunk, "wait_s": opts.wait_s}
+        options = {"confirm_s": opts.confirm_s, "chunk": opts.chunk, "wait_s": opts.wait_s,
+                   "offer_timeout_s": opts.offer_timeout_s}  # fmt: skip
         rs.create(rid, art, opts.target, stages, float(opts.soak_s), opts.gate, options)
     hooks.say(
         f"rollout {rid}: {art.kind} v{art.version} ({art.size} bytes, sha256 {art.sha256[:16]}) to {len(devices)} "
@@ -649,7 +652,8 @@ class Runner:
             )
             with link:
                 self.link = link
-                self.sender = ota.Sender(link, self.conn.prefix)
+                timeout = float(row.options.get("offer_timeout_s") or ota.OFFER_TIMEOUT_S)
+                self.sender = ota.Sender(link, self.conn.prefix, timeout)
                 try:
                     self._loop()
                 except _Stop:
