@@ -588,6 +588,10 @@ def start_rollout(opts: RolloutOptions, conn: Connection, hooks: Hooks | None = 
     return Runner(rid, conn, hooks).run()
 
 
+# The name an integration test or script looks for: create and run a rollout (the CLI's `rollout start`).
+run_rollout = start_rollout
+
+
 def resume_rollout(rid: str, conn: Connection, hooks: Hooks | None = None) -> RolloutResult:
     """Continue a rollout at the step where it stopped (a paused one, or one whose host crashed): the state is the
     database's. A halted, aborted or done rollout cannot resume."""
