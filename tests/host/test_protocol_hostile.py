@@ -77,6 +77,35 @@ HOSTILE = [
     ("event", ("recs", 0, "action"), "\x7f", "rec 0: bad model or action"),
     ("cmd", ("id",), "c-1\u0085", "bad id"),
     ("telemetry", ("recs", 0, "vals", "t"), 1e999, "non-finite number"),
+    # issue 13: the status' over-the-air fields, which the rollout gate acts on
+    ("status", ("ota",), "downloading", "bad ota"),
+    ("status", ("ota",), [], "bad ota"),
+    ("status", ("ota",), {}, "bad ota"),
+    ("status", ("ota_ver",), None, "bad ota_ver"),
+    ("status", ("ota_ver",), {"model": 1, "config": 0}, "bad ota_ver"),
+    ("status", ("ota_ver",), {"model": 1, "config": 0, "code": -1}, "bad ota_ver"),
+    ("status", ("ota_ver",), {"model": 1, "config": 0, "code": True}, "bad ota_ver"),
+    ("status", ("ota_ver",), {"model": 1, "config": 0, "code": 0, "x": 0}, "bad ota_ver"),
+]
+
+OTA_REPORT = {"kind": "model", "ver": 7, "state": "downloading", "got": 8192, "size": 30123, "reason": None}
+HOSTILE_OTA = [
+    ("state", "current"),  # an ack's state, not a report's
+    ("state", None),
+    ("state", ["failed"]),
+    ("kind", "firmware"),
+    ("kind", {}),
+    ("ver", -1),
+    ("ver", 1.0),
+    ("ver", "7"),
+    ("ver", 2**64),
+    ("got", None),
+    ("got", 30124),  # more than the size
+    ("size", False),
+    ("reason", 5),
+    ("reason", "x" * 257),
+    ("reason", "line\nbreak"),
+    ("extra", 1),
 ]
 
 
@@ -94,6 +123,38 @@ def test_hostile_shapes_are_protocol_errors(kind: str, path: tuple, value: objec
     with pytest.raises(ProtocolError) as e:
         _parse(kind, _with(kind, path, value))
     assert e.value.reason == reason
+
+
+def test_status_ota_fields_valid_shapes() -> None:
+    """The report of docs/protocol.md parses, null too, with every state; the ack-only `current` does not."""
+    from edgefleet.wire import ota
+
+    assert _parse("status", _with("status", ("ota",), None)).body["ota"] is None
+    for state in ota.STATES:
+        body = _with("status", ("ota",), {**OTA_REPORT, "state": state, "reason": "boot loop"})
+        body["ota_ver"] = {"model": 7, "config": 0, "code": 2}
+        m = _parse("status", body)
+        assert m.body["ota"]["state"] == state and m.body["ota_ver"]["code"] == 2
+
+
+@pytest.mark.parametrize(("field", "value"), HOSTILE_OTA)
+def test_hostile_ota_reports_are_protocol_errors(field: str, value: object) -> None:
+    report = {**OTA_REPORT, field: value}
+    with pytest.raises(ProtocolError) as e:
+        _parse("status", _with("status", ("ota",), report))
+    assert e.value.reason == "bad ota"
+    missing = dict(OTA_REPORT)
+    del missing["reason" if field == "extra" else field]
+    with pytest.raises(ProtocolError, match="bad ota"):
+        _parse("status", _with("status", ("ota",), missing))
+
+
+def test_ota_commands() -> None:
+    from edgefleet.wire import ota
+
+    offer = ota.offer_for(DEV, "model", 7, b"EFML" + bytes(100))
+    assert _parse("cmd", protocol.command("o-1", "ota", offer.args(b"k" * 32))).body["cmd"] == "ota"
+    assert _parse("cmd", protocol.command("o-2", "ota_rollback", {"kind": "model"})).body["cmd"] == "ota_rollback"
 
 
 def test_ids_with_a_trailing_newline_are_refused() -> None:
@@ -193,6 +254,26 @@ def _paths(obj: object, prefix: tuple = ()) -> list[tuple]:
 def test_fuzz_each_field_replaced_by_every_json_type(kind: str, data: st.DataObject, value: object) -> None:
     path = data.draw(st.sampled_from(_paths(_valid(kind))))
     _only_message_or_protocol_error(kind, json.dumps(_with(kind, path, value)).encode())
+
+
+def _status_with_ota() -> dict:
+    body = _valid("status")
+    body["ota"] = dict(OTA_REPORT)
+    body["ota_ver"] = {"model": 7, "config": 0, "code": 0}
+    return body
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), value=EVERY_TYPE)
+def test_fuzz_status_ota_fields_replaced_by_every_json_type(data: st.DataObject, value: object) -> None:
+    base = _status_with_ota()
+    path = data.draw(st.sampled_from([p for p in _paths(base) if p[0] in ("ota", "ota_ver")]))
+    obj = json.loads(json.dumps(base))
+    target = obj
+    for p in path[:-1]:
+        target = target[p]
+    target[path[-1]] = value
+    _only_message_or_protocol_error("status", json.dumps(obj).encode())
 
 
 @settings(max_examples=200, deadline=None)

@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.sim.fleetsim import telemetry_payload
 from edgefleet.sim.reliablenode import ReliableNode
-from edgefleet.wire import protocol
+from edgefleet.wire import ota, protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = ("node-1", "node-2", "node-3")
@@ -216,3 +216,7 @@ def test_a_node_may_publish_only_under_its_own_id(rabbit) -> None:
     assert _as_node_1(lb.port, "publish", t("edgefleet", "node-2", "telemetry")) == "refused"
     assert _as_node_1(lb.port, "subscribe", t("edgefleet", "node-2", "stored")) == "refused"
     assert _as_node_1(lb.port, "publish", t("edgefleet", "node-1", "stored")) == "refused"
+    # over-the-air chunks (issue 13): every device reads them, none writes them
+    chunk = ota.chunk_topic("edgefleet", "0123456789abcdef", 3)
+    assert _as_node_1(lb.port, "subscribe", chunk) == "ok"
+    assert _as_node_1(lb.port, "publish", chunk) == "refused"

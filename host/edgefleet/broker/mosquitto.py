@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from .. import procs
 from ..errors import EdgefleetError
 from ..procs import free_port
+from ..wire.ota import chunk_filter
 from ..wire.protocol import ACL_OWN_DEVICE, topic_filter
 
 if TYPE_CHECKING:
@@ -68,7 +69,10 @@ def render_acl(
       ones that write `<prefix>/+/stored` (the end-to-end storage ack the node frees its flash on);
     - operators are the only ones that write `<prefix>/+/cmd`, and read acks and status;
     - every other user is a device whose user name is its device id: it writes only its own telemetry, event,
-      status and ack, and reads only its own /cmd and /stored (mosquitto substitutes %u with the user name).
+      status and ack, and reads only its own /cmd and /stored (mosquitto substitutes %u with the user name);
+    - the over-the-air chunks (`<prefix>/ota/#`, docs/protocol.md) are read by every login (a `pattern` line
+      applies to all users; a chunk is useless without the offer, whose MAC only the addressed device checks)
+      and written only by operators, which publish and remove them.
     """
     collectors = [collector_user] if isinstance(collector_user, str) else list(collector_user)
     operators = [operator_user] if isinstance(operator_user, str) else list(operator_user)
@@ -87,6 +91,7 @@ def render_acl(
             f"topic write {topic_filter(prefix, 'cmd')}",
             f"topic read {topic_filter(prefix, 'ack')}",
             f"topic read {topic_filter(prefix, 'status')}",
+            f"topic readwrite {chunk_filter(prefix)}",
         ]
     lines += [
         "",
@@ -96,6 +101,7 @@ def render_acl(
             for kind in ("telemetry", "event", "status", "ack")
         ),
         *(f"pattern read {topic_filter(prefix, kind, ACL_OWN_DEVICE)}" for kind in ("cmd", "stored")),
+        f"pattern read {chunk_filter(prefix)}",
     ]
     return "\n".join(lines) + "\n"
 

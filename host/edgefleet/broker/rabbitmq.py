@@ -39,6 +39,8 @@ RMQ_BIN = Path(os.environ.get("RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 QUEUE = "edgefleet-collector"  # the collectors' shared quorum queue (competing consumers)
 NODE_TOPICS_OUT = "telemetry|event|status|ack"
 NODE_TOPICS_IN = "stored|cmd"
+# The over-the-air chunk routing keys `<prefix>.ota.<art>.<n>` (docs/protocol.md): devices read, operators write.
+OTA_CHUNKS = "ota\\.[0-9a-f]+\\.[0-9]+"
 
 
 def find_rabbitmq() -> Path:
@@ -239,11 +241,11 @@ class RabbitCluster:
             topic = (f"^{p}\\.[^.]+\\.stored$", f"^{p}\\..*")
         elif name == "operator":
             perms = (f"^{mqtt_q}", f"^(amq\\.topic|{mqtt_q})$", f"^(amq\\.topic|{mqtt_q})$")
-            topic = (f"^{p}\\.[^.]+\\.cmd$", f"^{p}\\.[^.]+\\.(status|ack)$")
+            topic = (f"^{p}\\.([^.]+\\.cmd|{OTA_CHUNKS})$", f"^{p}\\.([^.]+\\.(status|ack)|{OTA_CHUNKS})$")
         else:
             d = _re_escape(name.replace(".", "/"))  # the MQTT plugin maps '.' in a topic level to '/'
             perms = (f"^{mqtt_q}", f"^(amq\\.topic|{mqtt_q})$", f"^(amq\\.topic|{mqtt_q})$")
-            topic = (f"^{p}\\.{d}\\.({NODE_TOPICS_OUT})$", f"^{p}\\.{d}\\.({NODE_TOPICS_IN})$")
+            topic = (f"^{p}\\.{d}\\.({NODE_TOPICS_OUT})$", f"^{p}\\.({d}\\.({NODE_TOPICS_IN})|{OTA_CHUNKS})$")
         self.ctl(n, "set_permissions", "-p", "/", name, *perms)
         self.ctl(n, "set_topic_permissions", "-p", "/", name, "amq.topic", *topic)
 

@@ -15,7 +15,7 @@ import sys
 
 from .. import __version__, procs
 from ..errors import EdgefleetError
-from . import board, broker, collect, console, demo, fleetops, forecast, model, sim
+from . import board, broker, collect, console, demo, fleetops, forecast, model, rollout, sim
 from .common import HelpFormatter, epilog
 
 # Functions that add one stage's subcommands, in the order --help lists them.
@@ -28,6 +28,7 @@ COMMANDS = [
     collect.register_collect,
     collect.register_fleet,
     fleetops.register,
+    rollout.register,
     console.register,
     collect.register_export,
     model.register_capture,

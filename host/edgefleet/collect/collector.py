@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from .. import procs
 from ..errors import EdgefleetError
 from ..redact import read_secret_file, redact_text, redact_url, refuse_password_in_url
-from ..wire import protocol
+from ..wire import ota, protocol
 from ..wire.storedack import StoredAcks
 from ..wire.url import parse_broker_url
 from .storage import Batch, Storage, WriteResult, open_storage
@@ -68,6 +68,7 @@ class Stats:
     storage_refused: int = 0  # messages the database refused for their data (dead-lettered)
     outages: int = 0
     stored_acks: int = 0  # `stored` messages published
+    ignored: int = 0  # over-the-air chunks (`<prefix>/ota/#`): acked, not stored, not dead letters
     batches: int = 0
     busy_s: float = 0.0  # worker time spent validating and writing (the rest is waiting for messages)
     busy_cpu_s: float = 0.0  # CPU time of the worker thread in that (the benchmark's split of CPU per message)
@@ -334,6 +335,7 @@ class Collector:
         self.client_id = client_id or f"edgefleet-collector-{socket.gethostname()}"
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.stats = Stats()
+        self._ota_topics = f"{prefix}/ota/".encode()
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self.transport = make_transport(broker, prefix, group, self.client_id, ca, cert, key, inflight, password)
@@ -381,6 +383,8 @@ class Collector:
     def _add_message(self, batch: Batch, settled: StoredAcks, item: tuple) -> None:
         _gen, msg, received = item
         raw_topic = msg._topic  # bytes: a topic that is not UTF-8 must not raise here
+        if self.is_ignored(raw_topic):
+            return
         try:
             topic = raw_topic.decode("utf-8")
             m = protocol.parse(self.prefix, topic, msg.payload, received)
@@ -408,6 +412,17 @@ class Collector:
         else:
             return  # a valid command to a node, or a `stored` ack (ours or another collector's): not ours to store
         batch.seen[device] = max(received, batch.seen.get(device, 0))
+
+    def is_ignored(self, raw_topic: bytes) -> bool:
+        """An over-the-air chunk (`<prefix>/ota/<art>/<n>`, docs/protocol.md): the collector reads the whole
+        prefix, so it receives the retained chunks a rollout publishes. They are not telemetry and not bad
+        messages either: acked with their batch and counted, never stored or dead-lettered."""
+        if not raw_topic.startswith(self._ota_topics):
+            return False
+        try:
+            return ota.is_chunk_topic(self.prefix, raw_topic.decode("utf-8"))
+        except UnicodeDecodeError:
+            return False
 
     def _add_dead(self, batch: Batch, settled: StoredAcks, item: tuple, reason: str) -> None:
         _gen, msg, received = item
@@ -500,6 +515,7 @@ class Collector:
         committed = now_ms()
         s = self.stats
         s.messages += len(items)
+        s.ignored += sum(1 for item in items if self.is_ignored(item[1]._topic))
         s.stored += res.stored
         s.duplicates += res.duplicates
         s.dead += res.dead

@@ -440,6 +440,14 @@ class Registry:
         self.store.conn.commit()
         return self.get(device_id)
 
+    def record_ota(self, device_id: str, kind: str, info: dict[str, Any]) -> Device:
+        """Note what an over-the-air update installed (`deployed.ota.<kind>`: version, sha256, rollout, when),
+        keeping the rest of the deploy record; a rollback records the version the device went back to."""
+        dev = self.get(device_id)
+        rec = dict(dev.deployed or {})
+        rec["ota"] = {**(rec.get("ota") or {}), kind: {**info, "ms": now_ms()}}
+        return self.record_deploy(device_id, rec)
+
     def deploy_secrets(self, device_id: str, board: str | None = None) -> DeploySecrets:
         """The credentials and model key `deploy --from-registry` writes into the node's config, checked
         against the database first (a revoked device, another board, a stale password or key file are refused:

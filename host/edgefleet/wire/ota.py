@@ -16,9 +16,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .protocol import DEVICE_RE, ProtocolError
+from .protocol import DEVICE_RE, OTA_KINDS, OTA_STATES, ProtocolError
 
-KINDS = ("model", "config", "code")
+KINDS = OTA_KINDS  # defined in protocol.py, which validates the status report with them (no import cycle)
 MIN_CHUNK = 256
 MAX_CHUNK = 2048
 DEFAULT_CHUNK = 1024  # fits the node's 4 KB MQTT input limit with room; overhead per chunk ~ 4 % (CRC + topic)
@@ -27,7 +27,7 @@ MAX_CONFIRM_S = 3600
 DEFAULT_CONFIRM_S = 60
 MAC_TAG = "efota1"
 CRC_BYTES = 4
-STATES = ("downloading", "pending", "confirmed", "rolled_back", "failed")
+STATES = OTA_STATES
 BUNDLE_MAGIC = b"EFCB"
 MODEL_MAGIC = b"EFML"
 # Fields a config artifact must not carry: chunks are readable by every device. The node keeps its own.

@@ -44,8 +44,11 @@ LOG_RE = re.compile(r"[0-9a-f]{8}")  # a flash-log id (v2)
 _BAD_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 EVENT_KINDS = frozenset({"class", "anomaly", "forecast", "fault"})
 FAULT_LABELS = frozenset({"unplugged", "stuck", "dropout", "range"})
-COMMANDS = frozenset({"ping", "set_config", "flush", "reboot"})
+COMMANDS = frozenset({"ping", "set_config", "flush", "reboot", "ota", "ota_rollback"})
 STATES = frozenset({"online", "offline"})
+# Over-the-air artifact kinds and the states of a status' `ota` report (docs/protocol.md); wire/ota.py uses these.
+OTA_KINDS = ("model", "config", "code")
+OTA_STATES = ("downloading", "pending", "confirmed", "rolled_back", "failed")
 FLAG_UNSYNCED, FLAG_SUSPECT, FLAG_RECOVERED = 1, 2, 4
 
 # Fields an `online` status must carry, with their types (None allowed where listed).
@@ -409,7 +412,36 @@ def check_status(obj: dict, device: str) -> None:
     counters = obj["counters"]
     if len(counters) > 32 or not all(text_ok(k, MAX_LABEL) and _is_int(v) for k, v in counters.items()):
         raise ProtocolError("bad counters")
+    if "ota" in obj:
+        check_ota_report(obj["ota"])
+    if "ota_ver" in obj:
+        check_ota_versions(obj["ota_ver"])
     _check_tree(obj)
+
+
+_OTA_REPORT_KEYS = frozenset({"kind", "ver", "state", "got", "size", "reason"})
+
+
+def check_ota_report(ota: object) -> None:
+    """A status' optional `ota` field (docs/protocol.md "Report"): null, or exactly {kind, ver, state, got, size,
+    reason} with the contract's kinds and states. Strict, because the rollout gate acts on it: an unknown state
+    must not read as "not failed"."""
+    if ota is None:
+        return
+    if type(ota) is not dict or set(ota) != _OTA_REPORT_KEYS:
+        raise ProtocolError("bad ota")
+    if ota["kind"] not in OTA_KINDS or ota["state"] not in OTA_STATES:
+        raise ProtocolError("bad ota")
+    if not _is_int(ota["ver"]) or not _is_int(ota["got"]) or not _is_int(ota["size"]) or ota["got"] > ota["size"]:
+        raise ProtocolError("bad ota")
+    if not _opt_str(ota["reason"], 256):
+        raise ProtocolError("bad ota")
+
+
+def check_ota_versions(vers: object) -> None:
+    """A status' optional `ota_ver`: {"model": int, "config": int, "code": int}, the running version of each kind."""
+    if type(vers) is not dict or set(vers) != set(OTA_KINDS) or not all(_is_int(v) for v in vers.values()):
+        raise ProtocolError("bad ota_ver")
 
 
 def check_cmd(obj: dict) -> None:
