@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from edgefleet.collect.fleet import device_summary
+from edgefleet.collect.fleet import device_summary, render_table
 from edgefleet.collect.storage import Batch, open_storage
 from edgefleet.console import data
 
@@ -76,5 +76,37 @@ def test_two_flash_logs(db_url) -> None:
         assert data.current_log(s, "d2") == "bbbb0002"
         sensors, last = data.new_readings(s, "d2", "bbbb0002", 25)
         assert last == 30 and len(sensors["env"]["ts"]) == 5
+    finally:
+        s.close()
+
+
+def test_fleet_rows_show_updates_and_rollouts(db_url, tmp_path) -> None:
+    """The console's fleet table and `fleet status` show what a device did with its last update (its own status
+    report) and its part in the latest rollout (the rollout tables); before any rollout, no rollout column value
+    and no error (the tables do not exist yet)."""
+    from edgefleet.fleetops import rollout as ro
+    from edgefleet.fleetops.ota import Artifact
+    from edgefleet.sim import fleetsim as fs
+
+    s = open_storage(db_url)
+    try:
+        body = fs.online_status("d1")
+        body["ota"] = {"kind": "model", "ver": 7, "state": "rolled_back", "got": 900, "size": 900,
+                       "reason": "not confirmed in 20 s"}  # fmt: skip
+        body["ota_ver"] = {"model": 6, "config": 0, "code": 0}
+        s.write(Batch(statuses=[("d1", 1_000, "online", True, json.dumps(body))], seen={"d1": 1_000}))
+        (row,) = data.fleet_rows(s)
+        assert row["rollout"] is None and row["model_ver"] == 6
+        assert row["ota"] == "model v7 rolled_back: not confirmed in 20 s"
+        rs = ro.RolloutStore(s)
+        art = Artifact(str(tmp_path / "m.efm"), "model", 7, b"EFML" + bytes(60))
+        rs.create("r-1", art, "all", [["d1"], ["d2"]], 30.0, ro.GateSettings(), {"confirm_s": 60, "chunk": 1024})
+        rs.set_device("r-1", "d1", state="rolled_back")
+        rs.set("r-1", state=ro.HALTED)
+        (row,) = data.fleet_rows(s)
+        assert row["rollout"] == "r-1 1/2 rolled_back, halted"
+        (full,) = s.fleet()
+        line = render_table([full]).splitlines()[1]
+        assert " v6 " in line and line.endswith("model v7 rolled_back: not confirmed in 20 s"), line
     finally:
         s.close()

@@ -95,6 +95,19 @@ def _gaps_text(row: DeviceRow) -> str:
     return ",".join(parts) + more
 
 
+def ota_text(report: dict | None) -> str | None:
+    """A node's over-the-air report in a few words ("model v7 confirmed", "config v2 rolled_back: not
+    confirmed..."), for a table cell: what the device last did with an update, from its own status."""
+    if not report:
+        return None
+    text = f"{report.get('kind')} v{report.get('ver')} {report.get('state')}"
+    if report.get("state") == "downloading" and report.get("size"):
+        text += f" {100 * (report.get('got') or 0) // report['size']}%"
+    if report.get("reason"):
+        text += f": {report['reason']}"
+    return text
+
+
 def device_summary(row: DeviceRow) -> dict:
     """One device as the operator sees it, from the stored state and the last *online* status (kept while the
     node is offline, so its counters, safe mode and versions stay visible). `fleet status` and the console both
@@ -110,6 +123,8 @@ def device_summary(row: DeviceRow) -> dict:
         "error": st.get("error"),
         "fw": st.get("fw"),
         "model": st.get("model"),
+        "model_ver": (st.get("ota_ver") or {}).get("model"),
+        "ota": ota_text(st.get("ota")),
         "heap_free": st.get("heap_free"),
         "boot": st.get("boot"),
         "uptime_s": st.get("uptime_s"),
@@ -136,7 +151,7 @@ def _opt(x: object) -> str:
 def render_table(rows: list[DeviceRow]) -> str:
     header = [
         "device", "state", "last seen (UTC)", "records", "logs", "log since (UTC)", "seq", "missing", "gaps",
-        "jumps", "dup", "boots", *COUNTERS, "logged vs records", "safe", "fw", "model", "heap", "error",
+        "jumps", "dup", "boots", *COUNTERS, "logged vs records", "safe", "fw", "model", "heap", "error", "update",
     ]  # fmt: skip
     table = [header]
     for r in rows:
@@ -162,9 +177,10 @@ def render_table(rows: list[DeviceRow]) -> str:
                 lt["balance"],
                 safe,
                 _opt(d["fw"]),
-                _opt(d["model"]),
+                _opt(d["model"]) + (f" v{d['model_ver']}" if d["model_ver"] is not None else ""),
                 _opt(d["heap_free"]),
                 _opt(d["error"])[:40],
+                _opt(d["ota"])[:60],
             ]
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

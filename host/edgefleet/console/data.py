@@ -14,6 +14,7 @@ from typing import Any
 
 from ..collect.fleet import device_summary
 from ..collect.storage import DeviceRow, Storage
+from ..fleetops.rollout import device_stages
 
 MAX_POINTS = 4000
 SCAN_FACTOR = 8  # ranges up to this many times the points asked are scanned (exact, every flagged sample)
@@ -96,6 +97,7 @@ def fleet_rows(store: Storage, since_ms: int | None = None, device: str | None =
     found = store.execute(sql + " ORDER BY d.device", params).fetchall()
     # lifetime counters (fleet.lifetime): the per-boot rows of these devices, one small-table query
     per_log = store.log_counters(None if since_ms is None and device is None else [r[0] for r in found])
+    stages = device_stages(store)
     for r in found:
         dev, records = r[0], int(r[7])
         logs = {x for x in r[8:12] if x is not None}
@@ -115,7 +117,7 @@ def fleet_rows(store: Storage, since_ms: int | None = None, device: str | None =
             records=records, duplicates=int(r[5]), min_seq=lo, max_seq=hi, missing=missing, gaps=[],
             status=_status(r[6]), logs=len(logs), log_counters=per_log.get(dev, []), log_stats=per,
         )  # fmt: skip
-        out.append(device_summary(row))
+        out.append({**device_summary(row), "rollout": stages.get(dev)})
     return out
 
 

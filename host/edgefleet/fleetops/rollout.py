@@ -904,6 +904,21 @@ def render_list(rows: Sequence[RolloutRow]) -> str:
     return "\n".join(out)
 
 
+def device_stages(store) -> dict[str, str]:
+    """Each device's part in its latest rollout, in a few words ("r-1a2b3c 1/3 confirmed, halted"), for the
+    console's fleet table; {} while no rollout was ever started on this database."""
+    if not store.has_table("rollout_devices"):
+        return {}
+    rows = store.execute(
+        "SELECT d.device, d.rollout, d.stage, d.state, r.state, r.stages_json FROM rollout_devices d"
+        " JOIN rollouts r ON r.id = d.rollout ORDER BY r.created_ms, d.updated_ms"
+    ).fetchall()
+    out = {}
+    for dev, rid, stage, state, rstate, stages in rows:  # later rollouts overwrite earlier ones
+        out[dev] = f"{rid} {stage + 1}/{len(json.loads(stages))} {state}, {rstate}"
+    return out
+
+
 def status_of(rid: str | None, conn: Connection) -> str:
     """The text `rollout status [ID]` prints (every rollout without an id)."""
     with _open_registry(conn, create=False) as reg:

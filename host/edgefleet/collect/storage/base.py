@@ -160,6 +160,14 @@ class Storage:
     def close(self) -> None:
         self.conn.close()
 
+    def has_table(self, table: str) -> bool:
+        """Whether another stage's table exists yet (a reader of the fleet database, such as the console, must
+        not fail, nor abort a PostgreSQL transaction, on tables a stage creates only when first used)."""
+        return (
+            self.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+            is not None
+        )
+
     # -- migrations
     def schema_version(self) -> int:
         row = self.execute("SELECT max(version) FROM schema_version").fetchone()

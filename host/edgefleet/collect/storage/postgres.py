@@ -76,6 +76,10 @@ READINGS_HYPER = [
 class PostgresStorage(Storage):
     name = "postgresql"
     placeholder = "%s"
+
+    def has_table(self, table: str) -> bool:
+        return self.execute("SELECT to_regclass(?)", (table,)).fetchone()[0] is not None
+
     greatest = "GREATEST"
     sum_fn = "sum"  # bigint sums are numeric: no overflow
     migrations = MIGRATIONS

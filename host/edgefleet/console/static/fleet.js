@@ -4,7 +4,7 @@
   const COLS = [
     ["device", "device"], ["state", "state"], ["last_seen_ms", "last seen"], ["missing", "seq gaps"],
     ["e_buffer", "E_buffer"], ["r_noise", "R_noise"], ["safe_mode", "safe mode"], ["model", "model"],
-    ["fw", "firmware"], ["records", "records"],
+    ["model_ver", "model version"], ["ota", "last update"], ["rollout", "rollout"], ["fw", "firmware"], ["records", "records"],
     ["logged", "logged (lifetime)"], ["balance", "logged vs records"], ["heap_free", "free heap"], ["error", "error"],
   ];
   const devices = new Map();
