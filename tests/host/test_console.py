@@ -372,3 +372,53 @@ def test_collector_metrics_scraped(stack) -> None:
     assert set(ages) == {"node-001", "node-002", "node-003"}
     assert ages["node-001"] < 5
     assert "edgefleet_collector_database_outages" in fams and "edgefleet_collector_stored_acks" in fams
+
+
+def test_rollouts_page_pause_and_abort(stack, browser) -> None:
+    """The rollouts page lists a rollout with its stages' counts and failed gate; a viewer sees no buttons and is
+    refused by the API; an operator pauses it and then aborts it (the state a running `rollout start` obeys)."""
+    from edgefleet.fleetops import rollout as ro
+    from edgefleet.fleetops.ota import Artifact
+
+    url = stack["console"].url
+    store = open_storage(stack["db"])
+    try:
+        rs = ro.RolloutStore(store)
+        art = Artifact(str(stack["tmp"] / "m.efm"), "model", 4, b"EFML" + bytes(60))
+        rs.create("r-web1", art, "all", [["node-001"], ["node-002", "node-003"]], 30.0, ro.GateSettings(),
+                  {"confirm_s": 60, "chunk": 1024})  # fmt: skip
+        rs.set_device("r-web1", "node-001", state="confirmed")
+        rs.save_gate("r-web1", ro.GateResult(0, False, [ro.Check("drift", False, "tvd 0.91 > 0.5", 0.91, 0.5)], 1))
+    finally:
+        store.close()
+    viewer = _login(browser, url, "viewer")
+    viewer.goto(url + "rollouts")
+    viewer.wait_for_selector("#rollouts tr[data-rollout='r-web1']")
+    row = viewer.locator("#rollouts tr[data-rollout='r-web1']")
+    assert "1: 1/0/0 of 1, 2: 0/0/0 of 2" in row.locator("td[data-col='stages']").inner_text()
+    assert "FAILED (drift: tvd 0.91 > 0.5)" in row.locator("td[data-col='gate']").inner_text()
+    assert row.locator("button").count() == 0
+    csrf = viewer.get_attribute("meta[name=csrf]", "content")
+    post = "async (a) => (await fetch('/api/rollouts/r-web1/' + a[0], {method: 'POST', headers: a[1] ? " \
+           "{'X-CSRF-Token': a[1]} : {}})).status"  # fmt: skip
+    assert viewer.evaluate(post, ["pause", csrf]) == 403  # a viewer may not
+    viewer.close()
+    op = _login(browser, url)
+    op.goto(url + "rollouts")
+    op.wait_for_selector("#rollouts tr[data-rollout='r-web1'] button[data-action='pause']")
+    assert op.evaluate(post, ["pause", None]) == 403  # no CSRF token
+    op.click("#rollouts tr[data-rollout='r-web1'] button[data-action='pause']")
+    _wait(lambda: op.locator("#rollouts tr[data-rollout='r-web1'] td[data-col='state']").inner_text() == "paused", 10,
+          "paused on the page")  # fmt: skip
+    _shot(op, "rollouts")
+    assert op.evaluate(post, ["pause", op.get_attribute("meta[name=csrf]", "content")]) == 409  # not running now
+    op.on("dialog", lambda d: d.dismiss())
+    op.click("#rollouts tr[data-rollout='r-web1'] button[data-action='abort']")
+    _wait(lambda: op.locator("#rollouts tr[data-rollout='r-web1'] td[data-col='state']").inner_text() == "aborted", 10,
+          "aborted on the page")  # fmt: skip
+    op.close()
+    store = open_storage(stack["db"])
+    try:
+        assert ro.RolloutStore(store).get("r-web1").state == ro.ABORTED
+    finally:
+        store.close()

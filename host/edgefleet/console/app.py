@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 from ..collect.storage import Storage, open_storage
 from ..collect.storage.base import now_ms
 from ..errors import EdgefleetError
+from ..fleetops import rollout
 from ..wire import protocol
 from . import data
 from .users import User, UserStore
@@ -164,7 +165,7 @@ def _page(title: str, s: Session, body: str, script: str, extra_meta: str = "") 
     user = s.user
     assert user is not None
     nav = (
-        '<nav><a href="/">Fleet</a> <a href="/deadletters">Dead letters &amp; collector</a>'
+        '<nav><a href="/">Fleet</a> <a href="/rollouts">Rollouts</a> <a href="/deadletters">Dead letters &amp; collector</a>'
         f'<span class="who">{html.escape(user.name)} ({user.role}) '
         f'<form method="post" action="/logout" class="inline"><input type="hidden" name="csrf" '
         f'value="{s.csrf}"><button>Log out</button></form></span></nav>'
@@ -283,6 +284,17 @@ async def device_page(request: Request) -> Response:
     return _page(f"Device {dev}", request.state.session, body, "device.js", f'<meta name="device" content="{d}">')
 
 
+async def rollouts_page(request: Request) -> Response:
+    body = (
+        '<h1>Rollouts</h1><p class="note">Started with <code>edgefleet rollout start</code>; operators may pause or '
+        "abort one here (a running <code>rollout start</code> stops at its next step).</p>"
+        '<table id="rollouts" class="grid"><thead><tr><th>rollout</th><th>artifact</th><th>target</th>'
+        "<th>state</th><th>stage</th><th>stages: confirmed / failed / rolled back of devices</th><th>last gate</th>"
+        "<th>updated</th><th></th></tr></thead><tbody></tbody></table>"
+    )
+    return _page("Rollouts", request.state.session, body, "rollouts.js")
+
+
 async def deadletters_page(request: Request) -> Response:
     body = (
         '<h1>Collector health</h1><table id="health" class="kv"></table><h1>Dead letters</h1>'
@@ -372,6 +384,40 @@ def _dead_json(db: Database) -> dict:
 
 async def api_deadletters(request: Request) -> Response:
     return JSONResponse(await _in_thread(_dead_json, _db(request)))
+
+
+def _rollouts_json(db: Database) -> dict:
+    with db.use() as store:
+        return {"rollouts": data.rollouts(store), "now_ms": now_ms()}
+
+
+async def api_rollouts(request: Request) -> Response:
+    return JSONResponse(await _in_thread(_rollouts_json, _db(request)))
+
+
+def _mark_rollout(db: Database, rid: str, new: str) -> str:
+    with db.use() as store:
+        return rollout.mark_in(rollout.RolloutStore(store), rid, new)
+
+
+async def api_rollout_action(request: Request) -> Response:
+    """POST /api/rollouts/{rid}/pause|abort: operators only, with the CSRF token."""
+    s: Session = request.state.session
+    if not _csrf_ok(request, s, request.headers.get("x-csrf-token")):
+        return JSONResponse({"error": "CSRF check failed"}, 403)
+    assert s.user is not None
+    if not s.user.can_command:
+        return JSONResponse({"error": "only operators may pause or abort rollouts"}, 403)
+    action = request.path_params["action"]
+    new = {"pause": rollout.PAUSED, "abort": rollout.ABORTED}.get(action)
+    if new is None:
+        return JSONResponse({"error": f"unknown action {action!r}: pause or abort"}, 404)
+    try:
+        state = await _in_thread(_mark_rollout, _db(request), request.path_params["rid"], new)
+    except EdgefleetError as e:
+        return JSONResponse({"error": str(e)}, 409)
+    log.info("console: %s %s rollout %s", s.user.name, action, request.path_params["rid"])
+    return JSONResponse({"state": state})
 
 
 async def api_command(request: Request) -> Response:
@@ -513,6 +559,9 @@ def create_app(console: Console, secure_cookie: bool = True) -> Starlette:
         Route("/", fleet_page),
         Route("/device/{device}", device_page),
         Route("/deadletters", deadletters_page),
+        Route("/rollouts", rollouts_page),
+        Route("/api/rollouts", api_rollouts),
+        Route("/api/rollouts/{rid}/{action}", api_rollout_action, methods=["POST"]),
         Route("/api/fleet", api_fleet),
         Route("/api/device/{device}", api_device),
         Route("/api/device/{device}/command", api_command, methods=["POST"]),

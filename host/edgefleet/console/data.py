@@ -14,7 +14,7 @@ from typing import Any
 
 from ..collect.fleet import device_summary
 from ..collect.storage import DeviceRow, Storage
-from ..fleetops.rollout import device_stages
+from ..fleetops import rollout
 
 MAX_POINTS = 4000
 SCAN_FACTOR = 8  # ranges up to this many times the points asked are scanned (exact, every flagged sample)
@@ -97,7 +97,7 @@ def fleet_rows(store: Storage, since_ms: int | None = None, device: str | None =
     found = store.execute(sql + " ORDER BY d.device", params).fetchall()
     # lifetime counters (fleet.lifetime): the per-boot rows of these devices, one small-table query
     per_log = store.log_counters(None if since_ms is None and device is None else [r[0] for r in found])
-    stages = device_stages(store)
+    stages = rollout.device_stages(store)
     for r in found:
         dev, records = r[0], int(r[7])
         logs = {x for x in r[8:12] if x is not None}
@@ -378,3 +378,21 @@ def health(store: Storage) -> dict:
     counts = store.counts()
     last = store.execute("SELECT max(last_seen_ms) FROM devices").fetchone()[0]
     return {"backend": store.name, "schema": store.schema_version(), "counts": counts, "last_write_ms": last}
+
+
+def rollouts(store: Storage) -> list[dict]:
+    """Every rollout, newest first, with its stages' counts and gates (the rollout tables; [] before the first
+    rollout, and the console never creates them)."""
+    if not store.has_table("rollouts"):
+        return []
+    rs = rollout.RolloutStore(store)
+    out = []
+    for row in sorted(rs.all_rollouts(), key=lambda r: r.created_ms, reverse=True):
+        out.append({
+            "id": row.id, "kind": row.kind, "version": row.version, "target": row.target, "state": row.state,
+            "reason": row.reason, "stage": min(row.stage, len(row.stages) - 1) + 1, "n_stages": len(row.stages),
+            "phase": row.phase, "created_ms": row.created_ms, "updated_ms": row.updated_ms,
+            "sha256": row.sha256[:16], "stages": rollout.stage_counts(row, rs.devices(row.id)),
+            "gates": [row.gates[k] for k in sorted(row.gates, key=int)],
+        })  # fmt: skip
+    return out

@@ -609,13 +609,17 @@ def resume_rollout(rid: str, conn: Connection, hooks: Hooks | None = None) -> Ro
 def mark(rid: str, conn: Connection, new: str) -> str:
     """`rollout pause|abort`: change the state in the database (a running start acts on it at its next check).
     Pause only a running rollout; abort a running or paused one."""
-    allowed = {PAUSED: (RUNNING,), ABORTED: (RUNNING, PAUSED)}[new]
     with _open_registry(conn, create=False) as reg:
-        rs = RolloutStore(reg.store)
-        row = rs.get(rid)
-        if not rs.set_state_if(rid, new, allowed):
-            verb = "pause" if new == PAUSED else "abort"
-            raise EdgefleetError(f"rollout {rid} is {row.state}: cannot {verb} it")
+        return mark_in(RolloutStore(reg.store), rid, new)
+
+
+def mark_in(rs: RolloutStore, rid: str, new: str) -> str:
+    """Pause or abort in an open rollout store (the CLI's `mark` and the console's buttons)."""
+    allowed = {PAUSED: (RUNNING,), ABORTED: (RUNNING, PAUSED)}[new]
+    row = rs.get(rid)
+    if not rs.set_state_if(rid, new, allowed):
+        verb = "pause" if new == PAUSED else "abort"
+        raise EdgefleetError(f"rollout {rid} is {row.state}: cannot {verb} it")
     return new
 
 
@@ -861,6 +865,27 @@ class Runner:
 # ---------------------------------------------------------------- status
 
 
+def stage_counts(row: RolloutRow, devices: Sequence[DeviceRow]) -> list[dict]:
+    """Per stage: devices, offered, downloading, confirmed, failed, rolled back, and the gate (None before it
+    ran, else passed or not): what `rollout status` prints and the console's rollouts page draws."""
+    out = []
+    for i, devs in enumerate(row.stages):
+        mine = [d for d in devices if d.stage == i]
+        g = row.gates.get(str(i))
+        out.append({
+            "stage": i + 1,
+            "devices": len(devs),
+            "offered": sum(1 for d in mine if d.state != QUEUED),
+            "downloading": sum(1 for d in mine if d.state in (OFFERED, "downloading", "pending")),
+            "confirmed": sum(1 for d in mine if d.state == ota.CONFIRMED),
+            "failed": sum(1 for d in mine if d.state in (ota.FAILED, ota.TIMEOUT, "rollback_failed",
+                                                          "rollback_timeout")),
+            "rolled_back": sum(1 for d in mine if d.state == ota.ROLLED_BACK),
+            "gate": None if g is None else bool(g["passed"]),
+        })  # fmt: skip
+    return out
+
+
 def render_status(row: RolloutRow, devices: Sequence[DeviceRow]) -> str:
     """`rollout status ID`: the rollout, one line per stage with counts, the gates' checks."""
     lines = [
@@ -872,16 +897,13 @@ def render_status(row: RolloutRow, devices: Sequence[DeviceRow]) -> str:
         "",
         "STAGE  DEVICES  OFFERED  DOWNLOADING  CONFIRMED  FAILED  ROLLED_BACK  GATE",
     ]
-    for i, devs in enumerate(row.stages):
-        mine = [d for d in devices if d.stage == i]
-        offered = sum(1 for d in mine if d.state != QUEUED)
-        dl = sum(1 for d in mine if d.state in (OFFERED, "downloading", "pending"))
-        conf = sum(1 for d in mine if d.state == ota.CONFIRMED)
-        failed = sum(1 for d in mine if d.state in (ota.FAILED, ota.TIMEOUT, "rollback_failed", "rollback_timeout"))
-        rb = sum(1 for d in mine if d.state == ota.ROLLED_BACK)
-        g = row.gates.get(str(i))
-        gtxt = "-" if g is None else ("pass" if g["passed"] else "FAIL")
-        lines.append(f"{i + 1:<5}  {len(devs):<7}  {offered:<7}  {dl:<11}  {conf:<9}  {failed:<6}  {rb:<11}  {gtxt}")
+    for c in stage_counts(row, devices):
+        g = c["gate"]
+        gtxt = "-" if g is None else ("pass" if g else "FAIL")
+        lines.append(
+            f"{c['stage']:<5}  {c['devices']:<7}  {c['offered']:<7}  {c['downloading']:<11}  {c['confirmed']:<9}  "
+            f"{c['failed']:<6}  {c['rolled_back']:<11}  {gtxt}"
+        )
     for k in sorted(row.gates, key=int):
         g = row.gates[k]
         lines.append("")
