@@ -216,10 +216,16 @@ def test_artifacts_are_checked(tmp_path, fleet) -> None:
             ota.load_artifact(junk, registry=reg)
         v0 = tmp_path / "v0.efm"
         v0.write_bytes(modelfile.resign(MODEL.read_bytes(), b"s" * 32, model_version=0))
-        with pytest.raises(EdgefleetError, match="model version 0"):
-            ota.load_artifact(v0, registry=reg)
-        with pytest.raises(EdgefleetError, match="not 9"):
-            ota.load_artifact(_model(tmp_path, 3), version=9, registry=reg)
+        # a model straight from `train` (version 0) gets one above what the registry records; --version sets it
+        auto = ota.load_artifact(v0, registry=reg)
+        assert auto.version == ota.highest_recorded(reg, "model") + 1 == modelfile.decode(auto.data).model_version
+        with pytest.raises(EdgefleetError, match="no registry"):
+            ota.load_artifact(v0)
+        nine = ota.load_artifact(_model(tmp_path, 3), version=9, registry=reg)
+        assert nine.version == 9 == modelfile.decode(nine.data).model_version
+        (tmp_path / "mdir").mkdir()
+        (tmp_path / "mdir" / "model.efm").write_bytes(v0.read_bytes())
+        assert ota.load_artifact(tmp_path / "mdir", version=9, registry=reg).data == nine.data  # a model directory
         (fleet["secrets"] / "node-2.key").write_bytes(b"k" * 32)
         with pytest.raises(EdgefleetError, match="not node-2's registered model key"):
             ota.device_key(reg, "node-2")

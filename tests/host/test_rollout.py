@@ -298,9 +298,10 @@ def test_a_good_model_rolls_out_through_every_stage(fleet) -> None:
         assert all(reg.get(d).deployed["ota"]["model"]["ver"] == 2 for d in IDS)
     assert _retained_chunks(fleet) == []  # removed when each stage was in
     assert any("soaking" in line for line in log.lines) and any("gate drift" in line for line in log.lines)
-    # the same version again: every node refuses it (not above the running one); the first stage fails
+    # the same version again (--version 2: without it the host would number it 3, one above the registry's):
+    # every node refuses it (not above the running one); the first stage fails
     log2 = Log()
-    again = ro.start_rollout(_opts(_model(fleet, 2)), fleet["conn"], _hooks(log2))
+    again = ro.start_rollout(_opts(_model(fleet, 2), version=2), fleet["conn"], _hooks(log2))
     assert again.state == ro.HALTED and not again.gates[0].passed
     assert any("version 2 is not above the running 2" in line for line in log2.lines), log2.lines
 

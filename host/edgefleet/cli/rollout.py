@@ -141,7 +141,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--db (the gate reads them).",
         examples=START_EXAMPLES, note=NOTE,
     )  # fmt: skip
-    s.add_argument("artifact", metavar="ARTIFACT", help="model file (EFML), node config (JSON) or code bundle (EFCB)")
+    s.add_argument(
+        "artifact",
+        metavar="ARTIFACT",
+        help="model file (EFML) or model directory, node config (JSON) or code bundle (EFCB)",
+    )
     s.add_argument("--to", required=True, metavar="TARGET", help="all, group:NAME or a device id (required)")
     s.add_argument(
         "--stages", default=DEFAULT_STAGES,
@@ -177,8 +181,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--kind", choices=ota.KINDS, help="artifact kind (default: from the file's first bytes)")
     s.add_argument(
         "--version", type=int,
-        help="config/code: the version to install (default: one above the highest the registry records); "
-        "a model's is in its file",
+        help="the version to install (default: a model's own when above every version the registry records, "
+        "else one above the highest the registry records)",
     )  # fmt: skip
     s.add_argument(
         "--confirm-s", type=int, default=ota.DEFAULT_CONFIRM_S,

@@ -70,11 +70,15 @@ def highest_recorded(registry, kind: str) -> int:
 
 
 def load_artifact(path: str | Path, kind: str | None = None, version: int | None = None, registry=None) -> Artifact:
-    """Read and check an artifact file. The kind comes from its first bytes (wire.ota.detect_kind) unless given.
-    A model's version is the one in its file (the node's anti-rollback counter; --version must agree); a config's
-    or code bundle's is `version`, else one above the highest the registry records for that kind. A config
-    carrying a secret is refused: chunks are readable by every device."""
+    """Read and check an artifact file (a model directory means its model.efm). The kind comes from its first
+    bytes (wire.ota.detect_kind) unless given. The version is `version`, else (a model) the one in its file when
+    it is above every version the registry records, else one above the highest the registry records for that
+    kind: a model straight from `edgefleet train` (version 0) rolls out with no step between. A model's version
+    is the node's anti-rollback counter inside the file, so the file is re-encoded with it (each device's copy is
+    signed with its key anyway). A config carrying a secret is refused: chunks are readable by every device."""
     p = Path(path)
+    if p.is_dir():
+        p = p / "model.efm"
     try:
         data = p.read_bytes()
     except OSError as e:
@@ -91,16 +95,19 @@ def load_artifact(path: str | Path, kind: str | None = None, version: int | None
     if version is not None and not 1 <= version <= 0xFFFF:
         raise EdgefleetError(f"--version must be 1 to 65535 (got {version})")
     if kind == "model":
-        from ..model.modelfile import decode
+        from ..model.modelfile import decode, encode
 
         mf = decode(data)
-        if mf.model_version < 1:
-            raise EdgefleetError(
-                f"{p} has model version 0: a node accepts an update only above the version it runs",
-                hint="give the model a version (edgefleet convert --model-version N, or modelfile.resign)",
-            )
+        if version is None and registry is not None and mf.model_version <= highest_recorded(registry, kind):
+            version = highest_recorded(registry, kind) + 1
+        if version is None and mf.model_version < 1:
+            raise EdgefleetError(f"{p} has model version 0 and there is no registry to count from",
+                                 hint="give --version N (above the version the nodes run)")  # fmt: skip
         if version is not None and version != mf.model_version:
-            raise EdgefleetError(f"{p} is model version {mf.model_version}, not {version} (--version)")
+            if version > 0xFFFF:
+                raise EdgefleetError(f"model version {version} is beyond 65535")
+            mf.model_version = version
+            data = encode(mf)  # unsigned here: each device's copy is signed with its own key (device_copy)
         version = mf.model_version
     elif kind == "config":
         cfg = json.loads(data)

@@ -648,7 +648,7 @@ class Runner:
             self.reg = reg
             self.rs = RolloutStore(reg.store, self.hooks.clock)
             row = self.rs.get(self.rid)
-            self.art = ota.load_artifact(row.artifact, row.kind, row.version if row.kind != "model" else None, reg)
+            self.art = ota.load_artifact(row.artifact, row.kind, row.version, reg)
             if self.art.sha256 != row.sha256:
                 raise EdgefleetError(
                     f"{row.artifact} changed since rollout {self.rid} started (sha256 {self.art.sha256[:16]}, "
