@@ -193,6 +193,7 @@ class Fleet:
         id_format: str = "node-{:03d}",
         seed: int = 1,
         ca: Path | None = None,
+        keys: Path | dict[str, bytes] | None = None,
     ) -> None:
         if n < 1:
             raise EdgefleetError(f"--devices must be at least 1 (got {n})")
@@ -213,6 +214,7 @@ class Fleet:
         self.ca = Path(ca).resolve() if ca else None
         if self.ca is not None and not self.ca.is_file():
             raise EdgefleetError(f"CA file {self.ca} not found", hint="ca.pem from: edgefleet broker pki")
+        self.keys = self._read_keys(keys)
         self.prefix = prefix
         self.status_interval_s = status_interval_s
         self.extra_config = config or {}
@@ -248,6 +250,26 @@ class Fleet:
         except EdgefleetError as e:
             raise EdgefleetError(f"{efm}: {e}", hint="convert the model again: edgefleet convert --name NAME") from None
         return efm.resolve()
+
+    @staticmethod
+    def _read_keys(keys: Path | dict[str, bytes] | None) -> dict[str, bytes]:
+        """Per-device model keys: a dict, or a JSON file {device id: hex} (keys.json). A keyed node loads only
+        models signed with its key and takes over-the-air updates (docs/protocol.md); the others refuse them."""
+        if keys is None:
+            return {}
+        if isinstance(keys, dict):
+            return {str(k): bytes(v) for k, v in keys.items()}
+        try:
+            raw = json.loads(Path(keys).read_text())
+            out = {str(k): bytes.fromhex(v) for k, v in raw.items()}
+        except OSError as e:
+            raise EdgefleetError(f"cannot read the key file {keys}: {e.strerror}") from None
+        except (ValueError, TypeError, AttributeError):
+            raise EdgefleetError(f"key file {keys} must be a JSON object of device id -> key in hex") from None
+        bad = [dev for dev, k in out.items() if not 16 <= len(k) <= 64]
+        if bad:
+            raise EdgefleetError(f"key file {keys}: the keys of {', '.join(bad)} are not 16 to 64 bytes")
+        return out
 
     def _make_node(self, i: int, dev: str, scenarios) -> SimNode:
         spec = scenarios(i) if callable(scenarios) else (scenarios[i % len(scenarios)] if scenarios else None)
@@ -331,7 +353,21 @@ class Fleet:
             broker["password"] = self.credentials()[nd.device_id]
         overrides = {"prefix": self.prefix, "broker": broker, "status_interval_s": self.status_interval_s}
         overrides = {**overrides, **self.extra_config}
-        return nodeconfig.build(self.board, nd.device_id, overrides, self.model, full=False)
+        key = self.keys.get(nd.device_id)
+        return nodeconfig.build(self.board, nd.device_id, overrides, self.model, model_key=key, full=False)
+
+    def node_model(self, nd: SimNode) -> Path | None:
+        """The model file node `nd` gets: the fleet's, or for a keyed node the fleet's re-signed with its key
+        (same version), as a board gets its own signed copy from deploy; written beside the node's image."""
+        key = self.keys.get(nd.device_id)
+        if self.model is None or key is None:
+            return self.model
+        from ..model.modelfile import decode, resign
+
+        data = self.model.read_bytes()
+        signed = self.workdir / "nodes" / f"{nd.device_id}.model.efm"
+        signed.write_bytes(resign(data, key, downgrade=decode(data).downgrade))
+        return signed
 
     def _mpy(self, args: Sequence[str], timeout: float = 60) -> str:
         argv = [find_micropython(), "-X", f"heapsize={max(self.heap, 256 * 1024)}", *args]
@@ -348,7 +384,8 @@ class Fleet:
         for nd in targets:
             cfgfile = self.workdir / "nodes" / f"{nd.device_id}.config.json"
             cfgfile.write_text(json.dumps(self.node_config(nd)))
-            files = [f"model.efm={self.model}"] if self.model else []
+            model = self.node_model(nd)
+            files = [f"model.efm={model}"] if model else []
             if self.ca is not None:
                 files.append(f"ca.pem={self.ca}")
             self._mpy(["-m", "simboard.provision", str(self.board.path), str(nd.image), str(cfgfile), *files])
