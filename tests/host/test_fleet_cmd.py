@@ -18,6 +18,7 @@ from edgefleet.fleetops.devices import PASSWORD_FILE, Registry
 from edgefleet.sim.simulate import Fleet
 
 IDS = ["node-001", "node-002", "node-003"]
+ROOT = Path(__file__).resolve().parents[2]
 OPS = "ops"  # fleet cmd's own operator login: the simulator's status watcher holds `operator`
 
 
@@ -126,3 +127,32 @@ def test_parse_settings() -> None:
     for bad in (["novalue"], ["=1"], ["a=1", "a.b=2"]):
         with pytest.raises(EdgefleetError):
             parse_settings(bad)
+
+
+def test_a_rollout_to_firmware_without_ota_stops_at_its_first_stage(fleet, tmp_path) -> None:
+    """The node side of over-the-air updates is not in this firmware yet (docs/protocol.md): a node answers `ota`
+    as an unknown command. A rollout must then fail closed against the real firmware: its first stage's device
+    fails with the node's own reason, the gate halts the rollout, and the other devices are never offered."""
+    from edgefleet.fleetops import rollout as ro
+    from edgefleet.model.modelfile import decode, encode
+
+    mf = decode((ROOT / "models" / "basicmotions-rf" / "model.efm").read_bytes())
+    mf.model_version += 1
+    art = tmp_path / "model.efm"
+    art.write_bytes(encode(mf))
+    conn = ro.Connection(
+        db=fleet["db"], broker=f"mqtt://{OPS}@127.0.0.1:{fleet['broker'].port}", password=_secret(fleet["secrets"], OPS),
+        secrets_dir=str(fleet["secrets"]), broker_dir=str(fleet["secrets"].parent / "broker"),
+        operator_users=("operator", OPS),
+    )  # fmt: skip
+    lines: list[str] = []
+    opts = ro.RolloutOptions(artifact=str(art), target="group:pair", stages="50%,100%", soak_s=1, confirm_s=10,
+                             wait_s=20, seed=1, offer_timeout_s=10)  # fmt: skip
+    res = ro.run_rollout(opts, conn, ro.Hooks(say=lines.append, progress_every_s=5, poll_s=1))
+    assert res.state == ro.HALTED, "\n".join(lines)
+    assert res.gates and not res.gates[0].passed
+    with Registry.open(fleet["db"], fleet["secrets"], fleet["secrets"].parent / "broker") as reg:
+        devs = {d.device: d for d in ro.RolloutStore(reg.store).devices(res.id)}
+    first = [d for d in devs.values() if d.stage == 0]
+    assert len(first) == 1 and first[0].state == "failed" and "unknown command 'ota'" in first[0].reason, devs
+    assert [d.state for d in devs.values() if d.stage == 1] == ["queued"]  # never offered
