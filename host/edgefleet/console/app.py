@@ -386,6 +386,15 @@ async def api_deadletters(request: Request) -> Response:
     return JSONResponse(await _in_thread(_dead_json, _db(request)))
 
 
+def _operator_refusal(request: Request, s: Session, what: str) -> Response | None:
+    """The answer to a state-changing API request that may not go on (no CSRF token, or not an operator)."""
+    if not _csrf_ok(request, s, request.headers.get("x-csrf-token")):
+        return JSONResponse({"error": "CSRF check failed"}, 403)
+    if s.user is None or not s.user.can_command:
+        return JSONResponse({"error": f"only operators may {what}"}, 403)
+    return None
+
+
 def _rollouts_json(db: Database) -> dict:
     with db.use() as store:
         return {"rollouts": data.rollouts(store), "now_ms": now_ms()}
@@ -403,11 +412,9 @@ def _mark_rollout(db: Database, rid: str, new: str) -> str:
 async def api_rollout_action(request: Request) -> Response:
     """POST /api/rollouts/{rid}/pause|abort: operators only, with the CSRF token."""
     s: Session = request.state.session
-    if not _csrf_ok(request, s, request.headers.get("x-csrf-token")):
-        return JSONResponse({"error": "CSRF check failed"}, 403)
-    assert s.user is not None
-    if not s.user.can_command:
-        return JSONResponse({"error": "only operators may pause or abort rollouts"}, 403)
+    refused = _operator_refusal(request, s, "pause or abort rollouts")
+    if refused is not None:
+        return refused
     action = request.path_params["action"]
     new = {"pause": rollout.PAUSED, "abort": rollout.ABORTED}.get(action)
     if new is None:
@@ -423,11 +430,9 @@ async def api_rollout_action(request: Request) -> Response:
 async def api_command(request: Request) -> Response:
     c: Console = request.app.state.console
     s: Session = request.state.session
-    if not _csrf_ok(request, s, request.headers.get("x-csrf-token")):
-        return JSONResponse({"error": "CSRF check failed"}, 403)
-    assert s.user is not None
-    if not s.user.can_command:
-        return JSONResponse({"error": "only operators may send commands"}, 403)
+    refused = _operator_refusal(request, s, "send commands")
+    if refused is not None:
+        return refused
     if c.commander is None:
         return JSONResponse({"error": "no broker: start serve with --broker (the operator's login)"}, 409)
     try:
