@@ -273,6 +273,9 @@ async def _boot(part, scenario):
         node, tasks = appboot.setup(part, scenario, Node)
     finally:
         _release_module("appboot")
+        # This coroutine runs as long as the node: its locals live that long, and this one would keep the
+        # released module (its code and globals, ~KB of heap) alive for ever.
+        appboot = None
     current = node
     gc.collect()
     return await node.run(tasks)
