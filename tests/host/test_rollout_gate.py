@@ -147,6 +147,19 @@ def test_no_previous_model_passes_drift_and_a_silent_new_model_fails(rows) -> No
     assert not d.passed and "sent no event" in d.detail
 
 
+def test_a_decision_made_before_confirmation_counts_and_older_ones_do_not(rows) -> None:
+    """A new model's first decision comes at boot, before the node confirms the update; a model that never
+    changes its mind sends no other event. It says one class all the time: the gate must say so, not call it
+    silent (and a decision of the previous model, made before the offer, is not carried into the window)."""
+    rows.healthy("a", _mixed(5), None)
+    rows.write(events={"a": _events("a", OFFER + 5_000, OFFER + 6_000, ["running"], seq0=900)})
+    d = _check(_gate(rows, ["a"]), "drift")
+    assert not d.passed and "running 100%" in d.detail and "silent" not in d.detail, d
+    rows.healthy("b", _mixed(6), None)  # the previous model's last decision was before the offer: not carried
+    d = _check(_gate(rows, ["b"]), "drift")
+    assert not d.passed and "sent no event" in d.detail, d
+
+
 def test_health_checks(rows) -> None:
     for d in ("ok1", "ok2"):
         rows.healthy(d, None, None)

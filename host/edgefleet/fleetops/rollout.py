@@ -195,20 +195,38 @@ def statuses(store, device: str, since_ms: int, until_ms: int) -> list[tuple[int
     return [(int(r[0]), _body(r[1])) for r in rows]
 
 
-def decision_shares(store, device: str, since_ms: int, until_ms: int) -> dict[tuple[str, str], float] | None:
+def decision_shares(
+    store, device: str, since_ms: int, until_ms: int, carry_since_ms: int | None = None
+) -> dict[tuple[str, str], float] | None:
     """The share of time a device's model spent in each decision ((kind, label)) in a window, from its class
     and anomaly events (the node sends one only when the decision changes: decision.py). Each event's decision
     lasts until the next event (node timestamps); the last one until the window's end (host clock, from when
-    it was received). None when the device sent no such event in the window."""
-    rows = store.execute(
-        "SELECT ts_ms, received_ms, kind, label FROM events WHERE device = ? AND kind IN ('class', 'anomaly')"
-        " AND received_ms >= ? AND received_ms <= ? ORDER BY ts_ms, seq",
-        (device, since_ms, until_ms),
-    ).fetchall()
+    it was received). `carry_since_ms`: the decision in force when the window opens counts too, if its event
+    came after that time: a new model's first decision usually comes before the node confirms the update, and
+    a model that never changes its mind sends no other (it is not silent, it says one thing all the time).
+    None when the device sent no such event in the window (nor one carried into it)."""
+    rows = [
+        tuple(r)
+        for r in store.execute(
+            "SELECT ts_ms, received_ms, kind, label FROM events WHERE device = ? AND kind IN ('class', 'anomaly')"
+            " AND received_ms >= ? AND received_ms <= ? ORDER BY ts_ms, seq",
+            (device, since_ms, until_ms),
+        ).fetchall()
+    ]
+    carried = None
+    if carry_since_ms is not None:
+        carried = store.execute(
+            "SELECT kind, label FROM events WHERE device = ? AND kind IN ('class', 'anomaly')"
+            " AND received_ms >= ? AND received_ms < ? ORDER BY ts_ms DESC, seq DESC LIMIT 1",
+            (device, carry_since_ms, since_ms),
+        ).fetchone()
     store.conn.rollback()
-    if not rows:
+    if not rows and carried is None:
         return None
     held: dict[tuple[str, str], float] = {}
+    if carried is not None:  # host clock on both ends: from the window's start to the first event in it
+        key = (carried[0], carried[1])
+        held[key] = float(max(0, (int(rows[0][1]) if rows else until_ms) - since_ms))
     for i, (ts, received, kind, label) in enumerate(rows):
         dur = max(0, int(rows[i + 1][0]) - int(ts)) if i + 1 < len(rows) else max(0, until_ms - int(received))
         held[(kind, label)] = held.get((kind, label), 0.0) + dur
@@ -217,7 +235,9 @@ def decision_shares(store, device: str, since_ms: int, until_ms: int) -> dict[tu
         held = {}
         for _ts, _r, kind, label in rows:
             held[(kind, label)] = held.get((kind, label), 0.0) + 1
-        total = float(len(rows))
+        if carried is not None:
+            held[(carried[0], carried[1])] = held.get((carried[0], carried[1]), 0.0) + 1
+        total = float(sum(held.values()))
     return {k: v / total for k, v in held.items()}
 
 
@@ -319,7 +339,7 @@ def _drift_check(store, devices: dict, now_ms: int, settings: GateSettings) -> C
         if st != ota.CONFIRMED or off is None or conf is None:
             continue  # a device that did not take the model is the ota check's failure
         b = decision_shares(store, d, int(off - settings.baseline_s * 1000), off - 1)
-        a = decision_shares(store, d, conf, now_ms)
+        a = decision_shares(store, d, conf, now_ms, carry_since_ms=off)
         if b is None:
             continue  # no previous model (or it was silent): nothing to compare with
         before.append(b)
