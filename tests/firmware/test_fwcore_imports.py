@@ -17,8 +17,6 @@ def test_all_modules_import():
 
 
 def test_config_release_frees_its_heap():
-    from node import kinds  # noqa: F401 - resident on a node (app, clean import it): not config's to free
-
     gc.collect()
     before = gc.mem_alloc()
     from node import config
