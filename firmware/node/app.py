@@ -15,7 +15,7 @@ import time
 from micropython import const
 
 from node import board as boardmod
-from node import kinds
+from node import records as R
 from node.flashlog import ALIGN, FlashLog
 from node.mqtt import MQTTClient
 from node.publisher import Publisher
@@ -142,7 +142,7 @@ class Node:
         logcfg = flush or cfg.get("log") or {}
         self.log = FlashLog(part, align=logcfg.get("align", ALIGN))
         for s in board.get("sensors", ()):
-            ch = kinds.channels(s.get("type"))  # so records stay decodable after a reboot
+            ch = R.KIND_CHANNELS.get(s.get("type"))
             if ch:
                 self.log.channels[s["name"]] = ch
         self.mqtt = None

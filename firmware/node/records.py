@@ -9,7 +9,7 @@
 #            len)
 #   event:   f32 score, then 5 strings kind, label, model, action, sensor, each u8 len + bytes (255 = None)
 #   ack:     none; seq is the highest seq stored end to end (ack markers take no seq of their own)
-# Channel names are not stored: they follow from the sensor (node/kinds.py, or what the sampler registered).
+# Channel names are not stored: they follow from the sensor (KIND_CHANNELS, or what the sampler registered).
 # Flags are 6 bits here (1 unsynced clock, 2 stuck, 4 recovered, 8 suspect; docs/protocol.md).
 import struct
 
@@ -27,6 +27,14 @@ MAX_SIZE = const(254)
 MIN_DATA_SIZE = const(22)  # smallest reading (1-char name, 1 channel); events are larger
 _NONE = const(255)
 _TS = bytearray(8)  # scratch for the 6-byte timestamp (no allocation per record)
+
+# Channels per sensor kind (docs/sensors.md), so records stay decodable after a reboot.
+KIND_CHANNELS = {
+    "bme280": ("temperature", "humidity", "pressure"),
+    "mpu6050": ("ax", "ay", "az", "gx", "gy", "gz"),
+    "dht22": ("temperature", "humidity"),
+    "adc": ("value",),
+}
 
 
 def rtype(buf):

@@ -19,13 +19,11 @@ import time
 from array import array
 
 from micropython import const
-from node.kinds import KINDS
+from node.records import KIND_CHANNELS
 
 _TWO_PI = 6.283185307179586
 
-# Plausible simulation defaults per sensor kind of node/kinds.py: (level, noise) per channel; used when a
-# scenario names no generator. Kept here (not in the node's table) so the node's heap does not carry them;
-# tests/host/test_kinds.py checks they name exactly the table's kinds and channels.
+# Plausible defaults per sensor kind: (level, noise) per channel; used when a scenario names no generator.
 DEFAULTS = {
     "bme280": {"temperature": (21.0, 0.02), "humidity": (45.0, 0.1), "pressure": (1013.25, 0.02)},
     "mpu6050": {
@@ -39,7 +37,7 @@ DEFAULTS = {
     "adc": {"value": (35.0, 0.1)},
     "dht22": {"temperature": (22.0, 0.05), "humidity": (50.0, 0.2)},
 }
-CHANNELS = {k: tuple(c[0] for c in v[2]) for k, v in KINDS.items()}  # the channels the node decodes
+CHANNELS = KIND_CHANNELS  # the node's table: a scenario names the channels the node decodes
 FAULT_KINDS = ("spike", "stuck", "dropout", "unplugged", "corrupt")
 
 # state() results

@@ -4,7 +4,7 @@ Loading them from firmware/ (rather than keeping a host copy) is what keeps a co
 window features (node/features.py) and the node config rules (node/config.py). Firmware modules CPython cannot
 run (micropython.const, viper code) give the host their numbers through firmware_constants: the flash log's
 geometry and power-cut loss (node/flashlog.py), and through firmware_literal their tables: the channels of each
-sensor kind (node/kinds.py KINDS).
+sensor kind (node/records.py KIND_CHANNELS).
 """
 
 from __future__ import annotations
@@ -74,21 +74,9 @@ def firmware_literal(relpath: str, name: str) -> Any:
     raise EdgefleetError(f"firmware/{relpath} defines no {name}", hint="the firmware and the host are out of step")
 
 
-def kinds_table() -> dict[str, tuple[Any, ...]]:
-    """The sensor kinds table (firmware/node/kinds.py KINDS, docs/sensors.md): the one definition of each kind's
-    rate ceiling, stuck rule and channels with units and range limits, shared by node, sim board and host."""
-    return firmware_literal("node/kinds.py", "KINDS")
-
-
 def kind_channels() -> dict[str, tuple[str, ...]]:
     """Channel names of each sensor kind, as the node decodes its records (docs/sensors.md)."""
-    return {kind: tuple(c[0] for c in row[2]) for kind, row in kinds_table().items()}
-
-
-def channel_units() -> dict[str, str | None]:
-    """Unit of each channel name over all kinds (°C, %, hPa, g, °/s); a channel name has one unit whatever the
-    kind (tests/host/test_kinds.py checks this)."""
-    return {c[0]: c[1] for row in kinds_table().values() for c in row[2]}
+    return firmware_literal("node/records.py", "KIND_CHANNELS")
 
 
 _OPS = {ast.Add: int.__add__, ast.Sub: int.__sub__, ast.Mult: int.__mul__, ast.FloorDiv: int.__floordiv__,

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
-from ..board.firmware_shared import channel_units
 from ..errors import EdgefleetError
 from ..wire import protocol
 
@@ -32,12 +31,17 @@ DEFAULT_DISCOVERY = "homeassistant"
 DEFAULT_STATE_PREFIX = "edgefleet-ha"
 ANOMALY_OFF_S = 60
 
-# Home Assistant device classes of the channels that have one; units come from the node's kinds table
-# (firmware/node/kinds.py), so HA shows what the node measures
-DEVICE_CLASSES = {"temperature": "temperature", "humidity": "humidity", "pressure": "atmospheric_pressure"}
-# channel -> (device_class or None, unit)
+# channel -> (device_class or None, unit): the node's units (firmware/node/hw drivers; docs/sensors.md)
 CHANNELS: dict[str, tuple[str | None, str | None]] = {
-    ch: (DEVICE_CLASSES.get(ch), unit) for ch, unit in channel_units().items()
+    "temperature": ("temperature", "°C"),
+    "humidity": ("humidity", "%"),
+    "pressure": ("atmospheric_pressure", "hPa"),
+    "ax": (None, "g"),
+    "ay": (None, "g"),
+    "az": (None, "g"),
+    "gx": (None, "°/s"),
+    "gy": (None, "°/s"),
+    "gz": (None, "°/s"),
 }
 ID_RE = re.compile(r"[^a-zA-Z0-9_-]")
 
