@@ -205,28 +205,25 @@ def decision_shares(
     came after that time: a new model's first decision usually comes before the node confirms the update, and
     a model that never changes its mind sends no other (it is not silent, it says one thing all the time).
     None when the device sent no such event in the window (nor one carried into it)."""
-    rows = [
-        tuple(r)
-        for r in store.execute(
-            "SELECT ts_ms, received_ms, kind, label FROM events WHERE device = ? AND kind IN ('class', 'anomaly')"
-            " AND received_ms >= ? AND received_ms <= ? ORDER BY ts_ms, seq",
-            (device, since_ms, until_ms),
-        ).fetchall()
-    ]
-    carried = None
+    rows = store.execute(
+        "SELECT ts_ms, received_ms, kind, label FROM events WHERE device = ? AND kind IN ('class', 'anomaly')"
+        " AND received_ms >= ? AND received_ms <= ? ORDER BY ts_ms, seq",
+        (device, since_ms, until_ms),
+    ).fetchall()
+    carried = None  # (kind, label) in force when the window opens
     if carry_since_ms is not None:
-        carried = store.execute(
+        last = store.execute(
             "SELECT kind, label FROM events WHERE device = ? AND kind IN ('class', 'anomaly')"
             " AND received_ms >= ? AND received_ms < ? ORDER BY ts_ms DESC, seq DESC LIMIT 1",
             (device, carry_since_ms, since_ms),
         ).fetchone()
+        carried = (last[0], last[1]) if last else None
     store.conn.rollback()
     if not rows and carried is None:
         return None
     held: dict[tuple[str, str], float] = {}
     if carried is not None:  # host clock on both ends: from the window's start to the first event in it
-        key = (carried[0], carried[1])
-        held[key] = float(max(0, (int(rows[0][1]) if rows else until_ms) - since_ms))
+        held[carried] = float(max(0, (int(rows[0][1]) if rows else until_ms) - since_ms))
     for i, (ts, received, kind, label) in enumerate(rows):
         dur = max(0, int(rows[i + 1][0]) - int(ts)) if i + 1 < len(rows) else max(0, until_ms - int(received))
         held[(kind, label)] = held.get((kind, label), 0.0) + dur
@@ -236,7 +233,7 @@ def decision_shares(
         for _ts, _r, kind, label in rows:
             held[(kind, label)] = held.get((kind, label), 0.0) + 1
         if carried is not None:
-            held[(carried[0], carried[1])] = held.get((carried[0], carried[1]), 0.0) + 1
+            held[carried] = held.get(carried, 0.0) + 1
         total = float(sum(held.values()))
     return {k: v / total for k, v in held.items()}
 
