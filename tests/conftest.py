@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,14 @@ def vboard(tmp_path):
     vb.start()
     yield vb
     vb.stop()
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def pytest_configure(config) -> None:
+    """`timeout`, `kill` and CI stop a test run with SIGTERM, which Python does not turn into an exception: the run
+    died at once and the servers and collectors its fixtures started (many tests use a plain Popen) were left
+    running with no parent. As a KeyboardInterrupt, pytest stops the way Ctrl-C stops it: fixtures tear down."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)

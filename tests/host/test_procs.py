@@ -86,3 +86,35 @@ def test_sighup_stops_like_sigterm_unless_nohup_ignores_it() -> None:
             assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_postgres_cluster_dies_with_the_process_that_started_it(tmp_path) -> None:
+    """A test run or script SIGKILLed while its PostgreSQL cluster ran left the server behind with no parent (it
+    was a plain Popen, and as root runuser forked it, so not even runuser's death reached it)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    host = str(Path(__file__).resolve().parents[2] / "host")
+    script = (
+        "import time\nfrom edgefleet.sim.postgres import PostgresCluster\nc = PostgresCluster().start()\n"
+        "print(c.proc.pid, c.root, flush=True)\ntime.sleep(600)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": host},
+                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    pid_text, root = p.stdout.readline().split()
+    pid = int(pid_text)
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 15
+    alive = True
+    while alive and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            alive = False
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(root, ignore_errors=True)
+    assert not alive, f"postgres (pid {pid}) outlived the process that started it"

@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+from .. import procs
 from ..errors import EdgefleetError
 from ..procs import free_port
 
@@ -61,8 +62,14 @@ class PostgresCluster:
         self.user = _ensure_user() if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         self.proc: subprocess.Popen | None = None
 
-    def _as_user(self, argv: list[str]) -> list[str]:
-        return ["runuser", "-u", self.user, "--", *argv] if os.geteuid() == 0 else argv
+    def _as_user(self, argv: list[str], die_with_us: bool = False) -> list[str]:
+        """As root, run `argv` as the cluster's user (postgres refuses root) with setpriv, which execs it in place
+        (runuser forks and waits, so its postgres outlived a runuser killed with us). Changing the uid clears the
+        kernel's parent-death signal that procs.spawn asks for, so setpriv sets it again after the switch."""
+        if os.geteuid() != 0:
+            return argv
+        again = ["--pdeathsig", "KILL"] if die_with_us else []
+        return ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *again, "--", *argv]
 
     def start(self) -> PostgresCluster:
         if os.geteuid() == 0:
@@ -92,7 +99,7 @@ class PostgresCluster:
 
     def _spawn(self) -> PostgresCluster:
         log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(
+        self.proc = procs.spawn(  # in its own process group, and killed by the kernel if we die without stopping it
             self._as_user(
                 [
                     str(self.bin / "postgres"),
@@ -108,8 +115,10 @@ class PostgresCluster:
                     "fsync=off",
                     "-c",
                     "max_connections=50",
-                ]
+                ],
+                die_with_us=True,
             ),
+            name="postgres",
             stdout=log,
             stderr=log,
         )
@@ -129,8 +138,7 @@ class PostgresCluster:
         """Stop the server (fast shutdown: clients are disconnected), keeping the cluster's data: a database
         outage for tests. `start_server()` brings it back on the same port."""
         if self.proc and self.proc.poll() is None:
-            # pg_ctl's fast mode (SIGINT to the postmaster): a plain SIGTERM waits for clients to leave, and
-            # self.proc may be runuser, not postgres.
+            # pg_ctl's fast mode (SIGINT to the postmaster): a plain SIGTERM waits for clients to leave
             subprocess.run(
                 self._as_user([str(self.bin / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w"]),
                 check=True,
@@ -138,6 +146,7 @@ class PostgresCluster:
                 timeout=60,
             )
             self.proc.wait(30)
+            procs.terminate(self.proc)  # already gone: only reaped and forgotten
 
     def start_server(self) -> PostgresCluster:
         return self._spawn()
@@ -154,11 +163,6 @@ class PostgresCluster:
         return self.url(name)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            procs.terminate(self.proc, grace=20)  # SIGTERM, then SIGKILL; forgotten by procs either way
         shutil.rmtree(self.root, ignore_errors=True)
